@@ -2,5 +2,6 @@
 from .boxes import Boxes, BoxMode, matched_pairwise_iou, pairwise_intersection, pairwise_ioa, pairwise_iou
 from .image_list import ImageList
 from .instances import Instances
+from .masks import BitMasks, PolygonMasks, polygons_to_bitmask
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

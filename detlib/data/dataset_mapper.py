@@ -1,0 +1,121 @@
+"""DatasetMapper: one dataset record -> one model input dict."""
+import copy
+import logging
+from typing import List, Sequence
+
+import numpy as np
+import torch
+
+from detlib.config import configurable
+
+from . import detection_utils as utils
+from . import transforms as T
+from .bad_samples import BadSampleError
+
+__all__ = ["DatasetMapper"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetMapper:
+    """
+    Reads a record's image, augments it, and returns the model's input dict:
+    `image` (uint8 C x H x W tensor in `image_format`, after the transforms), the record's other
+    fields (`file_name`, `image_id`, original `height`/`width`), and in training `instances`
+    (`gt_boxes` XYXY pixels in the transformed image, `gt_classes`, `gt_masks`).
+
+    Crowd annotations are dropped. Masks follow `annotations_to_instances`: "polygon" keeps
+    polygons where the whole image has them and uses bitmasks otherwise, so a dataset mixing
+    polygons and RLE trains with either `instance_mask_format`.
+
+    An unreadable image or one whose size disagrees with the record raises `BadSampleError`
+    (naming file, image id and field), which the data loaders turn into a counted skip when asked to.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentations: Sequence[T.Augmentation],
+        image_format: str,
+        use_instance_mask: bool = False,
+        instance_mask_format: str = "polygon",
+        recompute_boxes: bool = False,
+    ):
+        """
+        Args:
+            is_train: keep and transform annotations (True), or drop them (inference).
+            augmentations: applied in order to image and annotations.
+            image_format: "BGR", "RGB" or "L" (see `read_image`).
+            use_instance_mask: produce `gt_masks`.
+            instance_mask_format: "polygon" or "bitmask".
+            recompute_boxes: replace boxes by the masks' tight boxes (after a crop, the clipped
+                original box no longer fits the object).
+        """
+        if recompute_boxes and not use_instance_mask:
+            raise ValueError("recompute_boxes needs use_instance_mask: boxes are recomputed from masks.")
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.use_instance_mask = use_instance_mask
+        self.instance_mask_format = instance_mask_format
+        self.recompute_boxes = recompute_boxes
+        logger.info("DatasetMapper (%s) augmentations: %s", "train" if is_train else "inference", augmentations)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> dict:
+        augs: List[T.Augmentation] = utils.build_augmentation(cfg, is_train)
+        crop = is_train and cfg.INPUT.CROP.ENABLED
+        if crop:
+            augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+        return {
+            "is_train": is_train,
+            "augmentations": augs,
+            "image_format": cfg.INPUT.FORMAT,
+            "use_instance_mask": cfg.MODEL.MASK_ON,
+            "instance_mask_format": cfg.INPUT.MASK_FORMAT,
+            "recompute_boxes": bool(crop and cfg.MODEL.MASK_ON),
+        }
+
+    def _read_image(self, dataset_dict: dict) -> np.ndarray:
+        file_name = dataset_dict.get("file_name")
+        try:
+            image = utils.read_image(file_name, format=self.image_format)
+        except FileNotFoundError as e:
+            raise BadSampleError(f"{file_name}, image id {dataset_dict.get('image_id')}: field 'file_name' names a missing file.") from e
+        except (OSError, ValueError) as e:
+            raise BadSampleError(
+                f"{file_name}, image id {dataset_dict.get('image_id')}: field 'file_name' is not a decodable image ({e})."
+            ) from e
+        utils.check_image_size(dataset_dict, image)
+        return image
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = copy.deepcopy(dataset_dict)  # the record is reused every epoch
+        image = self._read_image(dataset_dict)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_size = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+        annos = dataset_dict.pop("annotations", None)
+        if not self.is_train or annos is None:
+            return dataset_dict
+
+        annos = [
+            utils.transform_instance_annotations(self._strip(obj), transforms, image_size)
+            for obj in annos
+            if obj.get("iscrowd", 0) == 0
+        ]
+        instances = utils.annotations_to_instances(annos, image_size, mask_format=self.instance_mask_format)
+        if self.recompute_boxes:
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+        return dataset_dict
+
+    def _strip(self, obj: dict) -> dict:
+        if not self.use_instance_mask:
+            obj.pop("segmentation", None)
+        return obj

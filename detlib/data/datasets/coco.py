@@ -1,0 +1,261 @@
+"""COCO instances JSON <-> detlib dataset records."""
+import json
+import logging
+import math
+import os
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import pycocotools.mask as mask_util
+
+from detlib.structures import BoxMode
+
+from ..bad_samples import BadSampleError, SkipCounter, skipping_bad_samples
+from ..catalog import DatasetCatalog, MetadataCatalog
+
+__all__ = ["load_coco_json", "register_coco_instances", "convert_to_coco_dict", "convert_to_coco_json"]
+
+logger = logging.getLogger(__name__)
+
+# Annotation fields copied into every record's annotations, besides those the loader computes.
+_ANNOTATION_KEYS = ("iscrowd", "bbox", "category_id")
+
+
+def _read_json(json_file: str) -> Dict[str, Any]:
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise BadSampleError(f"{json_file}: not valid JSON ({e}).") from e
+    if not isinstance(data, dict):
+        raise BadSampleError(f"{json_file}: not a COCO instances file (top level is a {type(data).__name__}, not an object).")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise BadSampleError(f"{json_file}: not a COCO instances file (field '{key}' missing or not a list).")
+    if not isinstance(data.get("annotations", []), list):
+        raise BadSampleError(f"{json_file}: not a COCO instances file (field 'annotations' is not a list).")
+    return data
+
+
+def _require(entry: dict, keys: Sequence[str], where: str) -> None:
+    for key in keys:
+        if key not in entry:
+            raise BadSampleError(f"{where}: field '{key}' is missing.")
+
+
+def _check_bbox(bbox: Any, where: str) -> List[float]:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise BadSampleError(f"{where}: field 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}.")
+    try:
+        values = [float(v) for v in bbox]
+    except (TypeError, ValueError) as e:
+        raise BadSampleError(f"{where}: field 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}.") from e
+    if not all(math.isfinite(v) for v in values):
+        raise BadSampleError(f"{where}: field 'bbox' has a non-finite value: {bbox!r}.")
+    if values[2] < 0 or values[3] < 0:
+        raise BadSampleError(f"{where}: field 'bbox' has a negative width or height: {bbox!r}.")
+    return values
+
+
+def _check_segmentation(segm: Any, height: int, width: int, where: str) -> Any:
+    """Returns the segmentation as polygons (list of flat float lists) or compressed RLE."""
+    if isinstance(segm, dict):
+        _require(segm, ("size", "counts"), f"{where}, field 'segmentation'")
+        if list(segm["size"]) != [height, width]:
+            raise BadSampleError(
+                f"{where}: field 'segmentation.size' is {segm['size']} but the image is {[height, width]} (h, w)."
+            )
+        if isinstance(segm["counts"], list):  # uncompressed RLE
+            segm = mask_util.frPyObjects(segm, height, width)
+        return segm
+    if isinstance(segm, list):
+        polygons = [p for p in segm if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
+        if len(polygons) != len(segm) or not polygons:
+            raise BadSampleError(
+                f"{where}: field 'segmentation' has a polygon with fewer than 3 points or an odd number of coordinates."
+            )
+        if not all(np.isfinite(np.asarray(p, dtype=np.float64)).all() for p in polygons):
+            raise BadSampleError(f"{where}: field 'segmentation' has a non-finite polygon coordinate.")
+        return polygons
+    raise BadSampleError(f"{where}: field 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}.")
+
+
+def load_coco_json(
+    json_file: str,
+    image_root: str,
+    dataset_name: Optional[str] = None,
+    extra_annotation_keys: Optional[Sequence[str]] = None,
+) -> List[dict]:
+    """
+    Loads a COCO instances JSON file into detlib's record format.
+
+    Each record has `file_name` (joined with `image_root`), `height`, `width`, `image_id` and
+    `annotations`: dicts with `bbox` (XYWH absolute pixels), `bbox_mode` (`BoxMode.XYWH_ABS`),
+    `category_id` (contiguous 0..K-1, in increasing order of the file's category ids), `iscrowd`
+    and, if present, `segmentation` (polygons, or compressed RLE; uncompressed RLE is compressed).
+
+    With `dataset_name`, sets that dataset's `thing_classes` and
+    `thing_dataset_id_to_contiguous_id` metadata.
+
+    Bad content raises `BadSampleError` naming the file, the image or annotation id and the field;
+    inside `skip_bad_samples()`, a bad annotation (bad box, unknown category, missing image id,
+    malformed segmentation) is dropped with a warning instead. A file that is not COCO always raises.
+    """
+    data = _read_json(json_file)
+
+    categories = data["categories"]
+    for i, cat in enumerate(categories):
+        _require(cat, ("id", "name"), f"{json_file}, categories[{i}]")
+    categories = sorted(categories, key=lambda c: c["id"])
+    id_map = {cat["id"]: i for i, cat in enumerate(categories)}
+    if len(id_map) != len(categories):
+        raise BadSampleError(f"{json_file}: field 'categories' has duplicate ids.")
+    if dataset_name is not None:
+        MetadataCatalog.get(dataset_name).set(
+            thing_classes=[c["name"] for c in categories], thing_dataset_id_to_contiguous_id=id_map
+        )
+
+    records: Dict[Any, dict] = {}
+    for i, img in enumerate(data["images"]):
+        _require(img, ("id", "file_name", "height", "width"), f"{json_file}, images[{i}]")
+        if img["id"] in records:
+            raise BadSampleError(f"{json_file}, image id {img['id']}: field 'id' is duplicated.")
+        records[img["id"]] = {
+            "file_name": os.path.join(image_root, img["file_name"]),
+            "height": img["height"],
+            "width": img["width"],
+            "image_id": img["id"],
+            "annotations": [],
+        }
+
+    skip = skipping_bad_samples()
+    skipped = SkipCounter(f"annotation in {json_file}")
+    extra_keys = tuple(extra_annotation_keys or ())
+    for i, ann in enumerate(data.get("annotations", [])):
+        where = f"{json_file}, annotation id {ann.get('id', f'<none, index {i}>')}"
+        try:
+            obj = _parse_annotation(ann, records, id_map, extra_keys, where)
+        except BadSampleError as e:
+            if not skip:
+                raise
+            skipped.skip(e)
+            continue
+        records[ann["image_id"]]["annotations"].append(obj)
+    if skipped.count:
+        logger.warning("Skipped %d bad annotations in total while loading %s.", skipped.count, json_file)
+    logger.info("Loaded %d images from %s.", len(records), json_file)
+    return list(records.values())
+
+
+def _parse_annotation(ann: dict, records: Dict[Any, dict], id_map: Dict[int, int], extra_keys, where: str) -> dict:
+    _require(ann, ("image_id", "bbox", "category_id"), where)
+    record = records.get(ann["image_id"])
+    if record is None:
+        raise BadSampleError(f"{where}: field 'image_id' is {ann['image_id']!r}, which is not in 'images'.")
+    if ann["category_id"] not in id_map:
+        raise BadSampleError(
+            f"{where}: field 'category_id' is {ann['category_id']!r}, which is not in 'categories' {sorted(id_map)}."
+        )
+    obj = {key: ann[key] for key in _ANNOTATION_KEYS + tuple(extra_keys) if key in ann}
+    obj["bbox"] = _check_bbox(ann["bbox"], where)
+    obj["bbox_mode"] = BoxMode.XYWH_ABS
+    obj["category_id"] = id_map[ann["category_id"]]
+    obj.setdefault("iscrowd", 0)
+    if "segmentation" in ann:
+        obj["segmentation"] = _check_segmentation(ann["segmentation"], record["height"], record["width"], where)
+    return obj
+
+
+def register_coco_instances(name: str, metadata: dict, json_file: str, image_root: str) -> None:
+    """
+    Registers a COCO-format instances dataset under `name`: records come from
+    `load_coco_json(json_file, image_root, name)` when the dataset is used; `metadata` (for example
+    `thing_colors`) goes to `MetadataCatalog.get(name)` together with `json_file`, `image_root` and
+    `evaluator_type="coco"`.
+    """
+    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
+
+
+def _polygon_area(polygons: List[List[float]]) -> float:
+    """Sum of the shoelace areas of the polygons (flat [x0, y0, x1, y1, ...] lists)."""
+    area = 0.0
+    for poly in polygons:
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        x, y = xy[:, 0], xy[:, 1]
+        area += 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+    return area
+
+
+def convert_to_coco_dict(dataset_name: str) -> dict:
+    """
+    The registered dataset `dataset_name` as a COCO instances dict: boxes in XYWH absolute pixels,
+    category ids mapped back to the dataset's own ids when its metadata has
+    `thing_dataset_id_to_contiguous_id` (else the contiguous id is used as is),
+    RLE counts as str, `area` from the mask when there is one, else from the box.
+    """
+    records = DatasetCatalog.get(dataset_name)
+    metadata = MetadataCatalog.get(dataset_name)
+    id_map = metadata.get("thing_dataset_id_to_contiguous_id")
+    to_dataset_id = {v: k for k, v in id_map.items()} if id_map else None
+    classes = metadata.get("thing_classes")
+    if classes is None:
+        raise ValueError(f"Dataset '{dataset_name}' has no 'thing_classes' metadata; cannot write COCO categories.")
+    categories = [
+        {"id": to_dataset_id[i] if to_dataset_id else i, "name": name} for i, name in enumerate(classes)
+    ]
+
+    images, annotations = [], []
+    for record in records:
+        images.append(
+            {"id": record["image_id"], "width": record["width"], "height": record["height"], "file_name": record["file_name"]}
+        )
+        for obj in record.get("annotations", []):
+            bbox = BoxMode.convert(list(obj["bbox"]), obj["bbox_mode"], BoxMode.XYWH_ABS)
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": record["image_id"],
+                "bbox": [float(v) for v in bbox],
+                "category_id": to_dataset_id[obj["category_id"]] if to_dataset_id else obj["category_id"],
+                "iscrowd": int(obj.get("iscrowd", 0)),
+            }
+            segm = obj.get("segmentation")
+            if isinstance(segm, list):
+                ann["segmentation"] = segm
+                ann["area"] = _polygon_area(segm)
+            elif isinstance(segm, dict):
+                if isinstance(segm["counts"], list):
+                    segm = mask_util.frPyObjects(segm, *segm["size"])
+                counts = segm["counts"]
+                ann["segmentation"] = {"size": list(segm["size"]), "counts": counts.decode() if isinstance(counts, bytes) else counts}
+                ann["area"] = float(mask_util.area(segm))
+            else:
+                ann["area"] = float(bbox[2] * bbox[3])
+            annotations.append(ann)
+
+    return {
+        "info": {"description": f"detlib conversion of dataset '{dataset_name}'"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+        "licenses": [],
+    }
+
+
+def convert_to_coco_json(dataset_name: str, output_file: str, allow_cached: bool = True) -> None:
+    """
+    Writes `convert_to_coco_dict(dataset_name)` to `output_file` (atomically: a reader never sees a
+    partial file). With `allow_cached`, an existing file is reused as is.
+    """
+    if allow_cached and os.path.exists(output_file):
+        logger.info("Reusing the cached COCO json of '%s' at %s.", dataset_name, output_file)
+        return
+    coco_dict = convert_to_coco_dict(dataset_name)
+    directory = os.path.dirname(os.path.abspath(output_file))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(coco_dict, f)
+    os.replace(tmp, output_file)
+    logger.info("Wrote the COCO json of '%s' (%d images) to %s.", dataset_name, len(coco_dict["images"]), output_file)

@@ -1,0 +1,172 @@
+"""Helpers that turn a dataset record into model inputs: image reading, annotation transforms."""
+from typing import List, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from PIL import Image, ImageOps
+
+from detlib.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks, polygons_to_bitmask
+
+from . import transforms as T
+from .bad_samples import BadSampleError
+
+__all__ = [
+    "read_image",
+    "convert_PIL_to_numpy",
+    "check_image_size",
+    "transform_instance_annotations",
+    "annotations_to_instances",
+    "filter_empty_instances",
+    "build_augmentation",
+]
+
+
+def convert_PIL_to_numpy(image: Image.Image, format: str = None) -> np.ndarray:
+    """
+    Converts a PIL image to an H x W x C uint8 array in `format`: "BGR", or any PIL mode such as
+    "RGB" or "L" ("L" gives H x W x 1). Grayscale, palette and RGBA images are converted (alpha is
+    dropped). With `format=None` the image's own mode is kept.
+    """
+    if format is not None:
+        image = image.convert("RGB" if format == "BGR" else format)
+    array = np.asarray(image)
+    if format == "BGR":
+        array = array[:, :, ::-1]
+    elif format == "L":
+        array = array[:, :, None]
+    return np.ascontiguousarray(array)
+
+
+def read_image(file_name: str, format: str = None) -> np.ndarray:
+    """
+    Reads an image file as an H x W x C uint8 array in `format` (see `convert_PIL_to_numpy`),
+    upright according to its EXIF orientation tag.
+
+    Raises FileNotFoundError for a missing file and OSError (PIL's UnidentifiedImageError included)
+    for a file that does not decode.
+    """
+    with open(file_name, "rb") as f:
+        image = Image.open(f)
+        image.load()  # decode now, while the file is open, so corrupt data fails here
+    return convert_PIL_to_numpy(ImageOps.exif_transpose(image), format)
+
+
+def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
+    """
+    Checks the image against the record's `height`/`width` (setting them when the record has
+    none); raises BadSampleError naming the file, image id and field on a mismatch.
+    """
+    h, w = image.shape[:2]
+    for field, actual in (("height", h), ("width", w)):
+        expected = dataset_dict.get(field)
+        if expected is None:
+            dataset_dict[field] = actual
+        elif expected != actual:
+            raise BadSampleError(
+                f"{dataset_dict.get('file_name', '<no file_name>')}, image id {dataset_dict.get('image_id')}: "
+                f"field '{field}' is {expected} but the image file is {h}x{w} (h x w)."
+            )
+
+
+def transform_instance_annotations(annotation: dict, transforms: T.Transform, image_size: Tuple[int, int]) -> dict:
+    """
+    Applies `transforms` to one annotation of a record, in place, and returns it.
+
+    `bbox` becomes XYXY absolute (`bbox_mode` updated), clipped to `image_size` (h, w). Polygons
+    are transformed as coordinates (exact). An RLE `segmentation` is decoded and transformed as a
+    mask image, becoming an H x W uint8 array.
+    """
+    if isinstance(transforms, (list, tuple)):
+        transforms = T.TransformList(transforms)
+    h, w = image_size
+    bbox = BoxMode.convert(np.asarray(annotation["bbox"], dtype=np.float64)[None], annotation["bbox_mode"], BoxMode.XYXY_ABS)
+    bbox = transforms.apply_box(bbox)[0].clip(min=0)
+    annotation["bbox"] = np.minimum(bbox, [w, h, w, h])
+    annotation["bbox_mode"] = BoxMode.XYXY_ABS
+
+    segm = annotation.get("segmentation")
+    if isinstance(segm, list):
+        polygons = transforms.apply_polygons([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in segm])
+        annotation["segmentation"] = [p.reshape(-1) for p in polygons]
+    elif isinstance(segm, dict):
+        rle = mask_util.frPyObjects(segm, *segm["size"]) if isinstance(segm["counts"], list) else segm
+        annotation["segmentation"] = transforms.apply_segmentation(mask_util.decode(rle))
+    elif segm is not None:
+        raise ValueError(f"Cannot transform a segmentation of type {type(segm).__name__}; expected polygons or RLE.")
+    return annotation
+
+
+def _segmentation_to_bitmask(segm, height: int, width: int) -> np.ndarray:
+    if isinstance(segm, list):
+        return polygons_to_bitmask(segm, height, width)
+    if isinstance(segm, dict):
+        return mask_util.decode(segm).astype(bool)
+    mask = np.asarray(segm)
+    if mask.shape != (height, width):
+        raise ValueError(f"A bitmask segmentation of shape {mask.shape} does not match the image ({height}, {width}).")
+    return mask.astype(bool)
+
+
+def annotations_to_instances(annos: List[dict], image_size: Tuple[int, int], mask_format: str = "polygon") -> Instances:
+    """
+    Builds the `Instances` (gt_boxes, gt_classes, and gt_masks when annotations have a
+    `segmentation`) of one image from annotations already in its (transformed) frame.
+
+    Masks: with `mask_format="bitmask"` every mask is a raster (`BitMasks`). With "polygon" an
+    image whose masks are all polygons keeps them as `PolygonMasks`, which the mask head
+    rasterizes exactly at its own resolution; an image with any RLE or raster mask (which polygons
+    cannot represent, e.g. an object with a hole) gets `BitMasks`, its polygons rasterized at the
+    image size. Either way no mask loses detail and any valid COCO file trains.
+    """
+    if mask_format not in ("polygon", "bitmask"):
+        raise ValueError(f"mask_format must be 'polygon' or 'bitmask', got '{mask_format}'.")
+    h, w = image_size
+    boxes = np.asarray(
+        [BoxMode.convert(np.asarray(a["bbox"], dtype=np.float64)[None], a["bbox_mode"], BoxMode.XYXY_ABS)[0] for a in annos],
+        dtype=np.float32,
+    ).reshape(-1, 4)
+    instances = Instances(image_size)
+    gt_boxes = Boxes(torch.as_tensor(boxes))
+    gt_boxes.clip(image_size)
+    instances.gt_boxes = gt_boxes
+    instances.gt_classes = torch.tensor([int(a["category_id"]) for a in annos], dtype=torch.int64)
+
+    if annos and "segmentation" in annos[0]:
+        segms = [a["segmentation"] for a in annos]
+        if mask_format == "polygon" and all(isinstance(s, list) for s in segms):
+            instances.gt_masks = PolygonMasks(segms)
+        else:
+            masks = [torch.from_numpy(np.ascontiguousarray(_segmentation_to_bitmask(s, h, w))) for s in segms]
+            instances.gt_masks = BitMasks(torch.stack(masks))
+    return instances
+
+
+def filter_empty_instances(
+    instances: Instances, by_box: bool = True, by_mask: bool = True, box_threshold: float = 1e-5
+) -> Instances:
+    """Drops instances whose box has a side <= `box_threshold` or whose mask is empty."""
+    keep = torch.ones(len(instances), dtype=torch.bool)
+    if by_box:
+        keep &= instances.gt_boxes.nonempty(threshold=box_threshold)
+    if by_mask and instances.has("gt_masks"):
+        keep &= instances.gt_masks.nonempty()
+    return instances[keep]
+
+
+def build_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
+    """
+    The default augmentations: `ResizeShortestEdge` from INPUT.MIN/MAX_SIZE_{TRAIN,TEST}, plus in
+    training a `RandomFlip` as INPUT.RANDOM_FLIP says ("horizontal", "vertical" or "none").
+    """
+    if is_train:
+        augs: List[T.Augmentation] = [
+            T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+        ]
+        flip = cfg.INPUT.RANDOM_FLIP
+        if flip not in ("horizontal", "vertical", "none"):
+            raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal', 'vertical' or 'none', got '{flip}'.")
+        if flip != "none":
+            augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
+        return augs
+    return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]

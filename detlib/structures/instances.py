@@ -4,6 +4,8 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
+from .list_indexing import index_list
+
 __all__ = ["Instances"]
 
 
@@ -98,7 +100,7 @@ class Instances:
             item = slice(item, item + 1)
         out = Instances(self._image_size)
         for name, value in self._fields.items():
-            out.set(name, value[item])
+            out.set(name, index_list(value, item) if isinstance(value, list) else value[item])
         return out
 
     def __len__(self) -> int:
@@ -155,3 +157,4 @@ class Instances:
         )
 
     __str__ = __repr__
+

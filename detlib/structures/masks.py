@@ -15,6 +15,7 @@ import pycocotools.mask as mask_util
 import torch
 
 from .boxes import Boxes
+from .list_indexing import index_list
 
 __all__ = ["BitMasks", "PolygonMasks", "polygons_to_bitmask"]
 
@@ -222,17 +223,7 @@ class PolygonMasks:
 
     def __getitem__(self, item) -> "PolygonMasks":
         """Select instances by an int, a slice, a list of ints, a bool mask or an index tensor."""
-        if isinstance(item, (int, np.integer)):
-            selected = [self.polygons[item]]
-        elif isinstance(item, slice):
-            selected = self.polygons[item]
-        else:
-            index = torch.as_tensor(item)
-            if index.dtype == torch.bool:
-                if index.shape != (len(self),):
-                    raise IndexError(f"Bool mask of shape {tuple(index.shape)} for {len(self)} polygon masks")
-                index = index.nonzero().squeeze(1)
-            selected = [self.polygons[i] for i in index.reshape(-1).tolist()]
+        selected = index_list(self.polygons, item)
         # Share the arrays, like tensor indexing shares storage.
         out = PolygonMasks([])
         out.polygons = list(selected)

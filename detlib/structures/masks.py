@@ -195,6 +195,11 @@ class PolygonMasks:
     def _as_polygon(poly: Any, instance: int, index: int) -> np.ndarray:
         if isinstance(poly, torch.Tensor):
             poly = poly.cpu().numpy()
+        if np.ndim(poly) == 0:
+            raise TypeError(
+                f"PolygonMasks: instance {instance} must be a list of polygons (flat coordinate lists), "
+                f"but its element {index} is a number"
+            )
         # A copy: polygons are transformed in place (`scale`), which must not reach the caller's data.
         arr = np.array(poly, dtype=np.float64).reshape(-1)
         if len(arr) % 2 != 0 or len(arr) < 6:

@@ -41,8 +41,8 @@ def _rasterize_polygons_within_box(polygons: List[np.ndarray], box: np.ndarray, 
     """
     Crop an instance's polygons to `box` (XYXY) and rasterize them at `mask_size` x `mask_size`.
 
-    The arithmetic (float32 box, float64 polygons, the 0.1-pixel floor on the box size) follows
-    Detectron2 step by step, because the mask targets, and hence the mask loss, must agree with it
+    The arithmetic (box size and scale in the boxes' dtype, float32 for `Boxes`; shifts and scaling
+    of the float64 polygons; the 0.1-pixel floor on the box size) follows Detectron2 step by step, because the mask targets, and hence the mask loss, must agree with it
     pixel for pixel.
     """
     w, h = box[2] - box[0], box[3] - box[1]
@@ -276,7 +276,7 @@ class PolygonMasks:
         device = boxes.device
         if len(boxes) == 0:
             return torch.empty(0, mask_size, mask_size, dtype=torch.bool, device=device)
-        boxes_np = boxes.detach().to(device="cpu", dtype=torch.float32).numpy()
+        boxes_np = boxes.detach().cpu().numpy()
         masks = [
             _rasterize_polygons_within_box(instance, box, mask_size)
             for instance, box in zip(self.polygons, boxes_np)

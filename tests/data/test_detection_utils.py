@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detlib.data import BadSampleError
+from detlib.data import detection_utils as utils
+from detlib.structures import BitMasks, Boxes, BoxMode, Instances
+
+
+def _gradient_rgb(h=6, w=10):
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = np.arange(w)[None] * 20  # red grows left to right
+    img[..., 1] = np.arange(h)[:, None] * 30  # green grows top to bottom
+    img[..., 2] = 7
+    return img
+
+
+def test_read_image_formats(tmp_path):
+    rgb = _gradient_rgb()
+    path = tmp_path / "a.png"
+    Image.fromarray(rgb).save(path)
+    np.testing.assert_array_equal(utils.read_image(str(path), "RGB"), rgb)
+    np.testing.assert_array_equal(utils.read_image(str(path), "BGR"), rgb[:, :, ::-1])
+    gray = utils.read_image(str(path), "L")
+    assert gray.shape == (6, 10, 1)
+    np.testing.assert_array_equal(gray[:, :, 0], np.asarray(Image.fromarray(rgb).convert("L")))
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    rgb = _gradient_rgb()
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(rgb).save(path, exif=exif, quality=100, subsampling=0)
+    out = utils.read_image(str(path), "RGB")
+    assert out.shape == (10, 6, 3)  # upright: the stored 6x10 image turned clockwise
+    expected = np.rot90(rgb, k=-1)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 8  # JPEG rounding
+
+
+def test_read_image_grayscale_and_rgba_become_three_channels(tmp_path):
+    gray = np.arange(60, dtype=np.uint8).reshape(6, 10) * 4
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    out = utils.read_image(str(tmp_path / "g.png"), "BGR")
+    assert out.shape == (6, 10, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], gray)
+
+    rgba = np.concatenate([_gradient_rgb(), np.full((6, 10, 1), 128, np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = utils.read_image(str(tmp_path / "a.png"), "RGB")
+    np.testing.assert_array_equal(out, rgba[:, :, :3])
+
+
+def test_read_image_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        utils.read_image(str(tmp_path / "missing.png"), "RGB")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(OSError):
+        utils.read_image(str(tmp_path / "junk.jpg"), "RGB")
+
+
+def test_check_image_size_fills_missing_and_rejects_mismatch():
+    image = np.zeros((5, 7, 3), np.uint8)
+    record = {"file_name": "x.png", "image_id": 4}
+    utils.check_image_size(record, image)
+    assert (record["height"], record["width"]) == (5, 7)
+    with pytest.raises(BadSampleError, match=r"x\.png, image id 4: field 'width' is 8"):
+        utils.check_image_size({"file_name": "x.png", "image_id": 4, "height": 5, "width": 8}, image)
+
+
+def test_transform_instance_annotations_clips_box_to_image():
+    from detlib.data import transforms as T
+
+    anno = {"bbox": [-4.0, 2.0, 30.0, 6.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
+    out = utils.transform_instance_annotations(anno, [T.ResizeTransform(10, 20, 20, 40)], (20, 40))
+    np.testing.assert_allclose(out["bbox"], [0.0, 4.0, 40.0, 16.0])
+    assert out["bbox_mode"] == BoxMode.XYXY_ABS
+
+
+def test_annotations_to_instances_and_filter_empty():
+    annos = [
+        {"bbox": [1.0, 1.0, 5.0, 5.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 2,
+         "segmentation": [np.array([1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0, 5.0])]},
+        {"bbox": [3.0, 3.0, 3.0, 9.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1,  # zero width
+         "segmentation": np.zeros((8, 8), np.uint8)},
+    ]
+    inst = utils.annotations_to_instances(annos, (8, 8), mask_format="polygon")
+    assert isinstance(inst.gt_masks, BitMasks)  # one raster mask: the image gets bitmasks
+    assert inst.gt_masks.tensor[0, 1:5, 1:5].all() and inst.gt_masks.tensor[0].sum() == 16
+    np.testing.assert_allclose(inst.gt_boxes.tensor.numpy(), [[1, 1, 5, 5], [3, 3, 3, 8]])  # clipped to 8
+    assert inst.gt_classes.tolist() == [2, 1]
+    kept = utils.filter_empty_instances(inst)
+    assert len(kept) == 1 and kept.gt_classes.tolist() == [2]
+
+
+def test_filter_empty_instances_by_mask():
+    inst = Instances((4, 4))
+    inst.gt_boxes = Boxes(torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 3.0, 3.0]]))
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[1, 1, 1] = True
+    inst.gt_masks = BitMasks(masks)
+    assert utils.filter_empty_instances(inst).gt_boxes.tensor.tolist() == [[0.0, 0.0, 3.0, 3.0]]
+    assert len(utils.filter_empty_instances(inst, by_mask=False)) == 2

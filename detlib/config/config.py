@@ -1,6 +1,5 @@
 """The YAML configuration tree: `_BASE_` inheritance, CLI overrides, and helpful errors for typos."""
 import difflib
-import logging
 from typing import Any, Dict, Iterator, List, Optional
 
 from fvcore.common.config import BASE_KEY
@@ -8,8 +7,6 @@ from fvcore.common.config import CfgNode as _FvcoreCfgNode
 from yacs.config import _merge_a_into_b
 
 __all__ = ["CfgNode", "get_cfg", "ConfigKeyError"]
-
-logger = logging.getLogger(__name__)
 
 # The only config schema detlib reads. Detectron2 bumped its schema to 2 in 2019; older files used
 # different key names and are rejected rather than silently mis-read.
@@ -52,7 +49,8 @@ class CfgNode(_FvcoreCfgNode):
         """Merge another config tree into this one."""
         if BASE_KEY in cfg_other:
             raise ValueError(f"The reserved key '{BASE_KEY}' can only be used in files")
-        self._merge_checked(cfg_other, source=None)
+        # A copy, because the checks widen ints to floats in the tree they merge from.
+        self._merge_checked(cfg_other.clone(), source=None)
 
     def merge_from_list(self, cfg_list: List[Any]) -> None:
         """
@@ -126,11 +124,6 @@ class CfgNode(_FvcoreCfgNode):
             message += f"; did you mean '{close[0]}'?"
         return ConfigKeyError(message)
 
-    def dump(self, **kwargs) -> str:
-        """The tree as a YAML string that `merge_from_file` reads back unchanged."""
-        kwargs.setdefault("sort_keys", True)
-        return super().dump(**kwargs)
-
 
 def _check_version(version: Any, source: str) -> None:
     if version != _SUPPORTED_VERSION:
@@ -151,6 +144,6 @@ def _iter_full_keys(node: Dict[str, Any], prefix: str = "") -> Iterator[str]:
 
 def get_cfg() -> CfgNode:
     """A fresh copy of detlib's default configuration (Detectron2's keys and defaults)."""
-    from .defaults import _C
+    from .defaults import _C  # defaults.py builds on CfgNode above, so it is imported on first use
 
     return _C.clone()

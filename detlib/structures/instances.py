@@ -46,7 +46,8 @@ class Instances:
         # Only called when normal lookup fails. Guard `_fields` so that copy/pickle, which build the
         # object without __init__, do not recurse forever.
         if name == "_fields" or name not in self._fields:
-            raise AttributeError(f"Instances has no field '{name}'; its fields are {list(self.__dict__.get('_fields', {}))}")
+            known = list(self.__dict__.get("_fields", {}))
+            raise AttributeError(f"Instances has no field '{name}'; its fields are {known}")
         return self._fields[name]
 
     def set(self, name: str, value: Any) -> None:

@@ -42,8 +42,8 @@ def _rasterize_polygons_within_box(polygons: List[np.ndarray], box: np.ndarray, 
     Crop an instance's polygons to `box` (XYXY) and rasterize them at `mask_size` x `mask_size`.
 
     The arithmetic (box size and scale in the boxes' dtype, float32 for `Boxes`; shifts and scaling
-    of the float64 polygons; the 0.1-pixel floor on the box size) follows Detectron2 step by step, because the mask targets, and hence the mask loss, must agree with it
-    pixel for pixel.
+    of the float64 polygons; the 0.1-pixel floor on the box size) follows Detectron2 step by step,
+    because the mask targets, and hence the mask loss, must agree with it pixel for pixel.
     """
     w, h = box[2] - box[0], box[3] - box[1]
     ratio_w = mask_size / max(w, 0.1)

@@ -41,8 +41,10 @@ class BoxMode(IntEnum):
         """
         Convert one box (4 or 5 numbers) or an Nx4 / Nx5 array of boxes between absolute modes.
 
-        The result has the type of `box` (list, tuple, numpy array or tensor). XYWHA -> XYXY gives the
-        axis-aligned box enclosing the rotated one; XYXY -> XYWHA gives angle 0.
+        The result has the type of `box` (list, tuple, numpy array or tensor); arrays and tensors keep
+        their dtype, lists and tuples of floats are computed in float32 (as in Detectron2; pass a
+        float64 array for full precision). XYWHA -> XYXY gives the axis-aligned box enclosing the
+        rotated one; XYXY -> XYWHA gives angle 0.
         """
         from_mode, to_mode = BoxMode(from_mode), BoxMode(to_mode)
         if from_mode == to_mode:
@@ -59,7 +61,8 @@ class BoxMode(IntEnum):
             expected = 5 if from_mode == BoxMode.XYWHA_ABS else 4
             if len(box) != expected:
                 raise ValueError(f"A {from_mode.name} box has {expected} numbers, got {len(box)}: {box}")
-            arr = torch.tensor([box], dtype=torch.float64)
+            # dtype inferred as torch does (float32 for floats), so results equal Detectron2's.
+            arr = torch.tensor([list(box)])
         elif isinstance(box, np.ndarray):
             arr = torch.from_numpy(np.asarray(box))
         elif isinstance(box, torch.Tensor):

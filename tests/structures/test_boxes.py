@@ -117,6 +117,14 @@ def test_box_mode_conversions_by_hand():
         BoxMode.convert([1.0, 2.0, 3.0], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
 
 
+def test_box_mode_lists_use_float32_like_detectron2():
+    x0, y0, w, h = 0.1, 0.2, 0.3, 0.7
+    out = BoxMode.convert([x0, y0, w, h], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+    assert out[2] == float(np.float32(x0) + np.float32(w))
+    assert out[3] == float(np.float32(y0) + np.float32(h))
+    assert BoxMode.convert([1, 2, 3, 4], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) == [1, 2, 4, 6]
+
+
 def test_box_mode_round_trips_keep_type():
     g = np.random.default_rng(0)
     xyxy = np.concatenate([g.uniform(0, 50, (6, 2)), g.uniform(60, 100, (6, 2))], axis=1)

@@ -150,7 +150,7 @@ class Visualizer:
             areas = np.array([r.sum() for r in rasters], dtype=np.float64)
         colors = assigned_colors if assigned_colors is not None else [_PALETTE[i % len(_PALETTE)] for i in range(n)]
 
-        canvas = self.canvas.astype(np.float32)
+        canvas = self.canvas.copy()
         for i in np.argsort(-areas, kind="stable"):
             color = np.asarray(colors[i], dtype=np.float32)
             if rasters is not None:
@@ -158,14 +158,14 @@ class Visualizer:
             anchor = None
             if boxes is not None:
                 x0, y0, x1, y1 = (boxes[i] * self.scale).round().astype(int)
-                cv2.rectangle(canvas, (x0, y0), (x1, y1), color.tolist(), self._thickness)
+                cv2.rectangle(canvas, (x0, y0), (x1, y1), _cv_color(color), self._thickness)
                 anchor = (x0, y0)
             elif rasters is not None and rasters[i].any():
                 ys, xs = np.nonzero(rasters[i])
                 anchor = (int(xs.min() * self.scale), int(ys.min() * self.scale))
             if labels is not None and anchor is not None:
                 self._draw_label(canvas, labels[i], anchor, color)
-        self.canvas = canvas.clip(0, 255).astype(np.uint8)
+        self.canvas = canvas
         return self.canvas
 
     def _to_raster(self, mask: Mask, h: int, w: int) -> np.ndarray:
@@ -180,9 +180,9 @@ class Visualizer:
     def _draw_mask(self, canvas: np.ndarray, raster: np.ndarray, color: np.ndarray, alpha: float) -> None:
         if self.scale != 1.0:
             raster = cv2.resize(raster.astype(np.uint8), (canvas.shape[1], canvas.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
-        canvas[raster] = canvas[raster] * (1 - alpha) + color * alpha
+        canvas[raster] = np.rint(canvas[raster] * (1 - alpha) + color * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(raster.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(canvas, contours, -1, (color * 0.6).tolist(), self._thickness)
+        cv2.drawContours(canvas, contours, -1, _cv_color(color * 0.6), self._thickness)
 
     def _draw_label(self, canvas: np.ndarray, text: str, anchor: Tuple[int, int], color: np.ndarray) -> None:
         font = cv2.FONT_HERSHEY_SIMPLEX
@@ -191,5 +191,10 @@ class Visualizer:
         y = anchor[1] - th - baseline - 2
         if y < 0:  # no room above the box: write inside it
             y = anchor[1]
-        cv2.rectangle(canvas, (x, y), (x + tw + 2, y + th + baseline + 2), (color * 0.5).tolist(), -1)
+        cv2.rectangle(canvas, (x, y), (x + tw + 2, y + th + baseline + 2), _cv_color(color * 0.5), -1)
         cv2.putText(canvas, text, (x + 1, y + th + 1), font, self._font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def _cv_color(color: np.ndarray) -> Tuple[int, int, int]:
+    """An RGB colour as the int tuple OpenCV drawing takes (the canvas is RGB, so no channel swap)."""
+    return tuple(int(round(float(c))) for c in color)

@@ -228,11 +228,8 @@ class PolygonMasks:
 
     def __getitem__(self, item) -> "PolygonMasks":
         """Select instances by an int, a slice, a list of ints, a bool mask or an index tensor."""
-        selected = index_list(self.polygons, item)
-        # Share the arrays, like tensor indexing shares storage.
-        out = PolygonMasks([])
-        out.polygons = list(selected)
-        return out
+        # Shares the arrays, like tensor indexing shares storage.
+        return self._wrap(index_list(self.polygons, item))
 
     def get_bounding_boxes(self) -> Boxes:
         """The tightest XYXY box around each instance's polygons (no pixel-edge adjustment)."""
@@ -288,6 +285,11 @@ class PolygonMasks:
         """Concatenate PolygonMasks (the arrays are shared, not copied)."""
         if not polymasks_list or not all(isinstance(m, PolygonMasks) for m in polymasks_list):
             raise TypeError("PolygonMasks.cat takes a non-empty list of PolygonMasks")
+        return cls._wrap(list(itertools.chain.from_iterable(m.polygons for m in polymasks_list)))
+
+    @classmethod
+    def _wrap(cls, polygons: List[List[np.ndarray]]) -> "PolygonMasks":
+        """A PolygonMasks around already validated arrays, without copying them."""
         out = cls([])
-        out.polygons = list(itertools.chain.from_iterable(m.polygons for m in polymasks_list))
+        out.polygons = polygons
         return out

@@ -78,11 +78,23 @@ def test_registered_split_generates_on_first_use(tmp_path):
     register_shapes(name, str(tmp_path / "split"), ShapesSpec(num_images=4, seed=1))
     try:
         meta = MetadataCatalog.get(name)
-        assert not os.path.exists(meta.json_file)
+        assert not os.path.exists(tmp_path / "split")
         records = DatasetCatalog.get(name)
-        assert len(records) == 4 and os.path.exists(meta.json_file)
+        assert len(records) == 4 and os.path.exists(tmp_path / "split" / "annotations.json")
         assert meta.thing_classes == list(SHAPES_CLASSES) and meta.evaluator_type == "coco"
         assert records == load_coco_json(meta.json_file, meta.image_root)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_reading_json_file_metadata_generates_the_split(tmp_path):
+    """An evaluator may open the COCO json before the dataset was ever loaded."""
+    name = "shapes_test_json_first"
+    register_shapes(name, str(tmp_path / "split"), ShapesSpec(num_images=2, seed=1))
+    try:
+        json_file = MetadataCatalog.get(name).json_file
+        assert len(COCO(json_file).getImgIds()) == 2
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

@@ -7,7 +7,7 @@ They live under `$DETLIB_DATASETS` (default `./datasets`):
 """
 import os
 
-from ..catalog import DatasetCatalog, MetadataCatalog
+from ..catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json, register_coco_instances
 from .shapes import SHAPES_CLASSES, ShapesSpec, generate_shapes
 
@@ -63,22 +63,29 @@ def register_all_coco(root: str) -> None:
         register_coco_instances(name, _coco_metadata(), os.path.join(root, json_file), os.path.join(root, image_dir))
 
 
+class _ShapesMetadata(Metadata):
+    """
+    Metadata of a synthetic split whose `json_file` is written on first access: an evaluator may
+    open the annotation file before anything has loaded the dataset.
+    """
+
+    def __init__(self, name: str, split_dir: str, spec: ShapesSpec):
+        super().__init__(name=name, image_root=os.path.join(split_dir, "images"))
+        self._split = (split_dir, spec)
+
+    @property
+    def json_file(self) -> str:
+        return generate_shapes(self._split[1], self._split[0])
+
+
 def register_shapes(name: str, split_dir: str, spec: ShapesSpec) -> None:
     """
-    Registers a synthetic shapes split: the first `DatasetCatalog.get(name)` writes it to
-    `split_dir` (a no-op when it is already there), then loads it as a COCO dataset.
+    Registers a synthetic shapes split: its first use (`DatasetCatalog.get(name)` or reading the
+    metadata's `json_file`) writes it to `split_dir`; later uses read it from there.
     """
-    json_file = os.path.join(split_dir, "annotations.json")
-    image_root = os.path.join(split_dir, "images")
-
-    def load():
-        generate_shapes(spec, split_dir)
-        return load_coco_json(json_file, image_root, name)
-
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
-        json_file=json_file,
-        image_root=image_root,
+    metadata = _ShapesMetadata(name, split_dir, spec)
+    DatasetCatalog.register(name, lambda: load_coco_json(metadata.json_file, metadata.image_root, name))
+    MetadataCatalog[name] = metadata.set(
         evaluator_type="coco",
         thing_classes=list(SHAPES_CLASSES),
         thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))},

@@ -136,7 +136,7 @@ class EventStorage:
         result = {}
         for name, (value, iteration) in self._latest_scalars.items():
             if self._smoothing_hints[name]:
-                value = self._history[name].median(window_size)
+                value = float(self._history[name].median(window_size))
             result[name] = (value, iteration)
         return result
 

@@ -1,0 +1,59 @@
+"""Reproducibility and environment reporting."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from datetime import datetime
+from typing import Optional
+
+import numpy as np
+import torch
+
+__all__ = ["seed_all_rng", "collect_env_info"]
+
+
+def seed_all_rng(seed: Optional[int] = None) -> int:
+    """Seed Python's, NumPy's and torch's (CPU and every CUDA device) generators.
+
+    Args:
+        seed: the seed; None draws a fresh one from the OS and the clock.
+    Returns:
+        the seed that was used, so a run can log it and be repeated.
+    """
+    if seed is None:
+        seed = (os.getpid() + int(datetime.now().strftime("%S%f")) + int.from_bytes(os.urandom(2), "big")) % 2**31
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return seed
+
+
+def collect_env_info() -> str:
+    """A short table of the software and hardware this run uses, for the top of the log."""
+    import torchvision
+
+    rows = [
+        ("sys.platform", sys.platform),
+        ("Python", sys.version.replace("\n", " ")),
+        ("numpy", np.__version__),
+        ("PyTorch", f"{torch.__version__} @ {os.path.dirname(torch.__file__)}"),
+        ("torchvision", torchvision.__version__),
+        ("PyTorch CUDA build", str(torch.version.cuda)),
+        ("CUDA available", str(torch.cuda.is_available())),
+    ]
+    try:
+        import detlib._C  # noqa: F401
+
+        rows.append(("detlib._C", "compiled"))
+    except ImportError as error:
+        rows.append(("detlib._C", f"not importable ({error})"))
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            rows.append((f"GPU {index}", torch.cuda.get_device_name(index)))
+    else:
+        rows.append(("CPU", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"))
+    rows.append(("torch threads", str(torch.get_num_threads())))
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)

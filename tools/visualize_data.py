@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source", choices=["annotation", "dataloader"], required=True)
     parser.add_argument("--output", required=True, metavar="DIR", help="directory for the PNG files")
     parser.add_argument("--num", type=int, default=20, help="number of images to draw")
-    parser.add_argument("--scale", type=float, default=None, help="drawing scale (default: >= 512 px on the short side)")
+    parser.add_argument("--scale", type=float, default=None, help="drawing scale (default: short side >= 512 px)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     return parser.parse_args(argv)
 

@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 def filter_images_with_only_crowd_annotations(dataset_dicts: List[dict]) -> List[dict]:
     """Keeps the records that have at least one non-crowd annotation."""
     kept = [d for d in dataset_dicts if any(a.get("iscrowd", 0) == 0 for a in d.get("annotations", []))]
-    logger.info("Removed %d images with no usable annotations; %d images left.", len(dataset_dicts) - len(kept), len(kept))
+    removed = len(dataset_dicts) - len(kept)
+    logger.info("Removed %d images with no usable annotations; %d images left.", removed, len(kept))
     return kept
 
 
@@ -119,7 +120,9 @@ def build_batch_data_loader(
     """
     world_size = comm.get_world_size()
     if total_batch_size <= 0 or total_batch_size % world_size != 0:
-        raise ValueError(f"Total batch size ({total_batch_size}) must be a positive multiple of the number of ranks ({world_size}).")
+        raise ValueError(
+            f"Total batch size ({total_batch_size}) must be a positive multiple of the number of ranks ({world_size})."
+        )
     batch_size = total_batch_size // world_size
     iterable = ToIterableDataset(dataset, sampler, skip_bad_samples=skip_bad_samples)
     if aspect_ratio_grouping:

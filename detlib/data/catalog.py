@@ -58,7 +58,9 @@ class Metadata(types.SimpleNamespace):
         if key == "__setstate__":  # let pickle/copy fall back to the default protocol
             raise AttributeError(key)
         known = ", ".join(sorted(self.__dict__.keys()))
-        raise AttributeError(f"Attribute '{key}' does not exist in the metadata of dataset '{self.name}'. Available: {known}")
+        raise AttributeError(
+            f"Attribute '{key}' does not exist in the metadata of dataset '{self.name}'. Available: {known}"
+        )
 
     def __setattr__(self, key: str, val: Any) -> None:
         if key in self.__dict__:

@@ -80,14 +80,13 @@ class DatasetMapper:
 
     def _read_image(self, dataset_dict: dict) -> np.ndarray:
         file_name = dataset_dict.get("file_name")
+        where = f"{file_name}, image id {dataset_dict.get('image_id')}: field 'file_name'"
         try:
             image = utils.read_image(file_name, format=self.image_format)
         except FileNotFoundError as e:
-            raise BadSampleError(f"{file_name}, image id {dataset_dict.get('image_id')}: field 'file_name' names a missing file.") from e
+            raise BadSampleError(f"{where} names a missing file.") from e
         except (OSError, ValueError) as e:
-            raise BadSampleError(
-                f"{file_name}, image id {dataset_dict.get('image_id')}: field 'file_name' is not a decodable image ({e})."
-            ) from e
+            raise BadSampleError(f"{where} is not a decodable image ({e}).") from e
         utils.check_image_size(dataset_dict, image)
         return image
 

@@ -69,6 +69,12 @@ def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
             )
 
 
+def _boxes_xyxy(annos: List[dict]) -> np.ndarray:
+    """The annotations' boxes as an N x 4 float64 XYXY array, whatever their `bbox_mode`."""
+    boxes = [BoxMode.convert(np.asarray(a["bbox"], np.float64)[None], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
+    return np.concatenate(boxes) if boxes else np.zeros((0, 4))
+
+
 def transform_instance_annotations(annotation: dict, transforms: T.Transform, image_size: Tuple[int, int]) -> dict:
     """
     Applies `transforms` to one annotation of a record, in place, and returns it.
@@ -80,8 +86,7 @@ def transform_instance_annotations(annotation: dict, transforms: T.Transform, im
     if isinstance(transforms, (list, tuple)):
         transforms = T.TransformList(transforms)
     h, w = image_size
-    bbox = BoxMode.convert(np.asarray(annotation["bbox"], dtype=np.float64)[None], annotation["bbox_mode"], BoxMode.XYXY_ABS)
-    bbox = transforms.apply_box(bbox)[0].clip(min=0)
+    bbox = transforms.apply_box(_boxes_xyxy([annotation]))[0].clip(min=0)
     annotation["bbox"] = np.minimum(bbox, [w, h, w, h])
     annotation["bbox_mode"] = BoxMode.XYXY_ABS
 
@@ -122,12 +127,8 @@ def annotations_to_instances(annos: List[dict], image_size: Tuple[int, int], mas
     if mask_format not in ("polygon", "bitmask"):
         raise ValueError(f"mask_format must be 'polygon' or 'bitmask', got '{mask_format}'.")
     h, w = image_size
-    boxes = np.asarray(
-        [BoxMode.convert(np.asarray(a["bbox"], dtype=np.float64)[None], a["bbox_mode"], BoxMode.XYXY_ABS)[0] for a in annos],
-        dtype=np.float32,
-    ).reshape(-1, 4)
     instances = Instances(image_size)
-    gt_boxes = Boxes(torch.as_tensor(boxes))
+    gt_boxes = Boxes(torch.as_tensor(_boxes_xyxy(annos), dtype=torch.float32))
     gt_boxes.clip(image_size)
     instances.gt_boxes = gt_boxes
     instances.gt_classes = torch.tensor([int(a["category_id"]) for a in annos], dtype=torch.int64)

@@ -92,8 +92,7 @@ class Visualizer:
         """
         annos = list(record.get("annotations", []))
         boxes = np.asarray(
-            [BoxMode.convert(np.asarray(a["bbox"], dtype=np.float64)[None], a["bbox_mode"], BoxMode.XYXY_ABS)[0] for a in annos],
-            dtype=np.float64,
+            [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos], dtype=np.float64
         ).reshape(-1, 4)
         masks = [a["segmentation"] for a in annos] if annos and all("segmentation" in a for a in annos) else None
         classes = [int(a["category_id"]) for a in annos]
@@ -179,7 +178,8 @@ class Visualizer:
 
     def _draw_mask(self, canvas: np.ndarray, raster: np.ndarray, color: np.ndarray, alpha: float) -> None:
         if self.scale != 1.0:
-            raster = cv2.resize(raster.astype(np.uint8), (canvas.shape[1], canvas.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+            size = (canvas.shape[1], canvas.shape[0])
+            raster = cv2.resize(raster.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
         canvas[raster] = np.rint(canvas[raster] * (1 - alpha) + color * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(raster.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(canvas, contours, -1, _cv_color(color * 0.6), self._thickness)

@@ -19,7 +19,10 @@ from detlib.data.samplers import TrainingSampler
 
 def _records(n, bad=()):
     """Fake records, landscape for even ids and portrait for odd ones."""
-    return [{"image_id": i, "width": 20 if i % 2 == 0 else 10, "height": 10 if i % 2 == 0 else 20, "bad": i in bad} for i in range(n)]
+    return [
+        {"image_id": i, "width": 20 if i % 2 == 0 else 10, "height": 10 if i % 2 == 0 else 20, "bad": i in bad}
+        for i in range(n)
+    ]
 
 
 def _mapper(record):
@@ -43,7 +46,9 @@ def test_train_loader_batches_and_groups_by_aspect_ratio():
 
 def test_train_loader_without_grouping_follows_sampler_order():
     sampler = TrainingSampler(6, seed=1, rank=0, world_size=1)
-    loader = build_detection_train_loader(_records(6), mapper=_mapper, sampler=sampler, total_batch_size=2, aspect_ratio_grouping=False)
+    loader = build_detection_train_loader(
+        _records(6), mapper=_mapper, sampler=sampler, total_batch_size=2, aspect_ratio_grouping=False
+    )
     got = [d["image_id"] for batch in islice(iter(loader), 6) for d in batch]
     assert got == list(islice(iter(sampler), 12))
 
@@ -51,7 +56,9 @@ def test_train_loader_without_grouping_follows_sampler_order():
 def test_bad_samples_raise_by_default_and_are_skipped_and_counted_when_asked(caplog):
     records = _records(6, bad={1, 4})
     sampler = TrainingSampler(6, shuffle=False, seed=0, rank=0, world_size=1)
-    loader = build_detection_train_loader(records, mapper=_mapper, sampler=sampler, total_batch_size=2, aspect_ratio_grouping=False)
+    loader = build_detection_train_loader(
+        records, mapper=_mapper, sampler=sampler, total_batch_size=2, aspect_ratio_grouping=False
+    )
     with pytest.raises(BadSampleError, match="image id 1"):
         next(iter(loader))
 

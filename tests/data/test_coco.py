@@ -91,7 +91,9 @@ def _bad_cases():
         "nan box": (dict(bbox=[1.0, float("nan"), 3.0, 4.0]), "field 'bbox'", "non-finite"),
         "unknown category": (dict(category_id=5), "field 'category_id'", "not in 'categories'"),
         "missing image": (dict(image_id=99), "field 'image_id'", "not in 'images'"),
-        "rle of wrong size": (dict(segmentation={"size": [2, 2], "counts": "04"}), "field 'segmentation.size'", "(h, w)"),
+        "rle of wrong size": (
+            dict(segmentation={"size": [2, 2], "counts": "04"}), "field 'segmentation.size'", "(h, w)"
+        ),
         "short polygon": (dict(segmentation=[[1.0, 2.0, 3.0, 4.0]]), "field 'segmentation'", "fewer than 3 points"),
     }
 

@@ -36,7 +36,8 @@ def test_inference_sampler_covers_every_index_exactly_once():
             shards = [list(InferenceSampler(size, rank=r, world_size=world)) for r in range(world)]
             assert [i for shard in shards for i in shard] == list(range(size))
             assert max(map(len, shards)) - min(map(len, shards)) <= 1
-            assert [len(InferenceSampler(size, rank=r, world_size=world)) for r in range(world)] == list(map(len, shards))
+            lengths = [len(InferenceSampler(size, rank=r, world_size=world)) for r in range(world)]
+            assert lengths == list(map(len, shards))
 
 
 def test_sampler_rejects_bad_rank():

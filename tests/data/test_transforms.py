@@ -25,7 +25,9 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.mean(), ys.mean()])
 
 
-STAR = np.array([[30, 5], [37, 25], [58, 25], [41, 38], [48, 58], [30, 46], [12, 58], [19, 38], [2, 25], [23, 25]], np.float64)
+STAR = np.array(
+    [[30, 5], [37, 25], [58, 25], [41, 38], [48, 58], [30, 46], [12, 58], [19, 38], [2, 25], [23, 25]], np.float64
+)
 
 
 @pytest.mark.parametrize("new_hw", [(97, 131), (30, 45), (64, 64), (160, 200)])
@@ -91,7 +93,8 @@ def test_resize_single_channel_and_float_images():
     gray = np.arange(24, dtype=np.uint8).reshape(4, 6, 1)
     out = tfm.apply_image(gray)
     assert out.shape == (8, 12, 1)
-    np.testing.assert_array_equal(out[:, :, 0], np.asarray(Image.fromarray(gray[:, :, 0]).resize((12, 8), Image.BILINEAR)))
+    reference = Image.fromarray(gray[:, :, 0]).resize((12, 8), Image.BILINEAR)
+    np.testing.assert_array_equal(out[:, :, 0], np.asarray(reference))
     heat = np.ones((4, 6, 2), np.float32) * 3.5
     np.testing.assert_allclose(tfm.apply_image(heat), np.full((8, 12, 2), 3.5, np.float32))
 

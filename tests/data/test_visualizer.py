@@ -71,7 +71,8 @@ def test_visualize_data_tool_writes_pngs(tmp_path, tiny_coco):
     register_coco_instances(name, {}, str(tiny_coco / "annotations.json"), str(tiny_coco))
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(
-        f"DATASETS:\n  TRAIN: ('{name}',)\nINPUT:\n  MIN_SIZE_TRAIN: (40,)\nMODEL:\n  MASK_ON: True\nSOLVER:\n  IMS_PER_BATCH: 1\n"
+        f"DATASETS:\n  TRAIN: ('{name}',)\nINPUT:\n  MIN_SIZE_TRAIN: (40,)\n"
+        "MODEL:\n  MASK_ON: True\nSOLVER:\n  IMS_PER_BATCH: 1\n"
     )
     try:
         for source in ("annotation", "dataloader"):

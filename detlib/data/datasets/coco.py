@@ -29,7 +29,8 @@ def _read_json(json_file: str) -> Dict[str, Any]:
     except json.JSONDecodeError as e:
         raise BadSampleError(f"{json_file}: not valid JSON ({e}).") from e
     if not isinstance(data, dict):
-        raise BadSampleError(f"{json_file}: not a COCO instances file (top level is a {type(data).__name__}, not an object).")
+        kind = type(data).__name__
+        raise BadSampleError(f"{json_file}: not a COCO instances file (top level is a {kind}, not an object).")
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
             raise BadSampleError(f"{json_file}: not a COCO instances file (field '{key}' missing or not a list).")
@@ -78,7 +79,9 @@ def _check_segmentation(segm: Any, height: int, width: int, where: str) -> Any:
         if not all(np.isfinite(np.asarray(p, dtype=np.float64)).all() for p in polygons):
             raise BadSampleError(f"{where}: field 'segmentation' has a non-finite polygon coordinate.")
         return polygons
-    raise BadSampleError(f"{where}: field 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}.")
+    raise BadSampleError(
+        f"{where}: field 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}."
+    )
 
 
 def load_coco_json(
@@ -208,9 +211,7 @@ def convert_to_coco_dict(dataset_name: str) -> dict:
 
     images, annotations = [], []
     for record in records:
-        images.append(
-            {"id": record["image_id"], "width": record["width"], "height": record["height"], "file_name": record["file_name"]}
-        )
+        images.append({key: record[key] for key in ("width", "height", "file_name")} | {"id": record["image_id"]})
         for obj in record.get("annotations", []):
             bbox = BoxMode.convert(list(obj["bbox"]), obj["bbox_mode"], BoxMode.XYWH_ABS)
             ann = {
@@ -228,7 +229,8 @@ def convert_to_coco_dict(dataset_name: str) -> dict:
                 if isinstance(segm["counts"], list):
                     segm = mask_util.frPyObjects(segm, *segm["size"])
                 counts = segm["counts"]
-                ann["segmentation"] = {"size": list(segm["size"]), "counts": counts.decode() if isinstance(counts, bytes) else counts}
+                counts = counts.decode() if isinstance(counts, bytes) else counts
+                ann["segmentation"] = {"size": list(segm["size"]), "counts": counts}
                 ann["area"] = float(mask_util.area(segm))
             else:
                 ann["area"] = float(bbox[2] * bbox[3])

@@ -92,7 +92,9 @@ class RepeatFactorTrainingSampler(Sampler):
         self._rank, self._world_size = _rank_and_world(rank, world_size)
 
     @staticmethod
-    def repeat_factors_from_category_frequency(dataset_dicts: List[dict], repeat_thresh: float, sqrt: bool = True) -> torch.Tensor:
+    def repeat_factors_from_category_frequency(
+        dataset_dicts: List[dict], repeat_thresh: float, sqrt: bool = True
+    ) -> torch.Tensor:
         """
         r_i = max over the categories c in image i of max(1, g(t / f_c)), where f_c is the fraction
         of images that contain c, t = `repeat_thresh`, and g is sqrt (or the identity).

@@ -221,7 +221,8 @@ class CropTransform(Transform):
 
     def apply_polygons(self, polygons: List[np.ndarray]) -> List[np.ndarray]:
         """Clips each polygon to the window (dropping those left with no area), then shifts it."""
-        clipped = [_clip_polygon(np.asarray(p, dtype=np.float64), self.x0, self.y0, self.x0 + self.w, self.y0 + self.h) for p in polygons]
+        window = (self.x0, self.y0, self.x0 + self.w, self.y0 + self.h)
+        clipped = [_clip_polygon(np.asarray(p, dtype=np.float64), *window) for p in polygons]
         return [self.apply_coords(p) for p in clipped if len(p) >= 3]
 
 

@@ -1,7 +1,6 @@
 """Training and test data loaders: registered datasets -> batches of model input dicts."""
 import logging
 import operator
-import random
 from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
@@ -10,7 +9,8 @@ import torch.utils.data as data
 from tabulate import tabulate
 
 from detlib.config import configurable
-from . import _distributed as comm
+from detlib.utils import comm
+from detlib.utils.env import seed_all_rng
 
 from . import bad_samples
 from .catalog import DatasetCatalog, MetadataCatalog
@@ -98,10 +98,7 @@ def trivial_batch_collator(batch: List) -> List:
 
 def worker_init_reset_seed(worker_id: int) -> None:
     """Seeds numpy, random and torch differently in each worker (from torch's per-worker seed)."""
-    seed = (torch.initial_seed() + worker_id) % 2**31
-    np.random.seed(seed)
-    random.seed(seed)
-    torch.manual_seed(seed)
+    seed_all_rng((torch.initial_seed() + worker_id) % 2**31)
 
 
 def build_batch_data_loader(

@@ -8,7 +8,8 @@ from typing import Iterator, List, Optional
 import torch
 from torch.utils.data.sampler import Sampler
 
-from .. import _distributed as comm
+from detlib.utils import comm
+
 
 __all__ = ["TrainingSampler", "RepeatFactorTrainingSampler", "InferenceSampler"]
 

@@ -64,3 +64,32 @@ def test_repeat_factor_sampler_repeats_in_expectation_and_is_deterministic():
     # per epoch: 1 + 2.5 + 1 = 4.5 items on average, so image 1 is 2.5 / 4.5 of the stream
     assert counts[1] / len(stream) == pytest.approx(2.5 / 4.5, abs=0.02)
     assert counts[0] / len(stream) == pytest.approx(1 / 4.5, abs=0.02)
+
+
+def _two_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        training = _take(TrainingSampler(9), 12)  # seed drawn on each rank, rank 0's is used by both
+        inference = list(InferenceSampler(9))
+        with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
+            json.dump({"training": training, "inference": inference}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_samplers_shard_in_a_real_two_process_group(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2))
+    assert r0["inference"] + r1["inference"] == list(range(9))
+    # a shared seed: the ranks' first 9 indices interleave into one permutation of the dataset
+    first_epoch = [i for pair in zip(r0["training"], r1["training"]) for i in pair][:9]
+    assert sorted(first_epoch) == list(range(9))

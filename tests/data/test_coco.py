@@ -94,7 +94,8 @@ def _bad_cases():
         "rle of wrong size": (
             dict(segmentation={"size": [2, 2], "counts": "04"}), "field 'segmentation.size'", "(h, w)"
         ),
-        "short polygon": (dict(segmentation=[[1.0, 2.0, 3.0, 4.0]]), "field 'segmentation'", "fewer than 3 points"),
+        "odd polygon": (dict(segmentation=[[1.0, 2.0, 3.0, 4.0, 5.0]]), "field 'segmentation'", "even-length"),
+        "nan polygon": (dict(segmentation=[[1.0, 2.0, 3.0, 4.0, 5.0, math.nan]]), "field 'segmentation'", "non-finite"),
     }
 
 
@@ -122,6 +123,19 @@ def test_bad_annotations_are_skipped_and_counted_when_asked(tmp_path, tiny_coco,
     assert any("1 skipped so far" in w and "annotation id 1" in w for w in warnings)
     assert any("2 skipped so far" in w and "annotation id 3" in w for w in warnings)
     assert any("Skipped 2 bad annotations" in w for w in warnings)
+
+
+def test_polygons_without_area_are_left_out_with_a_warning(tmp_path, tiny_coco, caplog):
+    data = json.loads((tiny_coco / "annotations.json").read_text())
+    triangle = data["annotations"][0]["segmentation"][0]
+    data["annotations"][0]["segmentation"] = [[1.0, 2.0, 3.0, 4.0], triangle]  # a 2-point polygon + a real one
+    data["annotations"][2]["segmentation"] = [[1.0, 2.0]]  # nothing left: the annotation goes
+    path = _write(tmp_path, data)
+    with caplog.at_level(logging.WARNING):
+        records = {r["image_id"]: r for r in load_coco_json(path, str(tiny_coco))}
+    assert records[10]["annotations"][0]["segmentation"] == [triangle]
+    assert records[11]["annotations"] == []
+    assert any("Left out 1 annotations" in r.getMessage() and "[3]" in r.getMessage() for r in caplog.records)
 
 
 def test_convert_to_coco_dict_round_trips_through_pycocotools(tmp_path, tiny_coco):

@@ -75,7 +75,9 @@ class _ShapesMetadata(Metadata):
 
     @property
     def json_file(self) -> str:
-        return generate_shapes(self._split[1], self._split[0])
+        if "_json_file" not in self.__dict__:  # checked (and generated if needed) once per process
+            self._json_file = generate_shapes(self._split[1], self._split[0])
+        return self._json_file
 
 
 def register_shapes(name: str, split_dir: str, spec: ShapesSpec) -> None:

@@ -60,7 +60,11 @@ def _check_bbox(bbox: Any, where: str) -> List[float]:
 
 
 def _check_segmentation(segm: Any, height: int, width: int, where: str) -> Any:
-    """Returns the segmentation as polygons (list of flat float lists) or compressed RLE."""
+    """
+    Returns the segmentation as polygons (list of flat float lists) or compressed RLE. Polygons with
+    fewer than 3 points enclose no area and are left out (real COCO files have a few); None means
+    no polygon was left.
+    """
     if isinstance(segm, dict):
         _require(segm, ("size", "counts"), f"{where}, field 'segmentation'")
         if list(segm["size"]) != [height, width]:
@@ -71,14 +75,14 @@ def _check_segmentation(segm: Any, height: int, width: int, where: str) -> Any:
             segm = mask_util.frPyObjects(segm, height, width)
         return segm
     if isinstance(segm, list):
-        polygons = [p for p in segm if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
-        if len(polygons) != len(segm) or not polygons:
+        if not all(isinstance(p, list) and len(p) % 2 == 0 for p in segm):
             raise BadSampleError(
-                f"{where}: field 'segmentation' has a polygon with fewer than 3 points or an odd number of coordinates."
+                f"{where}: field 'segmentation' has a polygon that is not an even-length list of numbers."
             )
+        polygons = [p for p in segm if len(p) >= 6]
         if not all(np.isfinite(np.asarray(p, dtype=np.float64)).all() for p in polygons):
             raise BadSampleError(f"{where}: field 'segmentation' has a non-finite polygon coordinate.")
-        return polygons
+        return polygons or None
     raise BadSampleError(
         f"{where}: field 'segmentation' must be a list of polygons or an RLE dict, got {type(segm).__name__}."
     )
@@ -134,6 +138,7 @@ def load_coco_json(
 
     skip = skipping_bad_samples()
     skipped = SkipCounter(f"annotation in {json_file}")
+    without_area = []
     extra_keys = tuple(extra_annotation_keys or ())
     for i, ann in enumerate(data.get("annotations", [])):
         where = f"{json_file}, annotation id {ann.get('id', f'<none, index {i}>')}"
@@ -144,9 +149,17 @@ def load_coco_json(
                 raise
             skipped.skip(e)
             continue
+        if "segmentation" in obj and obj["segmentation"] is None:
+            without_area.append(ann.get("id"))
+            continue
         records[ann["image_id"]]["annotations"].append(obj)
     if skipped.count:
         logger.warning("Skipped %d bad annotations in total while loading %s.", skipped.count, json_file)
+    if without_area:
+        logger.warning(
+            "Left out %d annotations of %s whose polygons all have fewer than 3 points (no area); ids: %s",
+            len(without_area), json_file, without_area[:10],
+        )
     logger.info("Loaded %d images from %s.", len(records), json_file)
     return list(records.values())
 

@@ -1,0 +1,120 @@
+"""Frozen batch norm, and `get_norm`: the one place a norm name from the config becomes a module."""
+import logging
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["FrozenBatchNorm2d", "get_norm"]
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """
+    Batch norm whose statistics and affine parameters are fixed: `y = (x - mean) / sqrt(var + eps) * w + b`.
+
+    All four tensors are buffers (never trained, never touched by weight decay) and are named as in
+    `nn.BatchNorm2d`, so checkpoints of either kind load into the other by name.
+    """
+
+    # Version 3: `running_var` is the plain variance (older Detectron checkpoints stored var + eps);
+    # version 2 added the running statistics, version 1 had only weight and bias.
+    _version = 3
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features) - eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            # F.batch_norm's backward also computes gradients for weight and bias; a plain affine
+            # transform does not, which saves memory when only the input needs a gradient.
+            scale = self.weight * (self.running_var + self.eps).rsqrt()
+            shift = self.bias - self.running_mean * scale
+            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+        # Without autograd the fused kernel is the faster path.
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+        )
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        version = local_metadata.get("version", None)
+        if version is None or version < 2:
+            # Checkpoints from before running statistics were stored: identity statistics.
+            state_dict.setdefault(prefix + "running_mean", torch.zeros_like(self.running_mean))
+            state_dict.setdefault(prefix + "running_var", torch.ones_like(self.running_var))
+        if version is not None and version < 3:
+            logging.getLogger(__name__).info("FrozenBatchNorm %s is upgraded to version 3.", prefix.rstrip("."))
+            state_dict[prefix + "running_var"] = state_dict[prefix + "running_var"] - self.eps
+        # An nn.BatchNorm2d checkpoint carries a step counter that has no meaning once frozen.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}, eps={self.eps}"
+
+    @classmethod
+    def convert_frozen_batchnorm(cls, module: nn.Module) -> nn.Module:
+        """
+        Replace every `nn.BatchNorm2d` / `nn.SyncBatchNorm` in `module` by a `FrozenBatchNorm2d` with
+        the same statistics, affine parameters and eps.
+
+        Children are replaced in place; if `module` itself is a batch norm a new module is returned,
+        so always use the return value.
+        """
+        if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+            frozen = cls(module.num_features, eps=module.eps)
+            # Assigning to a buffer's name replaces the buffer, keeping the source's device and dtype.
+            if module.affine:
+                frozen.weight = module.weight.detach().clone()
+                frozen.bias = module.bias.detach().clone()
+            if module.track_running_stats:
+                frozen.running_mean = module.running_mean.clone()
+                frozen.running_var = module.running_var.clone()
+            return frozen
+        for name, child in module.named_children():
+            converted = cls.convert_frozen_batchnorm(child)
+            if converted is not child:
+                module.add_module(name, converted)
+        return module
+
+
+def _group_norm_32(num_channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, num_channels)
+
+
+_NORMS = {
+    "BN": nn.BatchNorm2d,
+    # Synchronized across processes when training is distributed; plain BN on a single process.
+    "SyncBN": nn.SyncBatchNorm,
+    "nnSyncBN": nn.SyncBatchNorm,
+    "FrozenBN": FrozenBatchNorm2d,
+    "GN": _group_norm_32,
+}
+
+
+def get_norm(norm: Union[str, Callable[[int], nn.Module], None], out_channels: int) -> Optional[nn.Module]:
+    """
+    Build the normalization layer named by a config string.
+
+    Args:
+        norm: "" or None (no norm: returns None), "BN", "SyncBN", "FrozenBN", "GN" (32 groups),
+            or a callable taking the channel count and returning a module.
+        out_channels: number of channels the norm acts on.
+    """
+    if norm is None or norm == "":
+        return None
+    if isinstance(norm, str):
+        if norm not in _NORMS:
+            raise ValueError(f"Unknown norm {norm!r}; expected one of {sorted(_NORMS)}, '' or a callable.")
+        norm = _NORMS[norm]
+    return norm(out_channels)

@@ -103,13 +103,15 @@ def transform_instance_annotations(annotation: dict, transforms: T.Transform, im
 
 
 def _segmentation_to_bitmask(segm, height: int, width: int) -> np.ndarray:
+    """Polygons, RLE or an array -> H x W bool raster."""
     if isinstance(segm, list):
-        return polygons_to_bitmask(segm, height, width)
-    if isinstance(segm, dict):
-        return mask_util.decode(segm).astype(bool)
-    mask = np.asarray(segm)
+        mask = polygons_to_bitmask(segm, height, width)
+    elif isinstance(segm, dict):
+        mask = mask_util.decode(mask_util.frPyObjects(segm, *segm["size"]) if isinstance(segm["counts"], list) else segm)
+    else:
+        mask = np.asarray(segm)
     if mask.shape != (height, width):
-        raise ValueError(f"A bitmask segmentation of shape {mask.shape} does not match the image ({height}, {width}).")
+        raise ValueError(f"A mask of shape {mask.shape} does not match its image ({height}, {width}).")
     return mask.astype(bool)
 
 

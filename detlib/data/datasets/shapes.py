@@ -33,7 +33,6 @@ _GENERATOR_VERSION = 1
 
 _MIN_VISIBLE_FRACTION = 0.6  # of an object's own area, after later objects are drawn over it
 _MIN_COLOR_DISTANCE = 110.0  # RGB L2 distance between an object and the background under it
-_CIRCLE_VERTICES = 48
 
 
 @dataclass(frozen=True)
@@ -47,14 +46,13 @@ class ShapesSpec:
     radius_range: Tuple[float, float] = (10.0, 30.0)  # half the object's extent, pixels
 
 
+# Vertices of each outline, evenly spaced on the circle of the object's radius.
+_OUTLINE_VERTICES = {"circle": 48, "square": 4, "triangle": 3, "ring": 48}
+
+
 def _shape_polygon(category: int, center: np.ndarray, radius: float, angle: float) -> np.ndarray:
     """Vertices (N x 2, XY pixels) of the outer outline of one object."""
-    if category in (0, 3):  # circle, ring
-        n = _CIRCLE_VERTICES
-    elif category == 1:  # square: its corners lie on the circle of `radius`
-        n = 4
-    else:  # equilateral triangle
-        n = 3
+    n = _OUTLINE_VERTICES[SHAPES_CLASSES[category]]
     theta = angle + 2 * np.pi * np.arange(n) / n
     return center + radius * np.stack([np.cos(theta), np.sin(theta)], axis=1)
 
@@ -90,58 +88,62 @@ def _object_color(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
     return 255.0 - under  # the complement is always far enough
 
 
+def _place_object(rng: np.random.Generator, spec: ShapesSpec, objects: List[dict]) -> Optional[dict]:
+    """
+    Samples a new object (drawn on top of `objects`) that leaves each of them at least
+    _MIN_VISIBLE_FRACTION of its area visible and is itself mostly inside the image; None if ten
+    tries fail. The object is a dict with `category_id`, `mask` (its full raster), `full_area`
+    and `polygon` (flat XY list, None for a ring).
+    """
+    height, width = spec.image_size
+    lo, hi = spec.radius_range
+    for _ in range(10):
+        category = int(rng.integers(len(SHAPES_CLASSES)))
+        radius = rng.uniform(lo, hi)
+        center = rng.uniform([radius * 0.5, radius * 0.5], [width - radius * 0.5, height - radius * 0.5])
+        # Rounded as written to JSON, so that the file's polygon rasterizes to the painted pixels.
+        polygon = np.round(_shape_polygon(category, center, radius, rng.uniform(0, 2 * np.pi)), 2)
+        mask = _rasterize(polygon, height, width)
+        is_ring = SHAPES_CLASSES[category] == "ring"
+        if is_ring:
+            hole = np.round(center + (polygon - center) * rng.uniform(0.4, 0.65), 2)
+            mask &= ~_rasterize(hole, height, width)
+        area = int(mask.sum())
+        if area < 0.5 * lo * lo:
+            continue
+        if all((obj["mask"] & ~mask).sum() >= _MIN_VISIBLE_FRACTION * obj["full_area"] for obj in objects):
+            return {
+                "category_id": category,
+                "mask": mask,
+                "full_area": area,
+                "polygon": None if is_ring else polygon.ravel().tolist(),
+            }
+    return None
+
+
 def render_shapes_image(spec: ShapesSpec, index: int) -> Tuple[np.ndarray, List[dict]]:
     """
     Draws image `index` of a split.
 
     Returns the RGB uint8 H x W x 3 image and its objects: dicts with `category_id` (0-based index
     into SHAPES_CLASSES), `mask` (H x W bool, the visible pixels) and `polygon` (flat XY list when
-    the object is an unoccluded polygon whose raster is its mask, else None).
+    the object is an unoccluded polygon, whose raster is then its mask; else None).
     """
     rng = np.random.default_rng([spec.seed, index])
-    height, width = spec.image_size
-    image = _background(rng, height, width)
-    lo, hi = spec.radius_range
-
+    image = _background(rng, *spec.image_size)
     objects: List[dict] = []
     for _ in range(rng.integers(1, spec.max_objects + 1)):
-        for _attempt in range(10):
-            category = int(rng.integers(len(SHAPES_CLASSES)))
-            radius = rng.uniform(lo, hi)
-            center = rng.uniform([radius * 0.5, radius * 0.5], [width - radius * 0.5, height - radius * 0.5])
-            # Rounded as written to JSON, so that the file's polygon rasterizes to the painted pixels.
-            polygon = np.round(_shape_polygon(category, center, radius, rng.uniform(0, 2 * np.pi)), 2)
-            full = _rasterize(polygon, height, width)
-            if category == 3:
-                full &= ~_rasterize(np.round(center + (polygon - center) * rng.uniform(0.4, 0.65), 2), height, width)
-            area = full.sum()
-            if area < 0.5 * lo * lo:  # mostly outside the image
-                continue
-            hidden = [obj for obj in objects if (obj["mask"] & ~full).sum() < _MIN_VISIBLE_FRACTION * obj["area"]]
-            if not hidden:
-                break
-        else:
-            continue  # no placement found that keeps every object visible enough
+        new = _place_object(rng, spec, objects)
+        if new is None:
+            continue
         for obj in objects:
-            occluded = obj["mask"] & full
-            if occluded.any():
-                obj["mask"] = obj["mask"] & ~full
-                obj["polygon"] = None
-        color = _object_color(rng, image[full].mean(axis=0))
-        image[full] = color
-        objects.append(
-            {
-                "category_id": category,
-                "mask": full,
-                "area": area,
-                "polygon": polygon.ravel().tolist() if category != 3 else None,
-            }
-        )
-
+            if (obj["mask"] & new["mask"]).any():
+                obj["mask"] = obj["mask"] & ~new["mask"]
+                obj["polygon"] = None  # the polygon no longer describes the visible pixels
+        image[new["mask"]] = _object_color(rng, image[new["mask"]].mean(axis=0))
+        objects.append(new)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    for obj in objects:
-        del obj["area"]
-    return image, objects
+    return image, [{k: obj[k] for k in ("category_id", "mask", "polygon")} for obj in objects]
 
 
 def _annotation(obj: dict, image_id: int, ann_id: int) -> dict:

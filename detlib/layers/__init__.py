@@ -13,3 +13,4 @@ from .wrappers import (
     nonzero_tuple,
     shapes_to_tensor,
 )
+from .losses import BOX_LOSS_REGISTRY, BoxLoss, build_box_loss, ciou_loss, diou_loss, giou_loss, smooth_l1_loss

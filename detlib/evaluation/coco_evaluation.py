@@ -141,14 +141,12 @@ class COCOEvaluator(DatasetEvaluator):
 
         # precision: [IoU thresholds, recall thresholds, categories, area ranges, max dets]
         precision = coco_eval.eval["precision"]
-        class_names = getattr(self._metadata, "thing_classes", None)
         per_category = []
         for k, cat_id in enumerate(coco_eval.params.catIds):
             p = precision[:, :, k, 0, -1]
             p = p[p > -1]
             ap = float(np.mean(p) * 100) if p.size else float("nan")
-            name = class_names[k] if class_names and k < len(class_names) else str(cat_id)
-            per_category.append((name, ap))
+            per_category.append((self._coco_api.cats[cat_id]["name"], ap))
         logger.info("Per-category %s AP:\n%s", task, _table(per_category, ["category", "AP"]))
         metrics.update({f"AP-{name}": ap for name, ap in per_category})
         return metrics

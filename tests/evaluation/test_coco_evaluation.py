@@ -1,0 +1,192 @@
+import json
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+
+from detlib.data import DatasetCatalog, MetadataCatalog
+from detlib.data.datasets import register_coco_instances
+from detlib.evaluation import COCOEvaluator, inference_on_dataset
+from detlib.structures import Boxes, Instances
+
+# Category ids are deliberately not contiguous: predictions use 0..K-1 and must be mapped back.
+CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "triangle"}]
+H, W = 64, 80
+
+
+def _square(x, y, s):
+    return [x, y, x + s, y, x + s, y + s, x, y + s]
+
+
+def _triangle(x, y, s):
+    return [x, y + s, x + s / 2, y, x + s, y + s]
+
+
+def _write_dataset(tmp_path, name):
+    polygons = {
+        1: [(3, _square(5, 5, 20)), (7, _triangle(40, 10, 24))],
+        2: [(7, _triangle(10, 30, 30)), (3, _square(50, 20, 12)), (3, _square(2, 2, 10))],
+        3: [],  # an image without annotations
+    }
+    images, annotations = [], []
+    for image_id, objs in polygons.items():
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": H, "width": W})
+        for cat, poly in objs:
+            xs, ys = poly[0::2], poly[1::2]
+            bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            rle = mask_util.frPyObjects([poly], H, W)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": bbox,
+                    "segmentation": [poly],
+                    "area": float(mask_util.area(mask_util.merge(rle))),
+                    "iscrowd": 0,
+                }
+            )
+    json_file = tmp_path / f"{name}.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, str(json_file), str(tmp_path))
+    return str(json_file), annotations
+
+
+def _predictions_from(annotations, image_id, shift=0.0, flip_class_of=(), score_step=0.1):
+    """Instances built from ground truth, optionally degraded: boxes shifted, classes swapped."""
+    contiguous = {3: 0, 7: 1}
+    anns = [a for a in annotations if a["image_id"] == image_id]
+    boxes, classes, masks = [], [], []
+    for k, a in enumerate(anns):
+        x, y, w, h = a["bbox"]
+        boxes.append([x + shift, y, x + w + shift, y + h])
+        cls = contiguous[a["category_id"]]
+        classes.append(1 - cls if k in flip_class_of else cls)
+        rle = mask_util.merge(mask_util.frPyObjects(a["segmentation"], H, W))
+        masks.append(np.roll(mask_util.decode(rle), int(shift), axis=1))
+    inst = Instances((H, W))
+    inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.scores = torch.tensor([0.9 - score_step * k for k in range(len(anns))], dtype=torch.float32)
+    inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    inst.pred_masks = torch.from_numpy(np.stack(masks) if masks else np.zeros((0, H, W), np.uint8)).bool()
+    return inst
+
+
+def _pycocotools_stats(json_file, results_file, iou_type):
+    gt = COCO(json_file)
+    results = json.load(open(results_file))
+    if iou_type == "segm":
+        for r in results:
+            r.pop("bbox")
+    ev = COCOeval(gt, gt.loadRes(results), iou_type)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return ev.stats[:6] * 100
+
+
+def test_perfect_predictions_give_ap_100(tmp_path):
+    json_file, anns = _write_dataset(tmp_path, "eval_perfect")
+    evaluator = COCOEvaluator("eval_perfect", output_dir=str(tmp_path / "out"))
+    evaluator.reset()
+    for image_id in (1, 2, 3):
+        evaluator.process([{"image_id": image_id}], [{"instances": _predictions_from(anns, image_id)}])
+    results = evaluator.evaluate()
+    for task in ("bbox", "segm"):
+        assert results[task]["AP"] == pytest.approx(100.0)
+        assert results[task]["AP50"] == pytest.approx(100.0)
+        assert results[task]["AP-square"] == pytest.approx(100.0)
+        assert results[task]["AP-triangle"] == pytest.approx(100.0)
+    written = json.load(open(tmp_path / "out" / "coco_instances_results.json"))
+    assert {r["category_id"] for r in written} == {3, 7}
+    assert len(written) == len(anns)
+
+
+def test_imperfect_predictions_equal_pycocotools_on_the_result_file(tmp_path):
+    json_file, anns = _write_dataset(tmp_path, "eval_imperfect")
+    out = tmp_path / "out"
+    evaluator = COCOEvaluator("eval_imperfect", output_dir=str(out))
+    evaluator.process([{"image_id": 1}], [{"instances": _predictions_from(anns, 1, shift=3.0)}])
+    evaluator.process([{"image_id": 2}], [{"instances": _predictions_from(anns, 2, flip_class_of=(1,))}])
+    evaluator.process([{"image_id": 3}], [{"instances": _predictions_from(anns, 3)}])
+    results = evaluator.evaluate()
+    for task in ("bbox", "segm"):
+        expected = _pycocotools_stats(json_file, out / "coco_instances_results.json", task)
+        ours = [results[task][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+        np.testing.assert_allclose(
+            np.nan_to_num(ours, nan=-100.0), np.where(expected < 0, -100.0, expected), rtol=1e-9
+        )
+        assert 0 < results[task]["AP"] < 100
+
+
+def test_empty_predictions_score_zero(tmp_path):
+    _write_dataset(tmp_path, "eval_empty")
+    evaluator = COCOEvaluator("eval_empty", tasks=("bbox", "segm"), output_dir=str(tmp_path))
+    empty = Instances((H, W), pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
+                      pred_classes=torch.zeros(0, dtype=torch.int64),
+                      pred_masks=torch.zeros(0, H, W, dtype=torch.bool))
+    for image_id in (1, 2, 3):
+        evaluator.process([{"image_id": image_id}], [{"instances": empty}])
+    results = evaluator.evaluate()
+    assert results["bbox"]["AP"] == 0.0 and results["segm"]["AP"] == 0.0
+    assert json.load(open(tmp_path / "coco_instances_results.json")) == []
+
+
+def test_rejects_class_ids_outside_the_dataset(tmp_path):
+    _, anns = _write_dataset(tmp_path, "eval_bad_class")
+    inst = _predictions_from(anns, 1)
+    inst.pred_classes = torch.full_like(inst.pred_classes, 5)
+    evaluator = COCOEvaluator("eval_bad_class", distributed=False)
+    evaluator.process([{"image_id": 1}], [{"instances": inst}])
+    with pytest.raises(ValueError, match="class 5"):
+        evaluator.evaluate()
+
+
+class _OracleModel(nn.Module):
+    """Returns ground-truth-derived predictions; records whether it ran in eval mode."""
+
+    def __init__(self, annotations):
+        super().__init__()
+        self.annotations = annotations
+        self.modes = []
+
+    def forward(self, inputs):
+        self.modes.append(self.training)
+        return [{"instances": _predictions_from(self.annotations, x["image_id"])} for x in inputs]
+
+
+def test_inference_on_dataset_runs_the_model_in_eval_mode(tmp_path):
+    _, anns = _write_dataset(tmp_path, "eval_loop")
+    model = _OracleModel(anns)
+    model.train()
+    loader = [[{"image_id": 1}, {"image_id": 2}], [{"image_id": 3}]]
+    results = inference_on_dataset(model, loader, COCOEvaluator("eval_loop", output_dir=str(tmp_path)))
+    assert model.modes == [False, False] and model.training
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_dataset_without_coco_json_gets_one_written(tmp_path):
+    json_file, anns = _write_dataset(tmp_path, "eval_source")
+    records = DatasetCatalog.get("eval_source")
+    if "eval_no_json" in DatasetCatalog.list():
+        DatasetCatalog.remove("eval_no_json")
+        MetadataCatalog.remove("eval_no_json")
+    DatasetCatalog.register("eval_no_json", lambda: records)
+    MetadataCatalog.get("eval_no_json").set(
+        thing_classes=["square", "triangle"], thing_dataset_id_to_contiguous_id={3: 0, 7: 1}
+    )
+    evaluator = COCOEvaluator("eval_no_json", output_dir=str(tmp_path / "out"))
+    assert (tmp_path / "out" / "eval_no_json_coco_format.json").is_file()
+    for image_id in (1, 2, 3):
+        evaluator.process([{"image_id": image_id}], [{"instances": _predictions_from(anns, image_id)}])
+    results = evaluator.evaluate()
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)

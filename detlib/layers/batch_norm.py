@@ -45,7 +45,10 @@ class FrozenBatchNorm2d(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        version = local_metadata.get("version", None)
+        # An nn.BatchNorm2d checkpoint carries a step counter, meaningless once frozen. Its version number
+        # is BatchNorm's own, not one of ours, and its statistics are already in the current format.
+        from_batchnorm = state_dict.pop(prefix + "num_batches_tracked", None) is not None
+        version = None if from_batchnorm else local_metadata.get("version", None)
         if version is None or version < 2:
             # Checkpoints from before running statistics were stored: identity statistics.
             state_dict.setdefault(prefix + "running_mean", torch.zeros_like(self.running_mean))
@@ -53,8 +56,6 @@ class FrozenBatchNorm2d(nn.Module):
         if version is not None and version < 3:
             logging.getLogger(__name__).info("FrozenBatchNorm %s is upgraded to version 3.", prefix.rstrip("."))
             state_dict[prefix + "running_var"] = state_dict[prefix + "running_var"] - self.eps
-        # An nn.BatchNorm2d checkpoint carries a step counter that has no meaning once frozen.
-        state_dict.pop(prefix + "num_batches_tracked", None)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -5,6 +5,7 @@ from typing import List, Sequence, Tuple, Union
 import torch
 
 from detlib.layers.losses import BoxLoss, resolve_box_loss
+from detlib.layers.wrappers import cat
 from detlib.structures import Boxes
 
 __all__ = ["Box2BoxTransform", "dense_box_regression_loss"]
@@ -120,8 +121,8 @@ def dense_box_regression_loss(
     if isinstance(anchors[0], Boxes):
         anchors = Boxes.cat(list(anchors)).tensor
     else:
-        anchors = torch.cat(list(anchors), dim=0)
-    pred_deltas = torch.cat(list(pred_anchor_deltas), dim=1)  # N x R x 4
+        anchors = cat(list(anchors), dim=0)
+    pred_deltas = cat(list(pred_anchor_deltas), dim=1)  # N x R x 4
 
     if box_loss.space == "deltas":
         target = torch.stack([box2box_transform.get_deltas(anchors, gt) for gt in gt_boxes])

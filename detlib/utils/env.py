@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["seed_all_rng", "collect_env_info"]
+__all__ = ["seed_all_rng", "collect_env_info", "get_rng_state", "set_rng_state"]
 
 
 def seed_all_rng(seed: Optional[int] = None) -> int:
@@ -57,3 +57,26 @@ def collect_env_info() -> str:
     rows.append(("torch threads", str(torch.get_num_threads())))
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
+
+
+def get_rng_state() -> dict:
+    """The state of every random generator a training step may draw from: Python's, NumPy's,
+    torch's CPU generator and, when available, every CUDA device's."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore generators from `get_rng_state()`'s result."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        if len(state["cuda"]) != torch.cuda.device_count():
+            raise ValueError(
+                f"The saved RNG state covers {len(state['cuda'])} CUDA devices but "
+                f"{torch.cuda.device_count()} are visible"
+            )
+        torch.cuda.set_rng_state_all(state["cuda"])

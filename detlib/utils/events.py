@@ -8,6 +8,11 @@ TensorBoard) periodically read what was recorded; nothing in the model depends o
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
+import logging
+import os
+import time
 from collections import defaultdict
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
@@ -15,7 +20,15 @@ import numpy as np
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
-__all__ = ["EventStorage", "get_event_storage", "HistoryBuffer"]
+__all__ = [
+    "EventStorage",
+    "get_event_storage",
+    "HistoryBuffer",
+    "EventWriter",
+    "CommonMetricPrinter",
+    "JSONWriter",
+    "TensorboardXWriter",
+]
 
 _STORAGE_STACK: List["EventStorage"] = []
 
@@ -192,3 +205,158 @@ class EventStorage:
 
     def clear_histograms(self) -> None:
         self._histograms = []
+
+
+class EventWriter:
+    """Reads the current `EventStorage` and writes what is new somewhere."""
+
+    def write(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class JSONWriter(EventWriter):
+    """Appends one JSON object per iteration to a file: `{"iteration": i, name: value, ...}`.
+
+    Every scalar put since the previous write is written under the iteration it was put at
+    (smoothed over `window_size` where it has a smoothing hint). The file is valid line by line:
+    a trailing partial line left by a killed process is cut off, and when a resumed run writes
+    its first iteration, lines from the interrupted run at or after that iteration are dropped,
+    so that a resumed run's file reads like an uninterrupted one.
+    """
+
+    def __init__(self, json_file: str, window_size: int = 20):
+        self._path = json_file
+        self._window_size = window_size
+        self._last_write = -1
+        self._first_write = True
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        by_iter: Dict[int, Dict[str, float]] = defaultdict(dict)
+        for name, (value, iteration) in storage.latest_with_smoothing_hint(self._window_size).items():
+            if iteration > self._last_write:
+                by_iter[iteration][name] = value
+        if not by_iter:
+            return
+        if self._first_write:
+            self._drop_records_from(min(by_iter))
+            self._first_write = False
+        lines = "".join(json.dumps({"iteration": it, **by_iter[it]}, sort_keys=True) + "\n" for it in sorted(by_iter))
+        with open(self._path, "a") as f:
+            f.write(lines)
+            f.flush()
+        self._last_write = max(by_iter)
+
+    def _drop_records_from(self, first_iteration: int) -> None:
+        """Keep only the complete lines of an existing file whose iteration precedes ours."""
+        if not os.path.exists(self._path):
+            return
+        with open(self._path) as f:
+            text = f.read()
+        complete_lines = text.splitlines(keepends=True)
+        if complete_lines and not complete_lines[-1].endswith("\n"):
+            complete_lines.pop()
+        kept = [line for line in complete_lines if json.loads(line)["iteration"] < first_iteration]
+        if len(kept) != len(complete_lines) or len(text) != sum(map(len, complete_lines)):
+            with open(self._path, "w") as f:
+                f.writelines(kept)
+
+
+class TensorboardXWriter(EventWriter):
+    """Writes scalars, images and histograms to TensorBoard event files in `log_dir`."""
+
+    def __init__(self, log_dir: str, window_size: int = 20, **kwargs):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._window_size = window_size
+        self._writer = SummaryWriter(log_dir, **kwargs)
+        self._last_write = -1
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        newest = self._last_write
+        for name, (value, iteration) in storage.latest_with_smoothing_hint(self._window_size).items():
+            if iteration > self._last_write:
+                self._writer.add_scalar(name, value, iteration)
+                newest = max(newest, iteration)
+        self._last_write = newest
+        for name, image, iteration in storage.vis_data:
+            self._writer.add_image(name, image, iteration)
+        storage.clear_images()
+        for histogram in storage.histograms:
+            self._writer.add_histogram_raw(**histogram)
+        storage.clear_histograms()
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class CommonMetricPrinter(EventWriter):
+    """Prints one progress line to the log: ETA, iteration, losses, step and data time, lr,
+    peak GPU memory.
+
+    Losses are the scalars whose name contains "loss" (medians over `window_size` iterations);
+    `time` and `data_time` are put by the `IterationTimer` hook and the trainer.
+    """
+
+    def __init__(self, max_iter: Optional[int] = None, window_size: int = 20):
+        self._logger = logging.getLogger("detlib.utils.events")
+        self._max_iter = max_iter
+        self._window_size = window_size
+        # Fallback ETA when no `time` history exists: wall clock between two writes.
+        self._last_seen: Optional[Tuple[int, float]] = None
+
+    def _eta(self, storage: EventStorage) -> Optional[str]:
+        if self._max_iter is None:
+            return None
+        iteration = storage.iter
+        remaining = self._max_iter - iteration - 1
+        try:
+            seconds = storage.history("time").median(1000) * remaining
+            storage.put_scalar("eta_seconds", seconds, smoothing_hint=False)
+        except KeyError:
+            now = time.perf_counter()
+            seconds = None
+            if self._last_seen is not None and iteration > self._last_seen[0]:
+                seconds = (now - self._last_seen[1]) / (iteration - self._last_seen[0]) * remaining
+            self._last_seen = (iteration, now)
+            if seconds is None:
+                return None
+        return str(datetime.timedelta(seconds=int(seconds)))
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        iteration = storage.iter
+        if iteration == self._max_iter:
+            return  # hooks that run after the last step (final evaluation) write at max_iter
+        histories = storage.histories()
+        window = self._window_size
+
+        def fmt(name: str, template: str) -> str:
+            return template.format(histories[name].median(window)) if name in histories else ""
+
+        eta = self._eta(storage)
+        losses = "  ".join(
+            f"{name}: {history.median(window):.4g}" for name, history in histories.items() if "loss" in name
+        )
+        try:
+            lr = f"lr: {histories['lr'].latest():.5g}"
+        except KeyError:
+            lr = ""
+        memory = ""
+        if torch.cuda.is_available():
+            memory = f"max_mem: {torch.cuda.max_memory_allocated() / 1024**2:.0f}M"
+        parts = [
+            f"eta: {eta}" if eta else "",
+            f"iter: {iteration}",
+            losses,
+            fmt("time", "time: {:.4f}"),
+            fmt("data_time", "data_time: {:.4f}"),
+            lr,
+            memory,
+        ]
+        self._logger.info("  ".join(p for p in parts if p))

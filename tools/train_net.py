@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Train or evaluate the model a config describes.
+
+    tools/train_net.py --config-file configs/Shapes/mask_rcnn_shapes.yaml
+    tools/train_net.py --config-file X.yaml --resume                       # continue a killed run
+    tools/train_net.py --config-file X.yaml --eval-only MODEL.WEIGHTS model_final.pth
+    tools/train_net.py --config-file X.yaml --num-gpus 2                   # DDP (gloo on CPU)
+
+Trailing `KEY VALUE` pairs override the config. Everything a run produces goes to OUTPUT_DIR:
+log.txt, config.yaml, checkpoints, metrics.json, TensorBoard events, evaluation results and
+training-curve plots.
+"""
+import logging
+import os
+import sys
+
+from detlib.checkpoint import DetectionCheckpointer
+from detlib.config import get_cfg
+from detlib.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detlib.engine.defaults import verify_results
+from detlib.utils import comm
+from detlib.utils.training_report import write_training_curves
+
+logger = logging.getLogger("detlib.tools.train_net")
+
+
+def setup(args):
+    cfg = get_cfg()
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = DefaultTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = DefaultTrainer.test(cfg, model)
+        if comm.is_main_process() and cfg.TEST.EXPECTED_RESULTS:
+            verify_results(cfg, results)
+        return results
+
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    metrics_file = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+    if comm.is_main_process() and os.path.exists(metrics_file):
+        for path in write_training_curves(metrics_file, cfg.OUTPUT_DIR):
+            logger.info("Training report: %s", path)
+    return results
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args(sys.argv[1:])
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

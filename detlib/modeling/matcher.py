@@ -72,6 +72,10 @@ class Matcher:
         """
         Label positive, in place, every prediction that has the highest quality of some gt. The
         prediction keeps its own best match in `matches`, which may be another gt.
+
+        As in Detectron2, a gt that overlaps no prediction at all (highest quality 0) makes every
+        prediction positive that has quality 0 with it: gt boxes must be non-empty (the data
+        pipeline drops empty ones).
         """
         highest_quality_foreach_gt = match_quality_matrix.max(dim=1).values
         is_best_for_some_gt = (match_quality_matrix == highest_quality_foreach_gt[:, None]).any(dim=0)

@@ -1,6 +1,6 @@
 """Box coding (`Box2BoxTransform`) and the box-regression loss of dense predictions (anchors, proposals)."""
 import math
-from typing import List, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 

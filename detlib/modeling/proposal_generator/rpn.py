@@ -83,7 +83,9 @@ class StandardRPNHead(nn.Module):
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         in_channels = {shape.channels for shape in input_shape}
         if len(in_channels) != 1:
-            raise ValueError(f"StandardRPNHead shares its convs across levels, which have channels {sorted(in_channels)}")
+            raise ValueError(
+                f"StandardRPNHead shares its convs across levels, which have channels {sorted(in_channels)}"
+            )
         anchor_generator = build_anchor_generator(cfg, input_shape)
         num_anchors = set(anchor_generator.num_anchors)
         if len(num_anchors) != 1:

@@ -1,0 +1,363 @@
+"""
+The second stage of R-CNN: label and sample the proposals against the gt, pool their features,
+and run the box (and mask) heads, which compute their own losses in training.
+"""
+import inspect
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from detlib.config import configurable
+from detlib.layers import ShapeSpec
+from detlib.modeling.matcher import Matcher
+from detlib.modeling.poolers import ROIPooler
+from detlib.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
+from detlib.modeling.sampling import subsample_labels
+from detlib.structures import Boxes, ImageList, Instances, pairwise_iou
+from detlib.utils.events import get_event_storage
+from detlib.utils.registry import Registry
+
+from .box_head import build_box_head
+from .fast_rcnn import FastRCNNOutputLayers
+from .mask_head import build_mask_head
+
+__all__ = ["ROI_HEADS_REGISTRY", "ROIHeads", "StandardROIHeads", "build_roi_heads", "select_foreground_proposals"]
+
+ROI_HEADS_REGISTRY = Registry("ROI_HEADS")
+ROI_HEADS_REGISTRY.__doc__ = """
+RoI heads, built from `(cfg, input_shape: Dict[str, ShapeSpec])`. Called as
+`(images, features, proposals, targets=None)`, they return `(instances, losses)`: in training the
+sampled proposals and the loss dict, in inference the detections and `{}`.
+"""
+
+
+def build_roi_heads(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
+    """The RoI heads named by `cfg.MODEL.ROI_HEADS.NAME`."""
+    return ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)(cfg, input_shape)
+
+
+def select_foreground_proposals(
+    proposals: List[Instances], bg_label: int
+) -> Tuple[List[Instances], List[torch.Tensor]]:
+    """
+    Per image, the proposals whose `gt_classes` is a foreground class (neither ignored (-1) nor
+    `bg_label`), and the bool mask that selected them.
+    """
+    if not isinstance(proposals, (list, tuple)) or not all(isinstance(p, Instances) for p in proposals):
+        raise TypeError("select_foreground_proposals takes a list of Instances")
+    if not all(p.has("gt_classes") for p in proposals):
+        raise ValueError("select_foreground_proposals: every proposal Instances needs gt_classes")
+    fg_proposals, fg_masks = [], []
+    for per_image in proposals:
+        gt_classes = per_image.gt_classes
+        is_fg = (gt_classes != -1) & (gt_classes != bg_label)
+        fg_proposals.append(per_image[torch.nonzero(is_fg, as_tuple=True)[0]])
+        fg_masks.append(is_fg)
+    return fg_proposals, fg_masks
+
+
+class ROIHeads(nn.Module):
+    """
+    What every RoI head shares: matching the proposals to the gt and sampling a fixed number of
+    them with a fixed foreground fraction for training. Subclasses implement `forward`.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        proposal_matcher: Matcher,
+        proposal_append_gt: bool = True,
+    ):
+        """
+        Args:
+            num_classes: foreground classes; label `num_classes` is background.
+            batch_size_per_image: proposals sampled per image for training.
+            positive_fraction: the largest share of foreground among them.
+            proposal_matcher: labels proposals foreground (1) / background (0) / ignored (-1) by IoU.
+            proposal_append_gt: add the gt boxes to the proposals before sampling.
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.proposal_matcher = proposal_matcher
+        self.proposal_append_gt = proposal_append_gt
+
+    @classmethod
+    def from_config(cls, cfg):
+        heads = cfg.MODEL.ROI_HEADS
+        return {
+            "num_classes": heads.NUM_CLASSES,
+            "batch_size_per_image": heads.BATCH_SIZE_PER_IMAGE,
+            "positive_fraction": heads.POSITIVE_FRACTION,
+            "proposal_append_gt": heads.PROPOSAL_APPEND_GT,
+            "proposal_matcher": Matcher(heads.IOU_THRESHOLDS, heads.IOU_LABELS, allow_low_quality_matches=False),
+        }
+
+    def _sample_proposals(
+        self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor, gt_classes: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Class labels of one image's proposals from their matches, then a sample of them.
+
+        Args:
+            matched_idxs: (P,) the gt index matched to each proposal.
+            matched_labels: (P,) the matcher's label of each proposal (1, 0 or -1).
+            gt_classes: (G,) the image's gt classes.
+        Returns:
+            the sampled proposal indices (foreground first) and their class labels.
+        """
+        if gt_classes.numel() > 0:
+            labels = gt_classes[matched_idxs]
+            labels[matched_labels == 0] = self.num_classes
+            labels[matched_labels == -1] = -1
+        else:
+            labels = torch.full_like(matched_idxs, self.num_classes)
+        fg_idxs, bg_idxs = subsample_labels(labels, self.batch_size_per_image, self.positive_fraction, self.num_classes)
+        sampled = torch.cat([fg_idxs, bg_idxs], dim=0)
+        return sampled, labels[sampled]
+
+    @torch.no_grad()
+    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
+        """
+        Match each image's proposals (plus its gt boxes when `proposal_append_gt`) to its gt, and
+        sample them for training.
+
+        Args:
+            proposals: per image, `proposal_boxes` and `objectness_logits`.
+            targets: per image, the gt: `gt_boxes`, `gt_classes` and any other `gt_*` field.
+        Returns:
+            per image, the sampled proposals with `gt_classes` (background = `num_classes`) and, where
+            the image has gt, every `gt_*` field of the matched gt instance.
+        """
+        if targets is None:
+            raise ValueError(f"{type(self).__name__} needs the gt instances of every image in training")
+        if self.proposal_append_gt:
+            proposals = add_ground_truth_to_proposals(targets, proposals)
+
+        sampled_proposals, num_fg, num_bg = [], [], []
+        for per_image, target in zip(proposals, targets):
+            has_gt = len(target) > 0
+            iou = pairwise_iou(target.gt_boxes, per_image.proposal_boxes)
+            matched_idxs, matched_labels = self.proposal_matcher(iou)
+            sampled_idxs, gt_classes = self._sample_proposals(matched_idxs, matched_labels, target.gt_classes)
+
+            per_image = per_image[sampled_idxs]
+            per_image.gt_classes = gt_classes
+            if has_gt:
+                sampled_targets = matched_idxs[sampled_idxs]
+                for name, value in target.get_fields().items():
+                    if name.startswith("gt_") and not per_image.has(name):
+                        per_image.set(name, value[sampled_targets])
+            # Without gt nothing is known to fill gt_boxes / gt_masks with; such proposals are all
+            # background, which the heads handle.
+
+            bg = int((gt_classes == self.num_classes).sum())
+            num_bg.append(bg)
+            num_fg.append(gt_classes.numel() - bg)
+            sampled_proposals.append(per_image)
+
+        storage = get_event_storage()
+        storage.put_scalar("roi_head/num_fg_samples", np.mean(num_fg))
+        storage.put_scalar("roi_head/num_bg_samples", np.mean(num_bg))
+        return sampled_proposals
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        raise NotImplementedError(f"{type(self).__name__} must define forward")
+
+
+@ROI_HEADS_REGISTRY.register()
+class StandardROIHeads(ROIHeads):
+    """
+    The RoI heads of Faster / Mask R-CNN with FPN: a box branch (`box_pooler` -> `box_head` ->
+    `box_predictor`) and an optional mask branch (`mask_pooler` -> `mask_head`), each pooling
+    from its own feature maps. Every branch computes its own losses.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        box_in_features: List[str],
+        box_pooler: ROIPooler,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        mask_in_features: Optional[List[str]] = None,
+        mask_pooler: Optional[ROIPooler] = None,
+        mask_head: Optional[nn.Module] = None,
+        train_on_pred_boxes: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+            box_in_features: feature maps the box branch pools from, finest first.
+            box_pooler: pools the box features of each proposal.
+            box_head: transforms them (e.g. `FastRCNNConvFCHead`).
+            box_predictor: predicts scores and deltas, with `losses` and `inference`
+                (e.g. `FastRCNNOutputLayers`).
+            mask_in_features, mask_pooler, mask_head: the mask branch; absent when masks are off.
+                Without a pooler, the mask head gets the feature dict itself.
+            train_on_pred_boxes: train the mask branch on the box branch's refined boxes instead of
+                the proposals.
+            kwargs: the arguments of `ROIHeads`.
+        """
+        super().__init__(**kwargs)
+        self.in_features = self.box_in_features = box_in_features
+        self.box_pooler = box_pooler
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+
+        self.mask_on = mask_in_features is not None
+        if self.mask_on:
+            if mask_head is None:
+                raise ValueError("StandardROIHeads: mask_in_features given without a mask_head")
+            self.mask_in_features = mask_in_features
+            self.mask_pooler = mask_pooler
+            self.mask_head = mask_head
+        self.train_on_pred_boxes = train_on_pred_boxes
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        if cfg.MODEL.KEYPOINT_ON:
+            raise ValueError("MODEL.KEYPOINT_ON: detlib's StandardROIHeads has no keypoint head")
+        ret = super().from_config(cfg)
+        ret["train_on_pred_boxes"] = cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES
+        # A subclass may turn a branch's builder into a staticmethod to build it differently.
+        if inspect.ismethod(cls._init_box_head):
+            ret.update(cls._init_box_head(cfg, input_shape))
+        if inspect.ismethod(cls._init_mask_head):
+            ret.update(cls._init_mask_head(cfg, input_shape))
+        return ret
+
+    @staticmethod
+    def _pooled_shape(
+        input_shape: Dict[str, ShapeSpec], in_features: List[str], resolution: int, branch: str
+    ) -> Tuple[Tuple[float, ...], ShapeSpec]:
+        missing = [f for f in in_features if f not in input_shape]
+        if missing:
+            raise ValueError(f"{branch} IN_FEATURES {missing} are not among the backbone's outputs {list(input_shape)}")
+        channels = {input_shape[f].channels for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(f"{branch}: the features {in_features} must have the same channels, got {channels}")
+        scales = tuple(1.0 / input_shape[f].stride for f in in_features)
+        return scales, ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        head = cfg.MODEL.ROI_BOX_HEAD
+        scales, pooled_shape = cls._pooled_shape(input_shape, in_features, head.POOLER_RESOLUTION, "ROI_HEADS")
+        box_head = build_box_head(cfg, pooled_shape)
+        return {
+            "box_in_features": in_features,
+            "box_pooler": ROIPooler(head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE),
+            "box_head": box_head,
+            "box_predictor": FastRCNNOutputLayers(cfg, box_head.output_shape),
+        }
+
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape):
+        if not cfg.MODEL.MASK_ON:
+            return {}
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        head = cfg.MODEL.ROI_MASK_HEAD
+        scales, pooled_shape = cls._pooled_shape(input_shape, in_features, head.POOLER_RESOLUTION, "ROI_MASK_HEAD")
+        ret = {"mask_in_features": in_features}
+        if head.POOLER_TYPE:
+            ret["mask_pooler"] = ROIPooler(
+                head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE
+            )
+            ret["mask_head"] = build_mask_head(cfg, pooled_shape)
+        else:
+            ret["mask_pooler"] = None
+            ret["mask_head"] = build_mask_head(cfg, {f: input_shape[f] for f in in_features})
+        return ret
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        """
+        Args:
+            images: the batch (unused by these heads; kept for heads that need the pixels).
+            features: the backbone's feature maps by name.
+            proposals: per image, `proposal_boxes` and `objectness_logits`.
+            targets: per image, the gt instances (training only).
+        Returns:
+            training: the sampled proposals and the losses (`loss_cls`, `loss_box_reg`, `loss_mask`);
+            inference: per image `Instances(pred_boxes, scores, pred_classes[, pred_masks])` at the
+            input size, and `{}`.
+        """
+        del images
+        if self.training:
+            proposals = self.label_and_sample_proposals(proposals, targets)
+            losses = self._forward_box(features, proposals)
+            losses.update(self._forward_mask(features, proposals))
+            return proposals, losses
+        pred_instances = self._forward_box(features, proposals)
+        return self.forward_with_given_boxes(features, pred_instances), {}
+
+    def forward_with_given_boxes(
+        self, features: Dict[str, torch.Tensor], instances: List[Instances]
+    ) -> List[Instances]:
+        """
+        Run the non-box branches (masks) on given detections, e.g. boxes from elsewhere.
+
+        Args:
+            instances: per image, `pred_boxes` and `pred_classes`.
+        Returns:
+            the same instances with the branches' outputs (`pred_masks`) added.
+        """
+        if self.training:
+            raise RuntimeError("forward_with_given_boxes is for inference; call eval() first")
+        if not all(i.has("pred_boxes") and i.has("pred_classes") for i in instances):
+            raise ValueError("forward_with_given_boxes: every Instances needs pred_boxes and pred_classes")
+        return self._forward_mask(features, instances)
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        """Training: the box losses. Inference: the detections."""
+        box_features = self.box_pooler(
+            [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
+        )
+        predictions = self.box_predictor(self.box_head(box_features))
+        del box_features
+
+        if self.training:
+            losses = self.box_predictor.losses(predictions, proposals)
+            if self.train_on_pred_boxes:
+                with torch.no_grad():
+                    refined = self.box_predictor.predict_boxes_for_gt_classes(predictions, proposals)
+                    for per_image, boxes in zip(proposals, refined):
+                        per_image.proposal_boxes = Boxes(boxes)
+            return losses
+        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
+        return pred_instances
+
+    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+        """Training: `{"loss_mask": ...}` on the foreground proposals. Inference: `instances` with `pred_masks`."""
+        if not self.mask_on:
+            return {} if self.training else instances
+
+        if self.training:
+            instances, _ = select_foreground_proposals(instances, self.num_classes)
+        if self.mask_pooler is not None:
+            boxes = [i.proposal_boxes if self.training else i.pred_boxes for i in instances]
+            mask_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        else:
+            mask_features = {f: features[f] for f in self.mask_in_features}
+        return self.mask_head(mask_features, instances)

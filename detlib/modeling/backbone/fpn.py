@@ -13,7 +13,13 @@ from .backbone import Backbone
 from .build import BACKBONE_REGISTRY
 from .resnet import build_resnet_backbone
 
-__all__ = ["FPN", "LastLevelMaxPool", "LastLevelP6P7", "build_resnet_fpn_backbone", "build_retinanet_resnet_fpn_backbone"]
+__all__ = [
+    "FPN",
+    "LastLevelMaxPool",
+    "LastLevelP6P7",
+    "build_resnet_fpn_backbone",
+    "build_retinanet_resnet_fpn_backbone",
+]
 
 
 class LastLevelMaxPool(nn.Module):

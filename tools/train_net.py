@@ -34,17 +34,19 @@ def setup(args):
     return cfg
 
 
-def main(args):
+def main(args, trainer_class=DefaultTrainer):
+    """Train (or with --eval-only, evaluate) in this process. Projects reuse this entry point
+    with their own `DefaultTrainer` subclass as `trainer_class`."""
     cfg = setup(args)
     if args.eval_only:
-        model = DefaultTrainer.build_model(cfg)
+        model = trainer_class.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = DefaultTrainer.test(cfg, model)
+        results = trainer_class.test(cfg, model)
         if comm.is_main_process() and cfg.TEST.EXPECTED_RESULTS:
             verify_results(cfg, results)
         return results
 
-    trainer = DefaultTrainer(cfg)
+    trainer = trainer_class(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
     metrics_file = os.path.join(cfg.OUTPUT_DIR, "metrics.json")

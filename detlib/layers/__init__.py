@@ -14,3 +14,5 @@ from .wrappers import (
     shapes_to_tensor,
 )
 from .losses import BOX_LOSS_REGISTRY, BoxLoss, build_box_loss, ciou_loss, diou_loss, giou_loss, smooth_l1_loss
+from .nms import batched_nms, nms
+from .roi_align import ROIAlign, roi_align

@@ -1,0 +1,45 @@
+// Kernels behind detlib._C. The bindings validate every input (shape, dtype, device) and make it
+// contiguous before calling these, so the kernels assume well-formed contiguous tensors.
+// Boxes are XYXY in absolute pixels; rois are [K, 5] rows of (batch index, x1, y1, x2, y2).
+#pragma once
+
+#include <ATen/ATen.h>
+
+// Bumped whenever the Python-visible interface of _C changes; detlib/layers/_extension.py refuses
+// to load a `_C` built with another value (a stale build) and says how to rebuild.
+#define DETLIB_C_ABI_VERSION 1
+
+namespace detlib {
+
+// Indices (int64) of the boxes kept by greedy NMS, by decreasing score. Scores are ordered by a
+// stable descending sort and box j is dropped when IoU(i, j) > iou_threshold for a kept box i, so the
+// result equals torchvision.ops.nms index for index.
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
+
+// ROIAlign with torchvision.ops.roi_align semantics. input [N, C, H, W], rois [K, 5] of input's
+// dtype -> [K, C, pooled_height, pooled_width]. aligned=true shifts sampling by -0.5 pixel.
+at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                                 int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                                 bool aligned);
+
+// Gradient of roi_align_forward w.r.t. its input: grad [K, C, PH, PW] -> [batch_size, channels,
+// height, width].
+at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                                  int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                  int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
+                                  bool aligned);
+
+#ifdef WITH_CUDA
+at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
+
+at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                                  int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                                  bool aligned);
+
+at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                   int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
+                                   bool aligned);
+#endif
+
+}  // namespace detlib

@@ -1,0 +1,64 @@
+"""Non-maximum suppression over XYXY boxes in absolute pixels, backed by `detlib._C`."""
+import torch
+
+from ._extension import load_extension
+
+_C = load_extension()
+
+__all__ = ["nms", "batched_nms"]
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """
+    Greedy NMS: visit boxes by decreasing score and drop every later box whose IoU with a kept box is
+    greater than `iou_threshold`. Same results as `torchvision.ops.nms`, ties in score included.
+
+    Args:
+        boxes: Tensor[N, 4] (x1, y1, x2, y2).
+        scores: Tensor[N], same dtype and device as `boxes`.
+
+    Returns:
+        int64 Tensor of the kept boxes' indices, by decreasing score.
+    """
+    return _C.nms(boxes, scores, float(iou_threshold))
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """
+    NMS applied independently to each group of boxes sharing a value of `idxs` (e.g. a class).
+
+    Same results as `torchvision.ops.batched_nms`, which is why the strategy follows it: small inputs
+    run one NMS after offsetting each group's boxes so groups cannot overlap (one kernel call), larger
+    ones run one NMS per group, where the offset would cost float32 coordinates too much precision.
+
+    Args:
+        boxes: Tensor[N, 4] (x1, y1, x2, y2); float16/bfloat16 are computed in float32.
+        scores: Tensor[N].
+        idxs: integer Tensor[N], the group of each box.
+
+    Returns:
+        int64 Tensor of the kept boxes' indices, by decreasing score.
+    """
+    if boxes.dim() != 2 or boxes.size(-1) != 4:
+        raise ValueError(f"batched_nms: boxes must be Tensor[N, 4], got shape {list(boxes.shape)}")
+    if scores.shape != (boxes.size(0),):
+        raise ValueError(f"batched_nms: scores must be Tensor[N] with N={boxes.size(0)}, got shape {list(scores.shape)}")
+    if idxs.shape != (boxes.size(0),):
+        raise ValueError(f"batched_nms: idxs must be Tensor[N] with N={boxes.size(0)}, got shape {list(idxs.shape)}")
+    if idxs.device != boxes.device:
+        raise ValueError(f"batched_nms: idxs is on {idxs.device} but boxes are on {boxes.device}")
+    if boxes.dtype in (torch.float16, torch.bfloat16):
+        boxes = boxes.float()
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    if boxes.numel() <= (4000 if boxes.device.type == "cpu" else 20000):
+        offsets = idxs.to(boxes) * (boxes.max() + 1)
+        return nms(boxes + offsets[:, None], scores, iou_threshold)
+
+    by_group = torch.argsort(idxs, stable=True)
+    group_sizes = torch.unique_consecutive(idxs[by_group], return_counts=True)[1].tolist()
+    kept = torch.cat([group[nms(boxes[group], scores[group], iou_threshold)] for group in by_group.split(group_sizes)])
+    kept = kept.sort().values  # equal scores end up in index order, as in torchvision
+    return kept[scores[kept].sort(descending=True, stable=True).indices]

@@ -1,0 +1,73 @@
+"""Build and install detlib with its compiled ops, `detlib._C` (NMS and ROIAlign, csrc/).
+
+    pip install --no-build-isolation -e .                 # C++; CUDA too when a GPU is visible
+    FORCE_CUDA=1 pip install --no-build-isolation -e .    # also compile the CUDA kernels without a GPU
+    FORCE_CUDA=0 pip install --no-build-isolation -e .    # C++ only, even with a GPU (quick local builds)
+
+CUDA needs nvcc (CUDA_HOME or nvcc on PATH). Without a visible GPU the kernels are compiled for
+TORCH_CUDA_ARCH_LIST, "9.0" by default. MAX_JOBS bounds the parallel compile jobs.
+"""
+import glob
+import os
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cuda_requested() -> bool:
+    force = os.environ.get("FORCE_CUDA", "")
+    if force not in ("", "0", "1"):
+        raise SystemExit(f"FORCE_CUDA must be 0 or 1, got {force!r}")
+    if force == "0":
+        return False
+    wanted = force == "1" or torch.cuda.is_available()
+    if wanted and CUDA_HOME is None:
+        message = "CUDA build requested but nvcc was not found: set CUDA_HOME or put nvcc on PATH"
+        if force == "1":
+            raise SystemExit(message)
+        print(f"detlib setup: {message}; building the C++ ops only")
+        return False
+    return wanted
+
+
+def sources(pattern: str) -> list:
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "**", pattern), recursive=True))
+
+
+def make_extension():
+    with_cuda = cuda_requested()
+    define_macros = [("DETLIB_TORCH_VERSION", f'"{torch.__version__}"')]
+    compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    link_args = ["-fopenmp"]
+    cuda_sources = sources("*.cu") if with_cuda else []
+    if cuda_sources:
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        define_macros.append(("WITH_CUDA", None))
+        compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        extension = CUDAExtension
+    else:
+        extension = CppExtension
+    return extension(
+        "detlib._C",
+        sources("*.cpp") + cuda_sources,
+        include_dirs=[os.path.join(HERE, "csrc")],
+        define_macros=define_macros,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+
+
+setup(
+    name="detlib",
+    version="0.1.0",
+    description="Object detection research codebase: Faster / Mask R-CNN on ResNet + FPN",
+    packages=find_packages(exclude=("tests", "tests.*", "tools", "configs")),
+    python_requires=">=3.9",
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildExtension},
+    zip_safe=False,
+)

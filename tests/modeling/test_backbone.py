@@ -17,7 +17,9 @@ from detlib.modeling.backbone import (
     FPN,
     Backbone,
     BasicBlock,
+    BasicStem,
     BottleneckBlock,
+    ResNet,
     build_backbone,
     build_resnet_backbone,
 )
@@ -84,9 +86,29 @@ def test_out_features_subset_builds_only_needed_stages():
     assert out["stem"].shape == (1, 64, 8, 8) and out["res3"].shape == (1, 128, 4, 4)
 
 
+def test_make_stage_per_block_arguments():
+    blocks = ResNet.make_stage(BasicBlock, 3, in_channels=8, out_channels=16, stride_per_block=[2, 1, 1], norm="BN")
+    assert [b.stride for b in blocks] == [2, 1, 1]
+    assert [(b.in_channels, b.out_channels) for b in blocks] == [(8, 16), (16, 16), (16, 16)]
+    with pytest.raises(ValueError, match="stride_per_block"):
+        ResNet.make_stage(BasicBlock, 3, in_channels=8, out_channels=16, stride_per_block=[2, 1])
+
+
+def test_resnet_with_classifier():
+    stages = [ResNet.make_stage(BasicBlock, 1, in_channels=c_in, out_channels=c_out, stride_per_block=[s])
+              for c_in, c_out, s in [(8, 8, 1), (8, 16, 2)]]
+    model = ResNet(BasicStem(3, 8), stages, num_classes=5)
+    assert model(torch.randn(2, 3, 32, 32))["linear"].shape == (2, 5)
+    assert model.output_shape() == {}
+    features = ResNet(BasicStem(3, 8), stages, num_classes=5, out_features=["res3", "linear"])
+    assert set(features(torch.randn(1, 3, 32, 32))) == {"res3", "linear"}
+
+
 def test_unknown_out_feature_is_rejected():
     with pytest.raises(ValueError, match="res6"):
         build_resnet_backbone(resnet_cfg(18, out_features=["res4", "res6"]), RGB)
+    with pytest.raises(ValueError, match="non-empty"):
+        build_resnet_backbone(resnet_cfg(18, out_features=[]), RGB)
 
 
 def test_res5_dilation_keeps_res4_resolution():

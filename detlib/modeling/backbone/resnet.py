@@ -165,7 +165,7 @@ class ResNet(Backbone):
 
         if out_features is not None:
             last_stage = {"res2": 1, "res3": 2, "res4": 3, "res5": 4, "linear": len(stages)}
-            stages = stages[: max(last_stage.get(f, 0) for f in out_features)]
+            stages = stages[: max((last_stage.get(f, 0) for f in out_features), default=0)]
 
         self.stage_names: List[str] = []
         self.stages: List[nn.Sequential] = []

@@ -23,7 +23,8 @@ sys.path[:0] = [REPO, os.path.join(REPO, "tools")]
 import train_net  # noqa: E402
 
 from detlib.data import build_detection_train_loader  # noqa: E402
-from detlib.engine import DefaultTrainer, default_argument_parser, launch  # noqa: E402
+from detlib.engine import CallbackHook, DefaultTrainer, default_argument_parser, launch  # noqa: E402
+from detlib.utils import comm  # noqa: E402
 from detlib.utils.events import get_event_storage  # noqa: E402
 
 NUM_RECORDS = 37
@@ -86,10 +87,30 @@ class TinyTrainer(DefaultTrainer):
             num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
 
+    def build_hooks(self):
+        return super().build_hooks() + [CallbackHook(after_step=_check_ranks_agree, after_train=_save_rank_parameters)]
+
     def run_step(self):
         super().run_step()
         if self.step_sleep:
             time.sleep(self.step_sleep)  # leaves the test time to kill the run mid-training
+
+
+def _parameters(trainer):
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def _check_ranks_agree(trainer):
+    """Every rank must hold bit-identical parameters after every step."""
+    gathered = comm.all_gather(_parameters(trainer))
+    for rank, params in enumerate(gathered):
+        if not torch.equal(params, gathered[0]):
+            raise AssertionError(f"rank {rank} parameters differ from rank 0's at iteration {trainer.iter}")
+
+
+def _save_rank_parameters(trainer):
+    path = os.path.join(trainer.cfg.OUTPUT_DIR, f"parameters_rank{comm.get_rank()}.pt")
+    torch.save(_parameters(trainer), path)
 
 
 def worker(args, random_augment, step_sleep):

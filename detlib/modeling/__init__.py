@@ -14,3 +14,11 @@ from .backbone import (
     build_resnet_backbone,
     make_stage,
 )
+from .proposal_generator import (
+    PROPOSAL_GENERATOR_REGISTRY,
+    RPN,
+    RPN_HEAD_REGISTRY,
+    StandardRPNHead,
+    build_proposal_generator,
+    build_rpn_head,
+)

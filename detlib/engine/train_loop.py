@@ -120,13 +120,14 @@ LossOutput = Union[Mapping[str, torch.Tensor], torch.Tensor]
 
 def _as_loss_dict(output: LossOutput) -> Dict[str, torch.Tensor]:
     """Validate what a training-mode model returned: a dict of scalar losses (or one scalar)."""
-    if isinstance(output, torch.Tensor):
+    if isinstance(output, torch.Tensor) and output.numel() == 1:
         output = {"total_loss": output}
     if not isinstance(output, Mapping):
+        what = f"a tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
         raise TypeError(
             f"In training mode the model must return a dict of scalar loss tensors (or one scalar "
-            f"tensor), got {type(output).__name__}. A model that returns predictions can be trained "
-            f"by wrapping it: detlib.engine.ModelWithLoss(model, loss_fn)."
+            f"tensor), got {what}. A model that returns predictions can be trained by wrapping it: "
+            f"detlib.engine.ModelWithLoss(model, loss_fn)."
         )
     for name, value in output.items():
         if not isinstance(value, torch.Tensor) or value.numel() != 1:

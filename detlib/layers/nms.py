@@ -60,5 +60,6 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     by_group = torch.argsort(idxs, stable=True)
     group_sizes = torch.unique_consecutive(idxs[by_group], return_counts=True)[1].tolist()
     kept = torch.cat([group[nms(boxes[group], scores[group], iou_threshold)] for group in by_group.split(group_sizes)])
-    kept = kept.sort().values  # equal scores end up in index order, as in torchvision
-    return kept[scores[kept].sort(descending=True, stable=True).indices]
+    # Ascending indices, then torch's default (unstable) sort: ties come out in torchvision's order.
+    kept = kept.sort().values
+    return kept[scores[kept].sort(descending=True).indices]

@@ -262,3 +262,27 @@ def test_invalid_settings_fail_at_build_time():
     cfg.MODEL.RPN.IN_FEATURES = ["res4"]
     with pytest.raises(ValueError, match="res4"):
         build_proposal_generator(cfg, _fpn_shapes())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_losses_match_cpu():
+    torch.manual_seed(0)
+    cfg = get_cfg()
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32]]
+    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 100000  # every anchor sampled: no randomness in the losses
+    shapes = {"p2": ShapeSpec(channels=8, stride=4), "p3": ShapeSpec(channels=8, stride=8)}
+    rpn = build_proposal_generator(cfg, shapes).train()
+    features = {"p2": torch.randn(1, 8, 16, 16), "p3": torch.randn(1, 8, 8, 8)}
+    images = ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)])
+    gt = [Instances((64, 64), gt_boxes=Boxes(torch.tensor([[4.0, 4.0, 30.0, 40.0]])))]
+    losses = {}
+    for device in ("cpu", "cuda"):
+        rpn.to(device)
+        with EventStorage(0):
+            proposals, losses[device] = rpn(
+                images.to(device), {k: v.to(device) for k, v in features.items()}, [g.to(device) for g in gt]
+            )
+        assert proposals[0].proposal_boxes.device.type == device
+    for name in ("loss_rpn_cls", "loss_rpn_loc"):
+        torch.testing.assert_close(losses["cuda"][name].cpu(), losses["cpu"][name], rtol=1e-4, atol=1e-7)

@@ -285,4 +285,5 @@ def test_cuda_losses_match_cpu():
             )
         assert proposals[0].proposal_boxes.device.type == device
     for name in ("loss_rpn_cls", "loss_rpn_loc"):
-        torch.testing.assert_close(losses["cuda"][name].cpu(), losses["cpu"][name], rtol=1e-4, atol=1e-7)
+        # rtol covers TF32 convolutions on recent GPUs.
+        torch.testing.assert_close(losses["cuda"][name].cpu(), losses["cpu"][name], rtol=1e-3, atol=1e-6)

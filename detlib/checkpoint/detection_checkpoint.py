@@ -89,8 +89,10 @@ def load_model_state(model: nn.Module, state_dict: Dict[str, Any]) -> Incompatib
             continue
         tensors[name] = value
     result = model.load_state_dict(tensors, strict=False)
-    # Buffers a module never saves (e.g. a BatchNorm's counter) are not worth reporting.
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    # Skipped entries are reported once, as mismatches; a BatchNorm's step counter is not worth
+    # reporting at all (pre-1.0 and Detectron2 checkpoints never have it).
+    skipped = {name for name, _, _ in mismatch}
+    missing = [k for k in result.missing_keys if k not in skipped and not k.endswith("num_batches_tracked")]
     incompatible = IncompatibleKeys(missing, list(result.unexpected_keys), mismatch)
     if mismatch:
         logger.warning(

@@ -22,3 +22,20 @@ from .proposal_generator import (
     build_proposal_generator,
     build_rpn_head,
 )
+from .poolers import ROIPooler
+from .postprocessing import detector_postprocess
+from .roi_heads import (
+    ROI_BOX_HEAD_REGISTRY,
+    ROI_HEADS_REGISTRY,
+    ROI_MASK_HEAD_REGISTRY,
+    FastRCNNConvFCHead,
+    FastRCNNOutputLayers,
+    MaskRCNNConvUpsampleHead,
+    ROIHeads,
+    StandardROIHeads,
+    build_box_head,
+    build_mask_head,
+    build_roi_heads,
+)
+from .torchvision_anchors import TorchvisionAnchorGenerator
+from .meta_arch import META_ARCH_REGISTRY, GeneralizedRCNN, ProposalNetwork, build_model

@@ -1,0 +1,129 @@
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from detlib.config import get_cfg
+from detlib.engine import DefaultTrainer, default_argument_parser, default_setup
+from detlib.engine.defaults import _scale_to_world_size, verify_results
+from detlib.evaluation import DatasetEvaluator
+from detlib.utils.env import seed_all_rng
+
+from tiny_train_net import TinyTrainer
+
+
+def test_argument_parser_takes_run_options_and_trailing_overrides():
+    args = default_argument_parser().parse_args(
+        ["--config-file", "a.yaml", "--resume", "--num-gpus", "2", "SOLVER.BASE_LR", "0.1", "MODEL.WEIGHTS", "w.pkl"]
+    )
+    assert args.config_file == "a.yaml" and args.resume and not args.eval_only
+    assert (args.num_gpus, args.num_machines, args.machine_rank, args.dist_url) == (2, 1, 0, "auto")
+    assert args.opts == ["SOLVER.BASE_LR", "0.1", "MODEL.WEIGHTS", "w.pkl"]
+
+
+def test_default_setup_writes_config_and_log_and_seeds(tmp_path):
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path / "run")
+    cfg.SEED = 42
+    cfg.SOLVER.BASE_LR = 0.123
+    default_setup(cfg, default_argument_parser().parse_args([]))
+    draws = (random.random(), np.random.rand(), torch.rand(()).item())
+    seed_all_rng(42)
+    assert (random.random(), np.random.rand(), torch.rand(()).item()) == draws
+
+    reloaded = get_cfg()
+    reloaded.merge_from_file(str(tmp_path / "run" / "config.yaml"))
+    assert yaml.safe_load(reloaded.dump()) == yaml.safe_load(cfg.dump())
+    assert reloaded.SOLVER.BASE_LR == 0.123
+    assert "Environment info" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_config_rescaled_to_the_world_size_by_the_linear_rule():
+    cfg = get_cfg()
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 8
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER = 16, 0.02, 90000
+    cfg.SOLVER.STEPS, cfg.SOLVER.WARMUP_ITERS, cfg.TEST.EVAL_PERIOD = (60000, 80000), 1000, 5000
+    scaled = _scale_to_world_size(cfg, 2)
+    assert (scaled.SOLVER.IMS_PER_BATCH, scaled.SOLVER.MAX_ITER, scaled.SOLVER.STEPS) == (4, 360000, (240000, 320000))
+    assert scaled.SOLVER.BASE_LR == pytest.approx(0.005)
+    assert (scaled.SOLVER.WARMUP_ITERS, scaled.TEST.EVAL_PERIOD, scaled.SOLVER.REFERENCE_WORLD_SIZE) == (4000, 20000, 2)
+    assert cfg.SOLVER.IMS_PER_BATCH == 16  # the original is untouched
+    assert _scale_to_world_size(cfg, 8) is cfg
+
+
+class MeanPredictionEvaluator(DatasetEvaluator):
+    """Scores a regression model by its mean squared error on fixed inputs."""
+
+    def reset(self):
+        self.errors = []
+
+    def process(self, inputs, outputs):
+        targets = torch.stack([torch.as_tensor(d["y"]) for d in inputs])
+        self.errors.append(((outputs - targets) ** 2).mean().item())
+
+    def evaluate(self):
+        return {"regression": {"MSE": float(np.mean(self.errors)), "batches": len(self.errors)}}
+
+
+class EvaluatingTinyTrainer(TinyTrainer):
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        records = cls.records()
+        return [records[i : i + 4] for i in range(0, 12, 4)]
+
+    @staticmethod
+    def records():
+        from tiny_train_net import make_records
+
+        return make_records()
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name):
+        return MeanPredictionEvaluator()
+
+
+def _tiny_cfg(output_dir, **overrides):
+    cfg = get_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.IMS_PER_BATCH = 6, 100, 2
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS = 0.01, 0
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATASETS.TEST = ("tiny_val",)
+    cfg.TEST.EVAL_PERIOD = 3
+    for key, value in overrides.items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+def test_default_trainer_evaluates_periodically_and_records_results(tmp_path):
+    trainer = EvaluatingTinyTrainer(_tiny_cfg(tmp_path))
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    assert results["regression"]["batches"] == 3
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    evaluations = [(r["iteration"], r["regression/MSE"]) for r in records if "regression/MSE" in r]
+    assert [it for it, _ in evaluations] == [2, 6]  # after iteration 2, and after training
+    assert evaluations[-1][1] == pytest.approx(results["regression"]["MSE"])
+    assert (tmp_path / "model_final.pth").exists()
+
+    # The same numbers from a direct evaluation of the trained model.
+    direct = EvaluatingTinyTrainer.test(trainer.cfg, trainer.model)
+    assert direct == results
+
+
+def test_expected_results_are_verified(tmp_path):
+    cfg = _tiny_cfg(tmp_path, **{"TEST.EXPECTED_RESULTS": "[['regression', 'MSE', -1.0, 0.01]]"})
+    trainer = EvaluatingTinyTrainer(cfg)
+    with pytest.raises(AssertionError, match="regression/MSE"):
+        trainer.train()
+    verify_results(cfg.clone(), {"regression": {"MSE": -1.005}})
+
+
+def test_test_needs_one_evaluator_per_dataset(tmp_path):
+    cfg = _tiny_cfg(tmp_path)
+    with pytest.raises(ValueError, match="2 evaluators given for 1 test datasets"):
+        DefaultTrainer.test(cfg, torch.nn.Linear(1, 1), [MeanPredictionEvaluator(), MeanPredictionEvaluator()])

@@ -127,3 +127,50 @@ def test_test_needs_one_evaluator_per_dataset(tmp_path):
     cfg = _tiny_cfg(tmp_path)
     with pytest.raises(ValueError, match="2 evaluators given for 1 test datasets"):
         DefaultTrainer.test(cfg, torch.nn.Linear(1, 1), [MeanPredictionEvaluator(), MeanPredictionEvaluator()])
+
+
+class PredictorProbe(torch.nn.Module):
+    """Records what the predictor feeds the model."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+        self.seen = []
+
+    def forward(self, batched_inputs):
+        assert not self.training
+        self.seen.extend(batched_inputs)
+        return [{"instances": "predictions"} for _ in batched_inputs]
+
+
+def _register_probe():
+    modeling = pytest.importorskip("detlib.modeling")
+    if "PredictorProbe" not in modeling.META_ARCH_REGISTRY:
+        modeling.META_ARCH_REGISTRY.register(PredictorProbe)
+
+
+@pytest.mark.parametrize("input_format", ["BGR", "RGB"])
+def test_default_predictor_loads_weights_resizes_and_orders_channels(tmp_path, input_format):
+    _register_probe()
+    from detlib.engine import DefaultPredictor
+
+    torch.save({"model": {"scale": torch.tensor([3.0])}}, tmp_path / "w.pth")
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "PredictorProbe"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = str(tmp_path / "w.pth")
+    cfg.INPUT.FORMAT = input_format
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 20, 100
+    predictor = DefaultPredictor(cfg)
+    assert predictor.model.scale.item() == 3.0
+
+    bgr = np.zeros((10, 30, 3), dtype=np.uint8)
+    bgr[..., 0] = 255  # blue
+    assert predictor(bgr) == {"instances": "predictions"}
+    (seen,) = predictor.model.seen
+    assert (seen["height"], seen["width"]) == (10, 30)
+    assert seen["image"].shape == (3, 20, 60) and seen["image"].dtype == torch.uint8
+    blue_channel = 0 if input_format == "BGR" else 2
+    assert seen["image"][blue_channel].min() == 255 and seen["image"].sum() == 255 * 20 * 60
+    with pytest.raises(ValueError, match="H, W, 3"):
+        predictor(np.zeros((10, 30), dtype=np.uint8))

@@ -13,6 +13,18 @@ from .wrappers import (
     nonzero_tuple,
     shapes_to_tensor,
 )
-from .losses import BOX_LOSS_REGISTRY, BoxLoss, build_box_loss, ciou_loss, diou_loss, giou_loss, smooth_l1_loss
+from .losses import (
+    BOX_LOSS_REGISTRY,
+    CLS_LOSS_REGISTRY,
+    BoxLoss,
+    ClassificationLoss,
+    build_box_loss,
+    build_classification_loss,
+    ciou_loss,
+    diou_loss,
+    giou_loss,
+    sigmoid_focal_loss,
+    smooth_l1_loss,
+)
 from .nms import batched_nms, nms
 from .roi_align import ROIAlign, roi_align

@@ -1,5 +1,5 @@
 """
-Box-regression losses and the registry that names them.
+The loss registries: box-regression losses and classification losses, by name.
 
 Two kinds of loss live here. Losses on *deltas* (`smooth_l1`, `l1`) compare predicted
 `Box2BoxTransform` offsets with the offsets that reach the target box. Losses on *boxes*
@@ -15,13 +15,20 @@ the loss's parameters; it validates them and returns a `BoxLoss`::
         return BoxLoss("scaled_l1", "deltas", lambda pred, target: scale * (pred - target).abs().sum())
 
 and select it with `MODEL.RPN.BBOX_REG_LOSS_TYPE: scaled_l1`.
+
+Classification losses (`cross_entropy`, `focal`) score logits against class labels, for the RPN's
+objectness (one logit per anchor) and the box predictor's classes (K + 1 logits per RoI). They are
+registered the same way in `CLS_LOSS_REGISTRY`, return a `ClassificationLoss`, and are selected with
+`MODEL.RPN.CLS_LOSS_TYPE` / `MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE`, their parameters set in
+`CLS_LOSS_PARAMS` next to it (`{"gamma": 1.5}`).
 """
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
+import torch.nn.functional as F
 
 from detlib.utils.registry import Registry
 
@@ -31,6 +38,12 @@ __all__ = [
     "build_box_loss",
     "box_loss_parameters",
     "resolve_box_loss",
+    "CLS_LOSS_REGISTRY",
+    "ClassificationLoss",
+    "build_classification_loss",
+    "classification_loss_parameters",
+    "resolve_classification_loss",
+    "sigmoid_focal_loss",
     "require_non_negative",
     "smooth_l1_loss",
     "giou_loss",
@@ -42,6 +55,12 @@ BOX_LOSS_REGISTRY = Registry("BOX_LOSS")
 BOX_LOSS_REGISTRY.__doc__ = """
 Box-regression losses by name. Each entry is a factory `f(**params) -> BoxLoss` whose keyword
 parameters and defaults are the loss's parameters, checked when the model is built.
+"""
+
+CLS_LOSS_REGISTRY = Registry("CLS_LOSS")
+CLS_LOSS_REGISTRY.__doc__ = """
+Classification losses by name. Each entry is a factory `f(**params) -> ClassificationLoss` whose
+keyword parameters and defaults are the loss's parameters, checked when the model is built.
 """
 
 _SPACES = ("deltas", "boxes")
@@ -69,48 +88,102 @@ class BoxLoss:
         return self.fn(pred, target)
 
 
+@dataclass(frozen=True)
+class ClassificationLoss:
+    """
+    A classification loss bound to its parameters. `fn(logits, labels, weights)` returns the
+    weighted sum of the per-prediction losses, a scalar tensor, for either layout:
+
+    * binary, one logit per prediction (the RPN's objectness): logits (R,), labels (R,) in {0, 1};
+    * multi-class, K + 1 logits per prediction (the box predictor): logits R x (K + 1), labels (R,)
+      int64 in [0, K], where K is background.
+
+    `weights` is (R,) or None (all 1); the caller normalizes the sum.
+    """
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+    params: Dict[str, Any] = field(default_factory=dict)
+
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        return self.fn(logits, labels, weights)
+
+
 def require_non_negative(loss_name: str, param: str, value: float) -> None:
     """Raise a ValueError naming the loss and parameter unless `value` is a finite number >= 0."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"Box loss '{loss_name}': {param} must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"Loss '{loss_name}': {param} must be a finite number >= 0, got {value!r}")
 
 
 def _require_positive(loss_name: str, param: str, value: float) -> None:
     require_non_negative(loss_name, param, value)
     if value == 0:
-        raise ValueError(f"Box loss '{loss_name}': {param} must be > 0, got {value!r}")
+        raise ValueError(f"Loss '{loss_name}': {param} must be > 0, got {value!r}")
 
 
-def _registered_names() -> list:
-    return sorted(name for name, _ in BOX_LOSS_REGISTRY)
+# What each registry holds: (description in messages, the type its factories return).
+_KINDS = {
+    BOX_LOSS_REGISTRY: ("box regression loss", BoxLoss),
+    CLS_LOSS_REGISTRY: ("classification loss", ClassificationLoss),
+}
 
 
-def _factory(name: str) -> Callable[..., BoxLoss]:
-    if not isinstance(name, str) or name not in BOX_LOSS_REGISTRY:
-        raise KeyError(f"Unknown box regression loss {name!r}; registered box losses: {_registered_names()}")
-    return BOX_LOSS_REGISTRY.get(name)
+def _factory(registry: Registry, name: str) -> Callable[..., Any]:
+    if not isinstance(name, str) or name not in registry:
+        kind = _KINDS[registry][0]
+        raise KeyError(f"Unknown {kind} {name!r}; registered {kind}es: {sorted(n for n, _ in registry)}")
+    return registry.get(name)
+
+
+def _parameters(registry: Registry, name: str) -> Dict[str, Any]:
+    signature = inspect.signature(_factory(registry, name))
+    return {p.name: p.default for p in signature.parameters.values()}
+
+
+def _build(registry: Registry, name: str, params: Dict[str, Any]) -> Any:
+    kind, result_type = _KINDS[registry]
+    factory = _factory(registry, name)
+    accepted = _parameters(registry, name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise TypeError(f"The {kind} '{name}' has no parameter(s) {unknown}; its parameters are {accepted}")
+    loss = factory(**params)
+    if not isinstance(loss, result_type):
+        raise TypeError(f"The factory of {kind} '{name}' returned {type(loss).__name__}, not a {result_type.__name__}")
+    return loss
 
 
 def box_loss_parameters(name: str) -> Dict[str, Any]:
-    """The parameters of the registered loss `name` with their defaults."""
-    signature = inspect.signature(_factory(name))
-    return {p.name: p.default for p in signature.parameters.values()}
+    """The parameters of the registered box loss `name` with their defaults."""
+    return _parameters(BOX_LOSS_REGISTRY, name)
 
 
 def build_box_loss(name: str, **params: Any) -> BoxLoss:
     """
-    The registered loss `name` bound to `params`. An unknown name, an unknown parameter or an invalid
-    value raises, naming the valid choices.
+    The registered box loss `name` bound to `params`. An unknown name, an unknown parameter or an
+    invalid value raises, naming the valid choices.
     """
-    factory = _factory(name)
-    accepted = box_loss_parameters(name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise TypeError(f"Box loss '{name}' has no parameter(s) {unknown}; its parameters are {accepted}")
-    loss = factory(**params)
-    if not isinstance(loss, BoxLoss):
-        raise TypeError(f"The factory of box loss '{name}' returned {type(loss).__name__}, not a BoxLoss")
-    return loss
+    return _build(BOX_LOSS_REGISTRY, name, params)
+
+
+def classification_loss_parameters(name: str) -> Dict[str, Any]:
+    """The parameters of the registered classification loss `name` with their defaults."""
+    return _parameters(CLS_LOSS_REGISTRY, name)
+
+
+def build_classification_loss(name: str, **params: Any) -> ClassificationLoss:
+    """
+    The registered classification loss `name` bound to `params`. An unknown name, an unknown
+    parameter or an invalid value raises, naming the valid choices.
+    """
+    return _build(CLS_LOSS_REGISTRY, name, params)
+
+
+def resolve_classification_loss(loss: Union[str, ClassificationLoss]) -> ClassificationLoss:
+    """A `ClassificationLoss` from a registered name (with its default parameters) or as given."""
+    return loss if isinstance(loss, ClassificationLoss) else build_classification_loss(loss)
 
 
 def resolve_box_loss(loss: Union[str, BoxLoss], smooth_l1_beta: float = 0.0) -> BoxLoss:
@@ -207,6 +280,23 @@ def ciou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none
     return _reduce(loss, reduction)
 
 
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none"
+) -> torch.Tensor:
+    """
+    Focal loss (Lin et al., 2017), elementwise on independent sigmoid logits with float targets in
+    [0, 1]: the binary cross-entropy scaled by (1 - p_t) ** gamma, which fades out the easy
+    predictions, and weighted alpha for positives, 1 - alpha for negatives (alpha < 0: unweighted).
+    """
+    probs = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = probs * targets + (1 - probs) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return _reduce(loss, reduction)
+
+
 @BOX_LOSS_REGISTRY.register()
 def smooth_l1(beta: float = 0.0) -> BoxLoss:
     """Smooth-L1 on deltas, quadratic below `beta` (beta 0: plain L1)."""
@@ -241,3 +331,48 @@ def ciou(eps: float = 1e-7) -> BoxLoss:
     """Complete IoU loss on decoded boxes."""
     _require_positive("ciou", "eps", eps)
     return BoxLoss("ciou", "boxes", lambda pred, target: ciou_loss(pred, target, "sum", eps), {"eps": eps})
+
+
+def _weighted_sum(loss: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    return loss.sum() if weights is None else (loss * weights).sum()
+
+
+@CLS_LOSS_REGISTRY.register()
+def cross_entropy(label_smoothing: float = 0.0) -> ClassificationLoss:
+    """
+    Cross-entropy: binary (sigmoid) on one logit per prediction, softmax over K + 1 logits. With
+    `label_smoothing` e, targets move e of the way towards uniform (1/2 binary, 1/(K + 1) softmax).
+    """
+    require_non_negative("cross_entropy", "label_smoothing", label_smoothing)
+    if label_smoothing >= 1:
+        raise ValueError(f"Loss 'cross_entropy': label_smoothing must be in [0, 1), got {label_smoothing!r}")
+
+    def fn(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        if logits.dim() == 1:
+            targets = labels.to(logits.dtype) * (1 - label_smoothing) + 0.5 * label_smoothing
+            return F.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum")
+        loss = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+        return _weighted_sum(loss, weights)
+
+    return ClassificationLoss("cross_entropy", fn, {"label_smoothing": label_smoothing})
+
+
+@CLS_LOSS_REGISTRY.register()
+def focal(alpha: float = 0.25, gamma: float = 2.0) -> ClassificationLoss:
+    """
+    Sigmoid focal loss. With K + 1 logits, each foreground class is an independent sigmoid whose
+    target is 1 for its own class; the background logit is not used (background is "no class").
+    """
+    require_non_negative("focal", "gamma", gamma)
+    if not (alpha == -1 or (isinstance(alpha, (int, float)) and 0 <= alpha <= 1)):
+        raise ValueError(f"Loss 'focal': alpha must be in [0, 1], or -1 for no class weighting, got {alpha!r}")
+
+    def fn(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        if logits.dim() == 1:
+            return _weighted_sum(sigmoid_focal_loss(logits, labels.to(logits.dtype), alpha, gamma), weights)
+        num_classes = logits.shape[1] - 1
+        targets = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)
+        loss = sigmoid_focal_loss(logits[:, :num_classes], targets, alpha, gamma).sum(dim=1)
+        return _weighted_sum(loss, weights)
+
+    return ClassificationLoss("focal", fn, {"alpha": alpha, "gamma": gamma})

@@ -84,6 +84,10 @@ _C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
 _C.MODEL.RPN.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 _C.MODEL.RPN.SMOOTH_L1_BETA = 0.0  # 0 makes smooth-L1 plain L1
 _C.MODEL.RPN.LOSS_WEIGHT = 1.0  # multiplies both RPN losses
+# detlib: objectness loss, a name in CLS_LOSS_REGISTRY ("cross_entropy", "focal" or a user's), and
+# its parameters by name (e.g. {"gamma": 1.5}); unset parameters keep the loss's defaults.
+_C.MODEL.RPN.CLS_LOSS_TYPE = "cross_entropy"
+_C.MODEL.RPN.CLS_LOSS_PARAMS = CN(new_allowed=True)
 # Boxes kept per feature level before NMS, and per image after NMS (over all levels).
 _C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 12000
 _C.MODEL.RPN.PRE_NMS_TOPK_TEST = 6000
@@ -140,6 +144,9 @@ _C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
 # detlib: per-class weights of the classification loss, NUM_CLASSES + 1 values (background last);
 # empty means unweighted.
 _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_WEIGHTS = []
+# detlib: classification loss of the box predictor, a name in CLS_LOSS_REGISTRY, and its parameters.
+_C.MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE = "cross_entropy"
+_C.MODEL.ROI_BOX_HEAD.CLS_LOSS_PARAMS = CN(new_allowed=True)
 
 # Cascade box heads (not implemented by detlib) ----------------------------------------------------
 _C.MODEL.ROI_BOX_CASCADE_HEAD = CN()

@@ -5,12 +5,17 @@ anchor, its own losses in training, and per-image proposals in both modes.
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detlib.config import configurable
 from detlib.layers import Conv2d, ShapeSpec, cat
-from detlib.layers.losses import BoxLoss, resolve_box_loss
+from detlib.layers.losses import (
+    BoxLoss,
+    ClassificationLoss,
+    build_classification_loss,
+    resolve_box_loss,
+    resolve_classification_loss,
+)
 from detlib.structures import Boxes, ImageList, Instances, pairwise_iou
 from detlib.utils.events import get_event_storage
 from detlib.utils.registry import Registry
@@ -141,6 +146,7 @@ class RPN(nn.Module):
         loss_weight: Union[float, Dict[str, float]] = 1.0,
         box_reg_loss_type: Union[str, BoxLoss] = "smooth_l1",
         smooth_l1_beta: float = 0.0,
+        cls_loss_type: Union[str, ClassificationLoss] = "cross_entropy",
     ):
         """
         Args:
@@ -160,6 +166,8 @@ class RPN(nn.Module):
             loss_weight: multiplier of both losses, or a dict {"loss_rpn_cls": w, "loss_rpn_loc": w}.
             box_reg_loss_type: name of a loss in `BOX_LOSS_REGISTRY`, or a `BoxLoss`.
             smooth_l1_beta: `beta` of a box loss that has one (smooth_l1; 0 makes it L1).
+            cls_loss_type: name of a loss in `CLS_LOSS_REGISTRY`, or a `ClassificationLoss`, scoring
+                the objectness logits (one per anchor, a binary problem).
         """
         super().__init__()
         self.in_features = list(in_features)
@@ -184,6 +192,7 @@ class RPN(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
         # Built here so that a bad loss name or parameter fails when the model is built.
         self.box_reg_loss = resolve_box_loss(box_reg_loss_type, smooth_l1_beta)
+        self.objectness_loss = resolve_classification_loss(cls_loss_type)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -194,6 +203,7 @@ class RPN(nn.Module):
                 f"MODEL.RPN.IN_FEATURES {missing} are not among the backbone outputs {sorted(input_shape)}"
             )
         shapes = [input_shape[f] for f in in_features]
+        loss_weights = cfg.MODEL.LOSS_WEIGHTS
         return {
             "in_features": in_features,
             "head": build_rpn_head(cfg, shapes),
@@ -210,11 +220,14 @@ class RPN(nn.Module):
             "min_box_size": cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
             "anchor_boundary_thresh": cfg.MODEL.RPN.BOUNDARY_THRESH,
             "loss_weight": {
-                "loss_rpn_cls": cfg.MODEL.RPN.LOSS_WEIGHT,
-                "loss_rpn_loc": cfg.MODEL.RPN.BBOX_REG_LOSS_WEIGHT * cfg.MODEL.RPN.LOSS_WEIGHT,
+                "loss_rpn_cls": cfg.MODEL.RPN.LOSS_WEIGHT * loss_weights.get("loss_rpn_cls", 1.0),
+                "loss_rpn_loc": cfg.MODEL.RPN.BBOX_REG_LOSS_WEIGHT
+                * cfg.MODEL.RPN.LOSS_WEIGHT
+                * loss_weights.get("loss_rpn_loc", 1.0),
             },
             "box_reg_loss_type": cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE,
             "smooth_l1_beta": cfg.MODEL.RPN.SMOOTH_L1_BETA,
+            "cls_loss_type": build_classification_loss(cfg.MODEL.RPN.CLS_LOSS_TYPE, **cfg.MODEL.RPN.CLS_LOSS_PARAMS),
         }
 
     def _subsample_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -263,8 +276,9 @@ class RPN(nn.Module):
         gt_boxes: List[torch.Tensor],
     ) -> Dict[str, torch.Tensor]:
         """
-        Objectness (binary cross-entropy over the sampled anchors) and localization (the box loss
-        over the sampled positives) losses, both summed and divided by
+        Objectness (the classification loss, by default binary cross-entropy, over the sampled
+        anchors) and localization (the box loss over the sampled positives) losses, both summed and
+        divided by
         `batch_size_per_image * num_images`, then weighted.
 
         Args:
@@ -286,11 +300,10 @@ class RPN(nn.Module):
             anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask, self.box_reg_loss
         )
         # Weighting by the sample mask instead of selecting the sampled anchors keeps the sum on the device.
-        objectness_loss = F.binary_cross_entropy_with_logits(
-            cat(pred_objectness_logits, dim=1),
-            pos_mask.to(torch.float32),
-            weight=sampled.to(torch.float32),
-            reduction="sum",
+        objectness_loss = self.objectness_loss(
+            cat(pred_objectness_logits, dim=1).flatten(),
+            pos_mask.flatten().to(torch.float32),
+            sampled.flatten().to(torch.float32),
         )
         normalizer = self.batch_size_per_image * num_images
         losses = {"loss_rpn_cls": objectness_loss / normalizer, "loss_rpn_loc": localization_loss / normalizer}

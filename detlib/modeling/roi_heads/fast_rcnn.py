@@ -13,8 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from detlib.config import configurable
-from detlib.layers import ShapeSpec, batched_nms, cross_entropy
-from detlib.layers.losses import BoxLoss, resolve_box_loss
+from detlib.layers import ShapeSpec, batched_nms
+from detlib.layers.losses import (
+    BoxLoss,
+    ClassificationLoss,
+    build_classification_loss,
+    resolve_box_loss,
+    resolve_classification_loss,
+)
 from detlib.modeling.box_regression import Box2BoxTransform, dense_box_regression_loss
 from detlib.structures import Boxes, Instances
 from detlib.utils.events import get_event_storage
@@ -129,6 +135,7 @@ class FastRCNNOutputLayers(nn.Module):
         box_reg_loss_type: Union[str, BoxLoss] = "smooth_l1",
         loss_weight: Union[float, Dict[str, float]] = 1.0,
         cls_loss_weights: Optional[Sequence[float]] = None,
+        cls_loss_type: Union[str, ClassificationLoss] = "cross_entropy",
     ):
         """
         Args:
@@ -143,6 +150,8 @@ class FastRCNNOutputLayers(nn.Module):
             box_reg_loss_type: a name in the box-loss registry (`smooth_l1`, `giou`, ...) or a `BoxLoss`.
             loss_weight: a multiplier of both losses, or per loss ({"loss_cls": .., "loss_box_reg": ..}).
             cls_loss_weights: K + 1 per-class weights of the classification loss (background last).
+            cls_loss_type: a name in the classification-loss registry (`cross_entropy`, `focal`, ...)
+                or a `ClassificationLoss`.
         """
         super().__init__()
         if isinstance(input_shape, int):
@@ -161,6 +170,7 @@ class FastRCNNOutputLayers(nn.Module):
 
         self.box2box_transform = box2box_transform
         self.box_loss = resolve_box_loss(box_reg_loss_type, smooth_l1_beta)
+        self.cls_loss = resolve_classification_loss(cls_loss_type)
         self.test_score_thresh = test_score_thresh
         self.test_nms_thresh = test_nms_thresh
         self.test_topk_per_image = test_topk_per_image
@@ -173,7 +183,8 @@ class FastRCNNOutputLayers(nn.Module):
         self.loss_weight = loss_weight
 
         if cls_loss_weights is not None and len(cls_loss_weights) > 0:
-            if len(cls_loss_weights) != num_classes + 1 or any(w < 0 for w in cls_loss_weights):
+            valid = all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in cls_loss_weights)
+            if len(cls_loss_weights) != num_classes + 1 or not valid:
                 raise ValueError(
                     f"FastRCNNOutputLayers: cls_loss_weights must be {num_classes + 1} numbers >= 0 "
                     f"(one per class, background last), got {list(cls_loss_weights)}"
@@ -206,6 +217,7 @@ class FastRCNNOutputLayers(nn.Module):
                 "loss_box_reg": box_head.BBOX_REG_LOSS_WEIGHT * loss_weights.get("loss_box_reg", 1.0),
             },
             "cls_loss_weights": list(box_head.CLS_LOSS_WEIGHTS) or None,
+            "cls_loss_type": build_classification_loss(box_head.CLS_LOSS_TYPE, **box_head.CLS_LOSS_PARAMS),
         }
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +240,8 @@ class FastRCNNOutputLayers(nn.Module):
             proposals: per image, the sampled proposals with `proposal_boxes` and `gt_classes`, and
                 `gt_boxes` where the image has gt.
         Returns:
-            `loss_cls`: mean cross-entropy over all R proposals.
+            `loss_cls`: the classification loss (cross-entropy by default) averaged over all R
+                proposals; with `cls_loss_weights` w, the weighted mean sum(w[gt] * l) / sum(w[gt]).
             `loss_box_reg`: box loss summed over the foreground proposals, divided by R.
         """
         scores, proposal_deltas = predictions
@@ -239,10 +252,19 @@ class FastRCNNOutputLayers(nn.Module):
         # Images without gt have no gt_boxes; all their proposals are background, so any box works.
         gt_boxes = torch.cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])
         losses = {
-            "loss_cls": cross_entropy(scores, gt_classes, weight=self.cls_loss_weights, reduction="mean"),
+            "loss_cls": self.classification_loss(scores, gt_classes),
             "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes),
         }
         return {name: loss * self.loss_weight.get(name, 1.0) for name, loss in losses.items()}
+
+    def classification_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """The (class-weighted) mean classification loss of R x (K + 1) logits against R labels."""
+        if self.cls_loss_weights is None:
+            return self.cls_loss(scores, gt_classes) / max(gt_classes.numel(), 1)
+        weights = self.cls_loss_weights[gt_classes]
+        # Where every sampled class has weight 0 the sum is 0 too; the clamp keeps it 0, not NaN.
+        normalizer = weights.sum().clamp(min=torch.finfo(weights.dtype).tiny)
+        return self.cls_loss(scores, gt_classes, weights) / normalizer
 
     def box_reg_loss(
         self,

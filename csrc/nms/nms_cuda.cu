@@ -8,9 +8,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../detlib_ops.h"
 
@@ -217,7 +217,7 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
   at::Tensor keep = at::empty({n}, boxes.options().dtype(at::kLong));
   at::Tensor num_kept = at::empty({1}, boxes.options().dtype(at::kLong));
 
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, boxes.scalar_type(), "nms_cuda", [&] {
         overlap_mask_kernel<scalar_t><<<dim3(blocks, blocks), kWordBits, 0, stream>>>(

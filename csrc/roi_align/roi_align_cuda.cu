@@ -8,9 +8,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <limits>
 
@@ -21,47 +21,35 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// The four pixels a sample at (y, x) reads and their bilinear weights; all weights are zero for a
-// sample more than one pixel outside the feature map, as in torchvision.
+// Bilinear interpolation is separable: a sample at (y, x) reads rows {low, high} of one axis tap
+// and columns {low, high} of another, weighting pixel (r, c) by w_r * w_c. As in torchvision, a
+// sample more than one pixel outside the map contributes nothing, and one within a pixel of the
+// border is clamped onto it.
 template <typename T>
-struct BilinearTaps {
-  bool inside;  // false: the sample contributes nothing
-  int y_low, y_high, x_low, x_high;
-  T w_low_low, w_low_high, w_high_low, w_high_high;  // (y, x) = (low, low), (low, high), ...
+struct AxisTap {
+  bool inside;
+  int low, high;
+  T w_low, w_high;
 };
 
 template <typename T>
-__device__ __forceinline__ BilinearTaps<T> bilinear_taps(T y, T x, int height, int width) {
-  BilinearTaps<T> taps{false, 0, 0, 0, 0, T(0), T(0), T(0), T(0)};
-  if (y < T(-1) || y > T(height) || x < T(-1) || x > T(width)) {
-    return taps;
+__device__ __forceinline__ AxisTap<T> axis_tap(T coord, int size) {
+  AxisTap<T> tap{false, 0, 0, T(0), T(0)};
+  if (coord < T(-1) || coord > T(size)) {
+    return tap;
   }
-  taps.inside = true;
-  y = max(y, T(0));
-  x = max(x, T(0));
-  taps.y_low = static_cast<int>(y);
-  taps.x_low = static_cast<int>(x);
-  if (taps.y_low >= height - 1) {
-    taps.y_low = taps.y_high = height - 1;
-    y = T(taps.y_low);
+  tap.inside = true;
+  coord = max(coord, T(0));
+  tap.low = static_cast<int>(coord);
+  if (tap.low >= size - 1) {
+    tap.low = tap.high = size - 1;
+    coord = T(tap.low);
   } else {
-    taps.y_high = taps.y_low + 1;
+    tap.high = tap.low + 1;
   }
-  if (taps.x_low >= width - 1) {
-    taps.x_low = taps.x_high = width - 1;
-    x = T(taps.x_low);
-  } else {
-    taps.x_high = taps.x_low + 1;
-  }
-  const T ly = y - T(taps.y_low);
-  const T lx = x - T(taps.x_low);
-  const T hy = T(1) - ly;
-  const T hx = T(1) - lx;
-  taps.w_low_low = hy * hx;
-  taps.w_low_high = hy * lx;
-  taps.w_high_low = ly * hx;
-  taps.w_high_high = ly * lx;
-  return taps;
+  tap.w_high = coord - T(tap.low);
+  tap.w_low = T(1) - tap.w_high;
+  return tap;
 }
 
 // Geometry of one roi in feature-map coordinates: where its bins start, their size, and the
@@ -122,16 +110,23 @@ __global__ void roi_align_forward_kernel(
 
     T sum = 0;
     for (int iy = 0; iy < g.grid_h; ++iy) {
-      const T y = g.y0 + ph * g.bin_h + (iy + T(0.5)) * g.bin_h / static_cast<T>(g.grid_h);
+      const AxisTap<T> ty = axis_tap(
+          g.y0 + ph * g.bin_h + (iy + T(0.5)) * g.bin_h / static_cast<T>(g.grid_h), height);
+      if (!ty.inside) {
+        continue;
+      }
+      const scalar_t* row_low = plane + ty.low * width;
+      const scalar_t* row_high = plane + ty.high * width;
       for (int ix = 0; ix < g.grid_w; ++ix) {
-        const T x = g.x0 + pw * g.bin_w + (ix + T(0.5)) * g.bin_w / static_cast<T>(g.grid_w);
-        const BilinearTaps<T> t = bilinear_taps(y, x, height, width);
-        const scalar_t* row_low = plane + t.y_low * width;
-        const scalar_t* row_high = plane + t.y_high * width;
-        sum += t.w_low_low * static_cast<T>(row_low[t.x_low]) +
-            t.w_low_high * static_cast<T>(row_low[t.x_high]) +
-            t.w_high_low * static_cast<T>(row_high[t.x_low]) +
-            t.w_high_high * static_cast<T>(row_high[t.x_high]);
+        const AxisTap<T> tx = axis_tap(
+            g.x0 + pw * g.bin_w + (ix + T(0.5)) * g.bin_w / static_cast<T>(g.grid_w), width);
+        if (!tx.inside) {
+          continue;
+        }
+        const auto along_x = [&tx](const scalar_t* row) {
+          return tx.w_low * static_cast<T>(row[tx.low]) + tx.w_high * static_cast<T>(row[tx.high]);
+        };
+        sum += ty.w_low * along_x(row_low) + ty.w_high * along_x(row_high);
       }
     }
     output[index] = static_cast<scalar_t>(sum / g.count);
@@ -162,19 +157,25 @@ __global__ void roi_align_backward_kernel(
     const T grad = static_cast<T>(grad_output[index]) / g.count;
 
     for (int iy = 0; iy < g.grid_h; ++iy) {
-      const T y = g.y0 + ph * g.bin_h + (iy + T(0.5)) * g.bin_h / static_cast<T>(g.grid_h);
+      const AxisTap<T> ty = axis_tap(
+          g.y0 + ph * g.bin_h + (iy + T(0.5)) * g.bin_h / static_cast<T>(g.grid_h), height);
+      if (!ty.inside) {
+        continue;
+      }
+      accum_t* row_low = plane + ty.low * width;
+      accum_t* row_high = plane + ty.high * width;
+      const T grad_low = grad * ty.w_low;
+      const T grad_high = grad * ty.w_high;
       for (int ix = 0; ix < g.grid_w; ++ix) {
-        const T x = g.x0 + pw * g.bin_w + (ix + T(0.5)) * g.bin_w / static_cast<T>(g.grid_w);
-        const BilinearTaps<T> t = bilinear_taps(y, x, height, width);
-        if (!t.inside) {
+        const AxisTap<T> tx = axis_tap(
+            g.x0 + pw * g.bin_w + (ix + T(0.5)) * g.bin_w / static_cast<T>(g.grid_w), width);
+        if (!tx.inside) {
           continue;
         }
-        accum_t* row_low = plane + t.y_low * width;
-        accum_t* row_high = plane + t.y_high * width;
-        atomicAdd(row_low + t.x_low, static_cast<accum_t>(grad * t.w_low_low));
-        atomicAdd(row_low + t.x_high, static_cast<accum_t>(grad * t.w_low_high));
-        atomicAdd(row_high + t.x_low, static_cast<accum_t>(grad * t.w_high_low));
-        atomicAdd(row_high + t.x_high, static_cast<accum_t>(grad * t.w_high_high));
+        atomicAdd(row_low + tx.low, static_cast<accum_t>(grad_low * tx.w_low));
+        atomicAdd(row_low + tx.high, static_cast<accum_t>(grad_low * tx.w_high));
+        atomicAdd(row_high + tx.low, static_cast<accum_t>(grad_high * tx.w_low));
+        atomicAdd(row_high + tx.high, static_cast<accum_t>(grad_high * tx.w_high));
       }
     }
   }
@@ -206,7 +207,7 @@ at::Tensor roi_align_forward_cuda(
     return output.zero_();
   }
 
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, input_c.scalar_type(), "roi_align_forward_cuda", [&] {
         using T = at::acc_type<scalar_t, true>;
@@ -244,7 +245,7 @@ at::Tensor roi_align_backward_cuda(
     return grad_input.to(grad_c.scalar_type());
   }
 
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, grad_c.scalar_type(), "roi_align_backward_cuda", [&] {
         using T = at::acc_type<scalar_t, true>;

@@ -77,12 +77,12 @@ def test_mask_loss_with_bitmasks_and_class_agnostic_logits():
     bitmask = torch.zeros(1, 30, 30, dtype=torch.bool)
     bitmask[0, :10, :10] = True
     inst = _fg_instances()
-    inst.proposal_boxes = Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0], [15.0, 0.0, 25.0, 10.0]]))
+    inst.proposal_boxes = Boxes(torch.tensor([[1.0, 1.0, 9.0, 9.0], [15.0, 0.0, 25.0, 10.0]]))
     inst.gt_masks = BitMasks(bitmask.expand(2, 30, 30))
     with EventStorage(0):
         loss = mask_rcnn_loss(logits, [inst])
     targets = torch.zeros(2, 28, 28)
-    targets[0] = 1  # the second proposal lies right of the mask: all background
+    targets[0] = 1  # the first proposal lies inside the mask, the second right of it
     assert loss.item() == pytest.approx(_bce(logits[:, 0], targets.double()).item(), rel=1e-6)
 
 

@@ -129,7 +129,9 @@ def test_user_registered_loss_selected_by_config_is_the_one_used(brier_calls, ti
 
     # Those inputs are the model's: the built-in losses on them give the stock model's losses.
     stock, _ = run_losses(baseline, batch)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(rpn_logits, rpn_labels, weight=rpn_sampled, reduction="sum")
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        rpn_logits, rpn_labels, weight=rpn_sampled, reduction="sum"
+    )
     assert stock["loss_rpn_cls"].item() == pytest.approx(bce.item() / (64 * len(batch)), rel=1e-5)
     ce = torch.nn.functional.cross_entropy(roi_logits, roi_labels)
     assert stock["loss_cls"].item() == pytest.approx(ce.item(), rel=1e-5)

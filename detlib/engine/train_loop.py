@@ -86,7 +86,8 @@ class TrainerBase:
                     self.before_step()
                     self.run_step()
                     self.after_step()
-                self.iter += 1  # == max_iter tells after_train that training completed
+                # iter >= max_iter tells after_train hooks that training completed.
+                self.iter = max(start_iter, max_iter)
             except Exception:
                 logger.exception("Exception during training at iteration %d:", self.iter)
                 raise

@@ -60,6 +60,7 @@ class EventStorage:
         self._smoothing_hints: Dict[str, bool] = {}
         self._latest_scalars: Dict[str, Tuple[float, int]] = {}
         self._iter = start_iter
+        self._start_iter = start_iter
         self._prefix = ""
         self._vis_data: List[Tuple[str, np.ndarray, int]] = []
         self._histograms: List[dict] = []
@@ -85,6 +86,11 @@ class EventStorage:
     @property
     def iteration(self) -> int:
         return self._iter
+
+    @property
+    def start_iter(self) -> int:
+        """The iteration this storage (the current run) started at."""
+        return self._start_iter
 
     def step(self) -> None:
         """Advance to the next iteration (the trainer calls this once per step)."""
@@ -222,9 +228,9 @@ class JSONWriter(EventWriter):
 
     Every scalar put since the previous write is written under the iteration it was put at
     (smoothed over `window_size` where it has a smoothing hint). The file is valid line by line:
-    a trailing partial line left by a killed process is cut off, and when a resumed run writes
-    its first iteration, lines from the interrupted run at or after that iteration are dropped,
-    so that a resumed run's file reads like an uninterrupted one.
+    before its first write, lines of earlier runs at or after the iteration the current run
+    started at are dropped (all of them for a run from scratch), and so is a partial line left
+    by a killed process, so that a resumed run's file reads like an uninterrupted one.
     """
 
     def __init__(self, json_file: str, window_size: int = 20):
@@ -242,7 +248,7 @@ class JSONWriter(EventWriter):
         if not by_iter:
             return
         if self._first_write:
-            self._drop_records_from(min(by_iter))
+            self._drop_records_from(storage.start_iter)
             self._first_write = False
         lines = "".join(json.dumps({"iteration": it, **by_iter[it]}, sort_keys=True) + "\n" for it in sorted(by_iter))
         with open(self._path, "a") as f:

@@ -93,13 +93,17 @@ def test_json_writer_of_a_resumed_run_drops_the_interrupted_runs_later_lines(tmp
         + '{"iteration": 19, "lo'  # the process was killed while writing
     )
     writer = JSONWriter(str(path))
-    with EventStorage(start_iter=10) as storage:
-        storage.put_scalar("loss", 5.0, smoothing_hint=False)
+    with EventStorage(start_iter=9) as storage:
         storage.iter = 14
         storage.put_scalar("loss", 6.0, smoothing_hint=False)
         writer.write()
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert records == [{"iteration": 4, "loss": 1.0}, {"iteration": 9, "loss": 2.0}, {"iteration": 14, "loss": 6.0}]
+    assert records == [{"iteration": 4, "loss": 1.0}, {"iteration": 14, "loss": 6.0}]
+
+    with EventStorage(start_iter=0) as storage:  # a run from scratch starts a new file
+        storage.put_scalar("loss", 7.0, smoothing_hint=False)
+        JSONWriter(str(path)).write()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"iteration": 0, "loss": 7.0}]
 
 
 def test_tensorboard_writer_writes_scalars_images_and_histograms(tmp_path):

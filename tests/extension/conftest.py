@@ -24,9 +24,13 @@ TINY_OVERRIDES = [
 ]
 
 
-def make_cfg(*overrides):
+SHAPES_CONFIG = REPO / "configs" / "Shapes" / "mask_rcnn_shapes.yaml"
+MASK_SCORING_CONFIG = REPO / "projects" / "MaskScoring" / "configs" / "mask_scoring_R18_FPN_shapes.yaml"
+
+
+def make_cfg(*overrides, config_file=SHAPES_CONFIG):
     cfg = get_cfg()
-    cfg.merge_from_file(str(REPO / "configs" / "Shapes" / "mask_rcnn_shapes.yaml"))
+    cfg.merge_from_file(str(config_file))
     cfg.merge_from_list(TINY_OVERRIDES + [str(x) for x in overrides])
     return cfg
 
@@ -35,6 +39,18 @@ def make_cfg(*overrides):
 def tiny_cfg():
     """`tiny_cfg("KEY", value, ...)`: the tiny config with command-line style overrides."""
     return make_cfg
+
+
+@pytest.fixture
+def tiny_overrides():
+    """The overrides that make the shapes config tiny, as command-line arguments."""
+    return list(TINY_OVERRIDES)
+
+
+@pytest.fixture
+def tiny_mask_scoring_cfg():
+    """`tiny_cfg` on the Mask Scoring project's config."""
+    return lambda *overrides: make_cfg(*overrides, config_file=MASK_SCORING_CONFIG)
 
 
 def _image(height, width, boxes, classes, seed):

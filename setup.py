@@ -8,13 +8,45 @@ CUDA needs nvcc (CUDA_HOME or nvcc on PATH). Without a visible GPU the kernels a
 TORCH_CUDA_ARCH_LIST, "9.0" by default. MAX_JOBS bounds the parallel compile jobs.
 """
 import glob
+import importlib.util
 import os
+import shutil
 
 import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def locate_cuda_toolkit() -> None:
+    """
+    Point CUDA_HOME at a directory that really holds the toolkit. torch takes the parent of the nvcc
+    on PATH, which is wrong when that nvcc is a wrapper script (here /usr/local/bin/nvcc execs
+    /usr/local/cuda-13.0/bin/nvcc): the headers and libcudart would then not be found.
+    """
+    nvcc = shutil.which("nvcc")
+    candidates = [
+        os.environ.get("CUDA_HOME"),
+        os.environ.get("CUDA_PATH"),
+        os.path.dirname(os.path.dirname(nvcc)) if nvcc else None,
+        "/usr/local/cuda",
+    ]
+    for root in candidates:
+        if root and os.path.exists(os.path.join(root, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = root
+            return
+
+
+def nvidia_wheel_include_dirs() -> list:
+    """Headers of the CUDA libraries pip installs with torch (cusparse.h, cublas_v2.h, ...), which
+    torch's CUDA headers include and a minimal toolkit may lack."""
+    spec = importlib.util.find_spec("nvidia")
+    roots = spec.submodule_search_locations if spec is not None else []
+    return sorted(d for root in roots for d in glob.glob(os.path.join(root, "*", "include")))
+
+
+locate_cuda_toolkit()
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
 def cuda_requested() -> bool:
@@ -42,19 +74,21 @@ def make_extension():
     define_macros = [("DETLIB_TORCH_VERSION", f'"{torch.__version__}"')]
     compile_args = {"cxx": ["-O3", "-fopenmp"]}
     link_args = ["-fopenmp"]
+    include_dirs = [os.path.join(HERE, "csrc")]
     cuda_sources = sources("*.cu") if with_cuda else []
     if cuda_sources:
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         define_macros.append(("WITH_CUDA", None))
         compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        include_dirs += nvidia_wheel_include_dirs()
         extension = CUDAExtension
     else:
         extension = CppExtension
     return extension(
         "detlib._C",
         sources("*.cpp") + cuda_sources,
-        include_dirs=[os.path.join(HERE, "csrc")],
+        include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../detlib_ops.h"
@@ -62,16 +63,17 @@ struct BoxArrays {
 
 // IoU of box a = (ax1, ay1, ax2, ay2, aarea) with box j of `b`, written exactly as torchvision
 // computes it (same operations, same order, same type) so the comparison with the threshold agrees.
+// `a < b ? b : a` is std::max(a, b); spelled out on values, not references, so that it vectorises.
 template <typename scalar_t>
 inline scalar_t iou(scalar_t ax1, scalar_t ay1, scalar_t ax2, scalar_t ay2, scalar_t aarea, const scalar_t* bx1,
                     const scalar_t* by1, const scalar_t* bx2, const scalar_t* by2, const scalar_t* barea, int64_t j) {
-  const scalar_t xx1 = std::max(ax1, bx1[j]);
-  const scalar_t yy1 = std::max(ay1, by1[j]);
-  const scalar_t xx2 = std::min(ax2, bx2[j]);
-  const scalar_t yy2 = std::min(ay2, by2[j]);
-  const scalar_t w = std::max(static_cast<scalar_t>(0), xx2 - xx1);
-  const scalar_t h = std::max(static_cast<scalar_t>(0), yy2 - yy1);
-  const scalar_t inter = w * h;
+  const scalar_t x1 = bx1[j], y1 = by1[j], x2 = bx2[j], y2 = by2[j];
+  const scalar_t xx1 = ax1 < x1 ? x1 : ax1;
+  const scalar_t yy1 = ay1 < y1 ? y1 : ay1;
+  const scalar_t xx2 = x2 < ax2 ? x2 : ax2;
+  const scalar_t yy2 = y2 < ay2 ? y2 : ay2;
+  const scalar_t w = xx2 - xx1, h = yy2 - yy1;
+  const scalar_t inter = (0 < w ? w : 0) * (0 < h ? h : 0);
   return inter / (aarea + barea[j] - inter);
 }
 
@@ -95,7 +97,9 @@ at::Tensor nms_kernel(const at::Tensor& boxes, const at::Tensor& scores, double 
   }
 
   BoxArrays<scalar_t> block_kept(kBlock);
-  std::vector<uint8_t> suppressed(n);
+  // Flags as wide as the coordinates, so that the IoU loop vectorises with one lane per box.
+  using flag_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+  std::vector<flag_t> suppressed(n);
   std::vector<int64_t> keep;
   int64_t count = n;  // alive boxes occupy [0, count) of `alive`, in score order
 
@@ -116,15 +120,16 @@ at::Tensor nms_kernel(const at::Tensor& boxes, const at::Tensor& scores, double 
     }
     if (block == count) break;
 
-    // Enough pairs per task to amortise the thread hand-off.
-    const int64_t grain = std::max<int64_t>(256, 32768 / kept);
+    // Threads only for about a million pairs or more: a parallel region costs far more than its
+    // nominal microseconds when the cores are shared with other processes.
+    const int64_t grain = std::max<int64_t>(256, (int64_t{1} << 20) / kept);
     at::parallel_for(block, count, grain, [&](int64_t begin, int64_t end) {
       const scalar_t* x1 = alive.x1.data();
       const scalar_t* y1 = alive.y1.data();
       const scalar_t* x2 = alive.x2.data();
       const scalar_t* y2 = alive.y2.data();
       const scalar_t* area = alive.area.data();
-      uint8_t* out = suppressed.data();
+      flag_t* out = suppressed.data();
       // Tiles keep the flags and coordinates of a stretch of boxes in L1 across the kept boxes.
       constexpr int64_t kTile = 512;
       for (int64_t tile = begin; tile < end; tile += kTile) {

@@ -80,6 +80,8 @@ _C.MODEL.RPN.POSITIVE_FRACTION = 0.5
 # Box regression loss: "smooth_l1", "giou", "diou", "ciou" (or a name registered by the user).
 _C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"
 _C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+# detlib: parameters of the box regression loss by name (beta defaults to SMOOTH_L1_BETA).
+_C.MODEL.RPN.BBOX_REG_LOSS_PARAMS = CN(new_allowed=True)
 # Weights (wx, wy, ww, wh) of the anchor-to-box delta encoding.
 _C.MODEL.RPN.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 _C.MODEL.RPN.SMOOTH_L1_BETA = 0.0  # 0 makes smooth-L1 plain L1
@@ -119,6 +121,8 @@ _C.MODEL.ROI_BOX_HEAD = CN()
 _C.MODEL.ROI_BOX_HEAD.NAME = ""  # name in ROI_BOX_HEAD_REGISTRY
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
+# detlib: parameters of the box regression loss by name (beta defaults to SMOOTH_L1_BETA).
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS = CN(new_allowed=True)
 # Weights (wx, wy, ww, wh) of the proposal-to-box delta encoding.
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 _C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0

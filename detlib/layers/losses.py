@@ -14,7 +14,8 @@ the loss's parameters; it validates them and returns a `BoxLoss`::
         require_non_negative("scaled_l1", "scale", scale)
         return BoxLoss("scaled_l1", "deltas", lambda pred, target: scale * (pred - target).abs().sum())
 
-and select it with `MODEL.RPN.BBOX_REG_LOSS_TYPE: scaled_l1`.
+and select it with `MODEL.RPN.BBOX_REG_LOSS_TYPE: scaled_l1`, its parameters set in
+`MODEL.RPN.BBOX_REG_LOSS_PARAMS: {"scale": 3.0}` (likewise under `MODEL.ROI_BOX_HEAD`).
 
 Classification losses (`cross_entropy`, `focal`) score logits against class labels, for the RPN's
 objectness (one logit per anchor) and the box predictor's classes (K + 1 logits per RoI). They are
@@ -186,15 +187,19 @@ def resolve_classification_loss(loss: Union[str, ClassificationLoss]) -> Classif
     return loss if isinstance(loss, ClassificationLoss) else build_classification_loss(loss)
 
 
-def resolve_box_loss(loss: Union[str, BoxLoss], smooth_l1_beta: float = 0.0) -> BoxLoss:
+def resolve_box_loss(
+    loss: Union[str, BoxLoss], smooth_l1_beta: float = 0.0, params: Optional[Dict[str, Any]] = None
+) -> BoxLoss:
     """
-    A `BoxLoss` from Detectron2's pair of arguments (`box_reg_loss_type`, `smooth_l1_beta`): a loss
-    given by name is built with `beta=smooth_l1_beta` when it has a `beta` parameter, otherwise with
-    its defaults. A `BoxLoss` is returned as is.
+    A `BoxLoss` from Detectron2's pair of arguments (`box_reg_loss_type`, `smooth_l1_beta`) and
+    detlib's `params`: a loss given by name is built with `params`, and with `beta=smooth_l1_beta`
+    when it has a `beta` parameter that `params` does not set. A `BoxLoss` is returned as is.
     """
     if isinstance(loss, BoxLoss):
         return loss
-    params = {"beta": smooth_l1_beta} if "beta" in box_loss_parameters(loss) else {}
+    params = dict(params or {})
+    if "beta" in box_loss_parameters(loss):
+        params.setdefault("beta", smooth_l1_beta)
     return build_box_loss(loss, **params)
 
 

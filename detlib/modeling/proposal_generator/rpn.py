@@ -225,7 +225,9 @@ class RPN(nn.Module):
                 * cfg.MODEL.RPN.LOSS_WEIGHT
                 * loss_weights.get("loss_rpn_loc", 1.0),
             },
-            "box_reg_loss_type": cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE,
+            "box_reg_loss_type": resolve_box_loss(
+                cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE, cfg.MODEL.RPN.SMOOTH_L1_BETA, cfg.MODEL.RPN.BBOX_REG_LOSS_PARAMS
+            ),
             "smooth_l1_beta": cfg.MODEL.RPN.SMOOTH_L1_BETA,
             "cls_loss_type": build_classification_loss(cfg.MODEL.RPN.CLS_LOSS_TYPE, **cfg.MODEL.RPN.CLS_LOSS_PARAMS),
         }

@@ -211,7 +211,9 @@ class FastRCNNOutputLayers(nn.Module):
             "test_score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
             "test_nms_thresh": cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "box_reg_loss_type": box_head.BBOX_REG_LOSS_TYPE,
+            "box_reg_loss_type": resolve_box_loss(
+                box_head.BBOX_REG_LOSS_TYPE, box_head.SMOOTH_L1_BETA, box_head.BBOX_REG_LOSS_PARAMS
+            ),
             "loss_weight": {
                 "loss_cls": loss_weights.get("loss_cls", 1.0),
                 "loss_box_reg": box_head.BBOX_REG_LOSS_WEIGHT * loss_weights.get("loss_box_reg", 1.0),

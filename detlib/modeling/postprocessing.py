@@ -9,28 +9,33 @@ from detlib.structures import Boxes, Instances
 __all__ = ["detector_postprocess", "paste_masks_in_image"]
 
 # Pasting materializes a float sampling grid (2 values) and a float output per pixel of each mask's
-# region; chunks of masks are sized to keep that working set under this many bytes.
+# window; chunks of masks are sized to keep that working set under this many bytes.
 _PASTE_MEMORY_BUDGET = 256 * 1024**2
 _BYTES_PER_PIXEL = 4 * 4
+# Masks are chunked in order of window size; small chunks keep each window close to the chunk's
+# largest, so little is sampled in vain, while the per-chunk overhead stays negligible.
+_MAX_MASKS_PER_CHUNK = 16
 
 
-def _paste_chunk(masks: torch.Tensor, boxes: torch.Tensor, region: Tuple[int, int, int, int]) -> torch.Tensor:
+def _paste_windows(
+    masks: torch.Tensor, boxes: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
     """
-    Bilinearly resample `masks` (K x M x M probabilities) into `boxes` (K x 4, XYXY pixels) on the
-    pixels of `region` = (x0, y0, x1, y1) of the image. Returns K x (y1 - y0) x (x1 - x0).
+    Bilinearly resample `masks` (K x M x M probabilities) into `boxes` (K x 4, XYXY pixels), each on
+    the height x width window of image pixels whose top-left pixel is (x0[k], y0[k]).
+    Returns K x height x width.
 
     Pixel (i, j) is sampled at its center (j + 0.5, i + 0.5). The box spans the mask exactly, edge to
     edge, which is `grid_sample`'s convention with `align_corners=False`; outside the mask the
     sample is zero.
     """
-    x0, y0, x1, y1 = region
-    xs = torch.arange(x0, x1, device=boxes.device, dtype=torch.float32) + 0.5
-    ys = torch.arange(y0, y1, device=boxes.device, dtype=torch.float32) + 0.5
+    xs = (x0[:, None] + torch.arange(width, device=boxes.device)).to(torch.float32) + 0.5
+    ys = (y0[:, None] + torch.arange(height, device=boxes.device)).to(torch.float32) + 0.5
     bx0, by0, bx1, by1 = boxes.to(torch.float32).unbind(dim=1)
-    # Pixel centers in the grid's [-1, 1] box coordinates: K x W and K x H.
-    gx = (xs[None, :] - bx0[:, None]) / (bx1 - bx0)[:, None] * 2 - 1
-    gy = (ys[None, :] - by0[:, None]) / (by1 - by0)[:, None] * 2 - 1
-    num, height, width = len(boxes), len(ys), len(xs)
+    # Pixel centers in the grid's [-1, 1] box coordinates: K x width and K x height.
+    gx = (xs - bx0[:, None]) / (bx1 - bx0)[:, None] * 2 - 1
+    gy = (ys - by0[:, None]) / (by1 - by0)[:, None] * 2 - 1
+    num = len(boxes)
     grid = torch.stack(
         (gx[:, None, :].expand(num, height, width), gy[:, :, None].expand(num, height, width)), dim=3
     )
@@ -45,8 +50,9 @@ def paste_masks_in_image(
     Paste per-box mask probabilities into full images.
 
     Each M x M mask is stretched over its box with bilinear interpolation, sampled at every pixel
-    center of the image, and thresholded. Masks are processed in chunks that cover only the union of
-    their boxes, so memory stays bounded for many masks on large images.
+    center of the image, and thresholded. Only the pixels near each box are sampled: masks are
+    processed in chunks of similar box size, each mask on a window of the chunk's largest size
+    placed at its own box, so work follows the boxes' area and memory stays bounded.
 
     Args:
         masks: N x M x M mask probabilities in [0, 1].
@@ -68,20 +74,28 @@ def paste_masks_in_image(
     if len(masks) == 0:
         return result
 
-    # Where a box edge falls on a pixel, bilinear sampling can still reach the threshold one pixel
-    # beyond the box; regions are widened by that pixel (and clipped to the image).
-    per_mask_bytes = max(img_h * img_w * _BYTES_PER_PIXEL, 1)
-    chunk_size = max(1, _PASTE_MEMORY_BUDGET // per_mask_bytes)
-    for start in range(0, len(masks), chunk_size):
-        chunk_boxes = boxes[start : start + chunk_size]
-        lo = torch.floor(chunk_boxes[:, :2].min(dim=0).values) - 1
-        hi = torch.ceil(chunk_boxes[:, 2:].max(dim=0).values) + 1
-        x0, y0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
-        x1, y1 = min(int(hi[0]), img_w), min(int(hi[1]), img_h)
-        if x1 <= x0 or y1 <= y0:
+    # Where a box edge falls on a pixel center, bilinear sampling can reach the threshold there:
+    # windows reach one pixel beyond the box on each side (clipped to the image).
+    x0 = (torch.floor(boxes[:, 0]) - 1).clamp(min=0).long()
+    y0 = (torch.floor(boxes[:, 1]) - 1).clamp(min=0).long()
+    x1 = (torch.ceil(boxes[:, 2]) + 1).clamp(max=img_w).long()
+    y1 = (torch.ceil(boxes[:, 3]) + 1).clamp(max=img_h).long()
+    win_w, win_h = (x1 - x0).clamp(min=0), (y1 - y0).clamp(min=0)
+    order = torch.argsort(win_w * win_h)
+
+    # Windows are at most the image, so this many masks always fit in the budget.
+    chunk_size = max(1, min(_MAX_MASKS_PER_CHUNK, _PASTE_MEMORY_BUDGET // max(img_h * img_w * _BYTES_PER_PIXEL, 1)))
+    for chunk in order.split(chunk_size):
+        height, width = int(win_h[chunk].max()), int(win_w[chunk].max())
+        if height == 0 or width == 0:
             continue
-        pasted = _paste_chunk(masks[start : start + chunk_size], chunk_boxes, (x0, y0, x1, y1))
-        result[start : start + chunk_size, y0:y1, x0:x1] = pasted >= threshold
+        pasted = _paste_windows(masks[chunk], boxes[chunk], x0[chunk], y0[chunk], height, width) >= threshold
+        # Set the mask pixels of each window, leaving out the parts beyond its own clipped window.
+        rows = y0[chunk, None] + torch.arange(height, device=device)
+        cols = x0[chunk, None] + torch.arange(width, device=device)
+        inside = (rows < y1[chunk, None])[:, :, None] & (cols < x1[chunk, None])[:, None, :]
+        k, r, c = (pasted & inside).nonzero(as_tuple=True)
+        result[chunk[k], rows[k, r], cols[k, c]] = True
     return result
 
 

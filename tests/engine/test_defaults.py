@@ -115,6 +115,16 @@ def test_default_trainer_evaluates_periodically_and_records_results(tmp_path):
     assert direct == results
 
 
+def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
+    trainer = EvaluatingTinyTrainer(_tiny_cfg(tmp_path))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 0
+    trainer.checkpointer.save("model_0000003", iteration=3)
+    resumed = EvaluatingTinyTrainer(_tiny_cfg(tmp_path))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4
+
+
 def test_expected_results_are_verified(tmp_path):
     cfg = _tiny_cfg(tmp_path, **{"TEST.EXPECTED_RESULTS": "[['regression', 'MSE', -1.0, 0.01]]"})
     trainer = EvaluatingTinyTrainer(cfg)

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from detlib.checkpoint import DetectionCheckpointer, load_checkpoint_file
@@ -50,8 +49,9 @@ def _assert_all_checkpoints_complete(output_dir):
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
-    stdout = _run(reference)
-    assert "eta: " in stdout  # the console shows progress with an ETA
+    reference_run = subprocess.Popen(
+        _command(reference), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(_command(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
@@ -75,6 +75,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert Path(last) in checkpoints
     resumed_from = load_checkpoint_file(last)["iteration"] + 1
 
+    reference_output, _ = reference_run.communicate(timeout=300)
+    assert reference_run.returncode == 0, reference_output[-3000:]
+    assert "eta: " in reference_output  # the console shows progress with an ETA
+
     stdout = _run(interrupted, "--resume")
     assert f"Resuming at iteration {resumed_from}" in stdout
     _assert_all_checkpoints_complete(interrupted)
@@ -93,14 +97,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert iterations == reference_iterations
 
 
-def test_resume_without_checkpoint_starts_from_scratch(tmp_path):
-    stdout = _run(tmp_path, "--resume", "SOLVER.MAX_ITER", "3")
-    assert "Starting training from iteration 0" in stdout
-    assert (tmp_path / "model_final.pth").exists()
-
-
-@pytest.mark.parametrize("kill_after_bytes", [1, 4096])
-def test_checkpoint_killed_while_writing_leaves_previous_one(tmp_path, kill_after_bytes):
+def test_checkpoint_killed_while_writing_leaves_previous_one(tmp_path):
     """A process SIGKILLed in the middle of writing a checkpoint leaves the previous checkpoint
     complete and named by last_checkpoint; the partial write is a hidden temporary file that the
     next checkpointer removes."""
@@ -115,7 +112,7 @@ def dying_save(obj, f):
     import io
     buffer = io.BytesIO()
     real_save(obj, buffer)
-    f.write(buffer.getvalue()[:{kill_after_bytes}])
+    f.write(buffer.getvalue()[:4096])
     f.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 torch.save = dying_save

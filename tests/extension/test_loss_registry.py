@@ -76,9 +76,12 @@ def test_registered_classification_losses_and_parameters():
 
 
 @pytest.fixture(scope="module")
-def brier_calls():
-    """A user's classification loss, registered with one decorator: the (scaled) Brier score."""
-    calls = []
+def user_loss_calls():
+    """
+    A user's losses, each registered with one decorator: a (scaled) Brier score for classification
+    and a scaled squared error of the deltas for box regression. They record their inputs.
+    """
+    calls, box_calls = [], []
 
     @CLS_LOSS_REGISTRY.register()
     def test_brier(scale: float = 1.0) -> ClassificationLoss:
@@ -94,29 +97,35 @@ def brier_calls():
         return ClassificationLoss("test_brier", fn, {"scale": scale})
 
     @BOX_LOSS_REGISTRY.register()
-    def test_squared_deltas() -> BoxLoss:
-        return BoxLoss("test_squared_deltas", "deltas", lambda pred, target: ((pred - target) ** 2).sum())
+    def test_squared_deltas(scale: float = 1.0) -> BoxLoss:
+        def fn(pred, target):
+            box_calls.append((pred.detach(), target))
+            return scale * ((pred - target) ** 2).sum()
 
-    yield calls
+        return BoxLoss("test_squared_deltas", "deltas", fn, {"scale": scale})
+
+    yield calls, box_calls
     # fvcore registries have no unregister; leave them as the other tests expect.
     for registry, name in ((CLS_LOSS_REGISTRY, "test_brier"), (BOX_LOSS_REGISTRY, "test_squared_deltas")):
         del registry._obj_map[name]
 
 
-def test_user_registered_loss_selected_by_config_is_the_one_used(brier_calls, tiny_cfg, batch, run_losses):
+def test_user_registered_loss_selected_by_config_is_the_one_used(user_loss_calls, tiny_cfg, batch, run_losses):
+    brier_calls, box_calls = user_loss_calls
     baseline = build_model(tiny_cfg())
     cfg = tiny_cfg(
         "MODEL.RPN.CLS_LOSS_TYPE", "test_brier",
         "MODEL.RPN.CLS_LOSS_PARAMS.scale", 3.0,
         "MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE", "test_brier",
         "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "test_squared_deltas",
+        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS.scale", 0.5,
     )
     model = build_model(cfg)
     model.load_state_dict(baseline.state_dict())
     assert model.proposal_generator.objectness_loss.params == {"scale": 3.0}
 
     losses, _ = run_losses(model, batch)
-    assert len(brier_calls) == 2
+    assert len(brier_calls) == 2 and len(box_calls) == 1
     (rpn_logits, rpn_labels, rpn_sampled, _), (roi_logits, roi_labels, roi_weights, _) = brier_calls
     assert rpn_logits.dim() == 1 and roi_logits.dim() == 2 and roi_weights is None
 
@@ -126,6 +135,11 @@ def test_user_registered_loss_selected_by_config_is_the_one_used(brier_calls, ti
     probs = roi_logits.softmax(dim=1)
     by_hand = ((probs - torch.nn.functional.one_hot(roi_labels, 5)) ** 2).sum() / len(roi_labels)
     assert losses["loss_cls"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    # The box predictor normalizes its sum over the foreground by all sampled RoIs.
+    fg_deltas, fg_targets = (x.reshape(-1, 4) for x in box_calls[0])
+    assert len(fg_deltas) == int((roi_labels < 4).sum()) > 0
+    by_hand = 0.5 * ((fg_deltas - fg_targets) ** 2).sum() / len(roi_labels)
+    assert losses["loss_box_reg"].item() == pytest.approx(by_hand.item(), rel=1e-5)
 
     # Those inputs are the model's: the built-in losses on them give the stock model's losses.
     stock, _ = run_losses(baseline, batch)
@@ -135,8 +149,9 @@ def test_user_registered_loss_selected_by_config_is_the_one_used(brier_calls, ti
     assert stock["loss_rpn_cls"].item() == pytest.approx(bce.item() / (64 * len(batch)), rel=1e-5)
     ce = torch.nn.functional.cross_entropy(roi_logits, roi_labels)
     assert stock["loss_cls"].item() == pytest.approx(ce.item(), rel=1e-5)
-    # The squared-delta box loss differs from the stock smooth-L1 one.
-    assert losses["loss_box_reg"].item() != pytest.approx(stock["loss_box_reg"].item(), rel=1e-3)
+    # smooth_l1 with beta 0 is L1.
+    by_hand = (fg_deltas - fg_targets).abs().sum() / len(roi_labels)
+    assert stock["loss_box_reg"].item() == pytest.approx(by_hand.item(), rel=1e-5)
 
 
 REGRESSION_CHOICES = r"\['ciou', 'diou', 'giou', 'l1', 'smooth_l1'"
@@ -168,6 +183,17 @@ CLASSIFICATION_CHOICES = r"\['cross_entropy', 'focal'"
             TypeError,
             r"'cross_entropy' has no parameter\(s\) \['gama'\]; its parameters are \{'label_smoothing': 0.0\}",
         ),
+        (
+            ["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS.eps", 0.0],
+            ValueError,
+            "eps must be > 0",
+        ),
+        (
+            ["MODEL.RPN.BBOX_REG_LOSS_PARAMS.scale", 2.0],
+            TypeError,
+            r"'smooth_l1' has no parameter\(s\) \['scale'\]; its parameters are \{'beta': 0.0\}",
+        ),
+        (["MODEL.RPN.BBOX_REG_LOSS_PARAMS.beta", -1.0], ValueError, "beta must be a finite number >= 0"),
         (["MODEL.RPN.LOSS_WEIGHT", -1.0], ValueError, "RPN loss weights must be >= 0"),
         (["MODEL.LOSS_WEIGHTS.loss_rpn_loc", -0.5], ValueError, "RPN loss weights must be >= 0"),
         (["MODEL.LOSS_WEIGHTS.loss_cls", -1.0], ValueError, "loss weight of 'loss_cls' must be a number >= 0"),

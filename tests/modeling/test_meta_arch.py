@@ -174,3 +174,19 @@ def test_proposal_network():
         out = model([{"image": _image(64, 64, 8), "height": 32, "width": 32}])[0]["proposals"]
     assert out.image_size == (32, 32) and 0 < len(out) <= 50
     assert (out.proposal_boxes.tensor >= 0).all() and (out.proposal_boxes.tensor <= 32).all()
+
+
+def test_training_visualization_every_vis_period():
+    torch.manual_seed(0)
+    model = build_model(_cfg(**{"VIS_PERIOD": 2}))
+    batch = [{"image": _image(64, 80, 9), "instances": _gt(64, 80)}]
+    with EventStorage(0) as storage:
+        model(batch)
+        # The mask head draws its own (prediction, target) pairs at the same period.
+        drawn = {name: image for name, image, _ in storage.vis_data}
+        assert drawn["Left: GT bounding boxes;  Right: Predicted proposals"].shape == (3, 64, 160)
+        assert any(name.startswith("Left: mask prediction") for name in drawn)
+        storage.clear_images()
+        storage.iter = 1
+        model(batch)
+        assert storage.vis_data == []

@@ -9,6 +9,7 @@ Inputs are Detectron2's list of per-image dicts:
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +20,8 @@ from detlib.modeling.postprocessing import detector_postprocess
 from detlib.modeling.proposal_generator import build_proposal_generator
 from detlib.modeling.roi_heads import build_roi_heads
 from detlib.structures import ImageList, Instances
+from detlib.utils.events import get_event_storage
+from detlib.utils.visualizer import Visualizer
 
 from .build import META_ARCH_REGISTRY
 
@@ -97,6 +100,7 @@ class GeneralizedRCNN(_ImageNormalizer):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         input_format: Optional[str] = None,
+        vis_period: int = 0,
     ):
         """
         Args:
@@ -105,7 +109,9 @@ class GeneralizedRCNN(_ImageNormalizer):
                 precomputed "proposals" from the inputs.
             roi_heads: `(images, features, proposals, gt) -> (instances, losses)`.
             pixel_mean, pixel_std: per-channel input normalization, in the input's channel order.
-            input_format: channel order of the input images ("BGR", "RGB", "L"); informational.
+            input_format: channel order of the input images ("BGR", "RGB", "L").
+            vis_period: every this many training iterations, put an image of one input's gt boxes
+                and its top proposals in the event storage (0: never).
         """
         super().__init__()
         self.backbone = backbone
@@ -114,6 +120,9 @@ class GeneralizedRCNN(_ImageNormalizer):
         if input_format is not None and input_format not in _INPUT_FORMATS:
             raise ValueError(f"INPUT.FORMAT must be one of {_INPUT_FORMATS}, got '{input_format}'")
         self.input_format = input_format
+        if vis_period > 0 and input_format is None:
+            raise ValueError("GeneralizedRCNN: vis_period > 0 needs input_format to draw the images")
+        self.vis_period = vis_period
         self._init_pixel_stats(pixel_mean, pixel_std)
 
     @classmethod
@@ -124,9 +133,21 @@ class GeneralizedRCNN(_ImageNormalizer):
             "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
             "roi_heads": build_roi_heads(cfg, backbone.output_shape()),
             "input_format": cfg.INPUT.FORMAT,
+            "vis_period": cfg.VIS_PERIOD,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
+
+    def visualize_training(self, batched_inputs: List[Dict], proposals: List[Instances], max_proposals: int = 20) -> None:
+        """Put the first input's gt boxes (left) and its `max_proposals` best proposals (right) in the storage."""
+        image = batched_inputs[0]["image"].permute(1, 2, 0).cpu().numpy()
+        if self.input_format == "BGR":
+            image = image[:, :, ::-1]
+        gt_image = Visualizer(image).overlay_instances(boxes=batched_inputs[0]["instances"].gt_boxes.tensor.cpu().numpy())
+        top = proposals[0].proposal_boxes.tensor[:max_proposals].detach().cpu().numpy()
+        proposal_image = Visualizer(image).overlay_instances(boxes=top)
+        both = np.concatenate((gt_image, proposal_image), axis=1).transpose(2, 0, 1)
+        get_event_storage().put_image("Left: GT bounding boxes;  Right: Predicted proposals", both)
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """
@@ -141,6 +162,8 @@ class GeneralizedRCNN(_ImageNormalizer):
         features = self.backbone(images.tensor)
         proposals, proposal_losses = self._proposals(images, features, batched_inputs, gt_instances)
         _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
+            self.visualize_training(batched_inputs, proposals)
 
         losses = dict(detector_losses)
         losses.update(proposal_losses)

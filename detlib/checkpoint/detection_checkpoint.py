@@ -11,7 +11,7 @@ import logging
 import os
 import pickle
 import tempfile
-from typing import Any, Callable, Dict, IO, Iterable, List, NamedTuple, Optional, Tuple
+from typing import IO, Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -66,8 +66,8 @@ def _strip_common_prefix(state_dict: Dict[str, Any], prefix: str) -> Dict[str, A
     return state_dict
 
 
-def _keys_table(title: str, rows: List[tuple], headers: List[str]) -> str:
-    return f"{title}:\n" + tabulate(rows, headers=headers, tablefmt="pipe")
+def _warn_table(title: str, rows: List[Sequence], headers: List[str]) -> None:
+    logger.warning("%s:\n%s", title, tabulate(rows, headers=headers, tablefmt="pipe"))
 
 
 def load_model_state(model: nn.Module, state_dict: Dict[str, Any]) -> IncompatibleKeys:
@@ -95,19 +95,16 @@ def load_model_state(model: nn.Module, state_dict: Dict[str, Any]) -> Incompatib
     missing = [k for k in result.missing_keys if k not in skipped and not k.endswith("num_batches_tracked")]
     incompatible = IncompatibleKeys(missing, list(result.unexpected_keys), mismatch)
     if mismatch:
-        logger.warning(
-            _keys_table(
-                "Skipped weights whose shape does not match the model",
-                [(n, str(c), str(m)) for n, c, m in mismatch],
-                ["name", "checkpoint shape", "model shape"],
-            )
+        _warn_table(
+            "Skipped weights whose shape does not match the model",
+            [(n, str(c), str(m)) for n, c, m in mismatch],
+            ["name", "checkpoint shape", "model shape"],
         )
-    if incompatible.missing:
-        logger.warning(_keys_table("Model weights not found in the checkpoint (left as initialized)", [(k,) for k in missing], ["name"]))
+    if missing:
+        _warn_table("Model weights not found in the checkpoint (left as initialized)", [[k] for k in missing], ["name"])
     if incompatible.unexpected:
-        logger.warning(
-            _keys_table("Checkpoint weights the model does not have (ignored)", [(k,) for k in incompatible.unexpected], ["name"])
-        )
+        unexpected = [[k] for k in incompatible.unexpected]
+        _warn_table("Checkpoint weights the model does not have (ignored)", unexpected, ["name"])
     return incompatible
 
 
@@ -207,7 +204,9 @@ class DetectionCheckpointer:
         if key in self.checkpointables or key in ("model", "iteration", "rng_states"):
             raise KeyError(f"Checkpointable '{key}' is already registered or reserved")
         if not (hasattr(checkpointable, "state_dict") and hasattr(checkpointable, "load_state_dict")):
-            raise TypeError(f"Checkpointable '{key}' ({type(checkpointable).__name__}) lacks state_dict/load_state_dict")
+            raise TypeError(
+                f"Checkpointable '{key}' ({type(checkpointable).__name__}) lacks state_dict/load_state_dict"
+            )
         self.checkpointables[key] = checkpointable
 
     # -- saving ------------------------------------------------------------------------------

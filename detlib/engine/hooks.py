@@ -111,7 +111,8 @@ class LRScheduler(HookBase):
         self._optimizer = optimizer
         self.scheduler = scheduler
         # The lr reported is that of the largest parameter group (the "ordinary" weights).
-        self._reported_group = max(range(len(optimizer.param_groups)), key=lambda i: len(optimizer.param_groups[i]["params"]))
+        groups = optimizer.param_groups
+        self._reported_group = max(range(len(groups)), key=lambda i: len(groups[i]["params"]))
 
     def after_step(self) -> None:
         lr = self._optimizer.param_groups[self._reported_group]["lr"]

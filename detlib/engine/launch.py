@@ -78,7 +78,8 @@ def _distributed_worker(
     use_cuda = torch.cuda.is_available()
     if use_cuda and num_gpus_per_machine > torch.cuda.device_count():
         raise RuntimeError(
-            f"Asked for {num_gpus_per_machine} processes per machine but only {torch.cuda.device_count()} GPUs are visible"
+            f"Asked for {num_gpus_per_machine} processes per machine but only "
+            f"{torch.cuda.device_count()} GPUs are visible"
         )
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     dist.init_process_group(

@@ -1,6 +1,7 @@
 """Reproducibility and environment reporting."""
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import random
@@ -44,8 +45,7 @@ def collect_env_info() -> str:
         ("CUDA available", str(torch.cuda.is_available())),
     ]
     try:
-        import detlib._C  # noqa: F401
-
+        importlib.import_module("detlib._C")
         rows.append(("detlib._C", "compiled"))
     except ImportError as error:
         rows.append(("detlib._C", f"not importable ({error})"))

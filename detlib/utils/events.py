@@ -171,7 +171,9 @@ class EventStorage:
         """
         image = img_tensor.detach().cpu().numpy() if isinstance(img_tensor, torch.Tensor) else np.asarray(img_tensor)
         if image.ndim != 3 or image.shape[0] not in (1, 3):
-            raise ValueError(f"put_image('{img_name}') expects a (C, H, W) image with C in (1, 3), got shape {image.shape}")
+            raise ValueError(
+                f"put_image('{img_name}') expects a (C, H, W) image with C in (1, 3), got shape {image.shape}"
+            )
         self._vis_data.append((self._prefix + img_name, image, self._iter))
 
     def put_histogram(self, hist_name: str, hist_tensor: torch.Tensor, bins: int = 1000) -> None:

@@ -1,7 +1,6 @@
 """Kill a training run with SIGKILL at a random moment, resume it, and get the same weights as a
 run that was never interrupted; no checkpoint on disk is ever partial."""
 import json
-import os
 import random
 import signal
 import subprocess
@@ -93,8 +92,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     lines = (interrupted / "metrics.json").read_text().splitlines()
     iterations = [json.loads(line)["iteration"] for line in lines]
     assert iterations == sorted(set(iterations))
-    reference_iterations = [json.loads(line)["iteration"] for line in (reference / "metrics.json").read_text().splitlines()]
-    assert iterations == reference_iterations
+    reference_lines = (reference / "metrics.json").read_text().splitlines()
+    assert iterations == [json.loads(line)["iteration"] for line in reference_lines]
 
 
 def test_checkpoint_killed_while_writing_leaves_previous_one(tmp_path):

@@ -76,7 +76,9 @@ def test_model_with_loss_trains_a_plain_model_with_a_separate_loss_function():
     net = nn.Linear(5, 1)
     reference = _reference_sgd(copy.deepcopy(net), batches, lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]))
 
-    wrapped = ModelWithLoss(net, loss_fn=lambda pred, batch: nn.functional.mse_loss(pred, batch[1]), inputs=lambda b: b[0])
+    wrapped = ModelWithLoss(
+        net, loss_fn=lambda pred, batch: nn.functional.mse_loss(pred, batch[1]), inputs=lambda batch: batch[0]
+    )
     trainer = SimpleTrainer(wrapped, batches, torch.optim.SGD(wrapped.parameters(), lr=0.1, momentum=0.9))
     trainer.train(0, len(batches))
     torch.testing.assert_close(net.weight, reference.weight, rtol=0, atol=0)
@@ -138,7 +140,8 @@ def test_non_finite_loss_names_every_bad_term_and_the_iteration_and_never_steps(
     model = ExplodingModel(bad_iter=3)
     weights_seen = []
     trainer = SimpleTrainer(model, itertools.repeat(torch.ones(3)), torch.optim.SGD(model.parameters(), lr=0.1))
-    trainer.register_hooks([hooks.CallbackHook(after_step=lambda t: weights_seen.append(model.weight.detach().clone()))])
+    record_weights = hooks.CallbackHook(after_step=lambda t: weights_seen.append(model.weight.detach().clone()))
+    trainer.register_hooks([record_weights])
     with pytest.raises(FloatingPointError) as error:
         trainer.train(10, 20)  # iterations are counted from start_iter: the bad one is 13
     message = str(error.value)
@@ -218,7 +221,8 @@ def test_amp_float16_needs_cuda():
 def test_amp_trainer_float16_with_grad_scaler_on_cuda():
     model = nn.Linear(4, 1).cuda()
     wrapped = ModelWithLoss(model, loss_fn=lambda pred, batch: pred.float().pow(2).mean())
-    trainer = AMPTrainer(wrapped, itertools.repeat(torch.randn(8, 4, device="cuda")), torch.optim.SGD(wrapped.parameters(), lr=0.1))
+    data = itertools.repeat(torch.randn(8, 4, device="cuda"))
+    trainer = AMPTrainer(wrapped, data, torch.optim.SGD(wrapped.parameters(), lr=0.1))
     assert trainer.grad_scaler is not None
     trainer.train(0, 3)
     assert torch.isfinite(model.weight).all()

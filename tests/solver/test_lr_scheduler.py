@@ -82,7 +82,8 @@ def test_a_restored_scheduler_continues_the_same_schedule():
 
 def test_steps_beyond_max_iter_are_ignored_and_bad_names_rejected():
     optimizer = _optimizer()
-    lrs = _lrs(build_lr_scheduler(_cfg(BASE_LR=1.0, MAX_ITER=10, STEPS=(5, 50), WARMUP_ITERS=0), optimizer), optimizer, 10)
+    scheduler = build_lr_scheduler(_cfg(BASE_LR=1.0, MAX_ITER=10, STEPS=(5, 50), WARMUP_ITERS=0), optimizer)
+    lrs = _lrs(scheduler, optimizer, 10)
     assert lrs == pytest.approx([1.0] * 5 + [0.1] * 5)
     with pytest.raises(ValueError, match="WarmupCosineLR"):
         build_lr_scheduler(_cfg(LR_SCHEDULER_NAME="Cosine"), _optimizer())

@@ -25,7 +25,10 @@ def _collectives(output_file):
         "local": [comm.get_local_rank(), comm.get_local_size()],
         "all_gather": comm.all_gather({"rank": rank, "payload": [rank] * (rank + 1)}),
         "gather": comm.gather(rank * 10),
-        "reduce": {k: v.item() for k, v in comm.reduce_dict({"b": torch.tensor(float(rank + 1)), "a": torch.tensor(4.0 * rank)}).items()},
+        "reduce": {
+            k: v.item()
+            for k, v in comm.reduce_dict({"b": torch.tensor(float(rank + 1)), "a": torch.tensor(4.0 * rank)}).items()
+        },
         "seed": comm.shared_random_seed(),
     }
     with open(f"{output_file}.{rank}", "w") as f:

@@ -13,7 +13,8 @@ def test_rank_zero_logs_to_console_and_file_other_ranks_to_their_own_file(tmp_pa
     assert "hello from rank 1" not in out
     assert "detlib_test_main.sub INFO: hello from rank 0" in (tmp_path / "log.txt").read_text()
     assert "hello from rank 1" in (tmp_path / "log.txt.rank1").read_text()
-    assert setup_logger(str(tmp_path), distributed_rank=0, name="detlib_test_main", color=False, abbrev_name="tm") is main
+    again = setup_logger(str(tmp_path), distributed_rank=0, name="detlib_test_main", color=False, abbrev_name="tm")
+    assert again is main
     assert len(main.handlers) == 2  # a second call adds no duplicate handlers
 
 

@@ -130,6 +130,8 @@ def _as_loss_dict(output: LossOutput) -> Dict[str, torch.Tensor]:
             f"tensor), got {what}. A model that returns predictions can be trained by wrapping it: "
             f"detlib.engine.ModelWithLoss(model, loss_fn)."
         )
+    if not output:
+        raise ValueError("The model returned an empty loss dict; there is nothing to minimize")
     for name, value in output.items():
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -197,7 +199,7 @@ class SimpleTrainer(TrainerBase):
         self._write_metrics(loss_dict, data_time)
         self.optimizer.step()
 
-    def _write_metrics(self, loss_dict: Dict[str, torch.Tensor], data_time: float, prefix: str = "") -> None:
+    def _write_metrics(self, loss_dict: Dict[str, torch.Tensor], data_time: float) -> None:
         """Check every loss is finite (raising otherwise) and record the losses averaged over ranks.
 
         Runs between backward and the optimizer step, so that non-finite losses never reach the
@@ -225,8 +227,8 @@ class SimpleTrainer(TrainerBase):
         storage.put_scalar("data_time", max(m.pop("data_time") for m in all_metrics))
         averaged = {k: sum(m[k] for m in all_metrics) / len(all_metrics) for k in names}
         if "total_loss" not in averaged or len(averaged) > 1:
-            storage.put_scalar(f"{prefix}total_loss", sum(averaged.values()))
-        storage.put_scalars(**{f"{prefix}{k}": v for k, v in averaged.items()})
+            storage.put_scalar("total_loss", sum(averaged.values()))
+        storage.put_scalars(**averaged)
 
 
 class AMPTrainer(SimpleTrainer):

@@ -159,6 +159,14 @@ def test_a_model_returning_predictions_gets_a_clear_error():
         trainer.train(0, 1)
 
 
+def test_an_empty_loss_dict_is_rejected():
+    net = nn.Linear(2, 2)
+    model = ModelWithLoss(net, loss_fn=lambda pred, batch: {})
+    trainer = SimpleTrainer(model, itertools.repeat(torch.ones(1, 2)), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="empty loss dict"):
+        trainer.train(0, 1)
+
+
 def test_a_non_scalar_loss_is_rejected_by_name():
     net = nn.Linear(2, 2)
     model = ModelWithLoss(net, loss_fn=lambda pred, batch: {"loss_vec": pred.sum(0)})

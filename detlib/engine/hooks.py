@@ -69,7 +69,7 @@ class IterationTimer(HookBase):
     """Record each iteration's duration as `time` and log the run's total and per-iteration time.
 
     The first `warmup_iter` iterations (allocations, cudnn autotuning) are left out of the summary.
-    Register it first so that the time covers the other hooks too.
+    Register it first: the time then spans the other hooks' `before_step` and the step itself.
     """
 
     def __init__(self, warmup_iter: int = 3):

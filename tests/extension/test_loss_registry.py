@@ -199,6 +199,12 @@ CLASSIFICATION_CHOICES = r"\['cross_entropy', 'focal'"
         (["MODEL.LOSS_WEIGHTS.loss_cls", -1.0], ValueError, "loss weight of 'loss_cls' must be a number >= 0"),
         (["MODEL.LOSS_WEIGHTS.loss_box_reg", float("nan")], ValueError, "'loss_box_reg' must be a number >= 0"),
         (["MODEL.LOSS_WEIGHTS.loss_mask", -2.0], ValueError, "'loss_mask' must be a number >= 0"),
+        (
+            ["MODEL.LOSS_WEIGHTS.loss_msk", 2.0],
+            KeyError,
+            r"\['loss_msk'\].*\['loss_box_reg', 'loss_cls', 'loss_mask', 'loss_rpn_cls', 'loss_rpn_loc'\]",
+        ),
+        (["MODEL.MASK_ON", False, "MODEL.LOSS_WEIGHTS.loss_mask", 2.0], KeyError, r"\['loss_mask'\], which no part"),
         (["MODEL.ROI_BOX_HEAD.CLS_LOSS_WEIGHTS", [1.0, 1.0]], ValueError, "must be 5 numbers >= 0"),
         (["MODEL.ROI_BOX_HEAD.CLS_LOSS_WEIGHTS", [1.0, 1.0, 1.0, -1.0, 1.0]], ValueError, "must be 5 numbers >= 0"),
     ],

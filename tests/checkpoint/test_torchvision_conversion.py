@@ -73,9 +73,12 @@ def test_conversion_names_and_layouts(torchvision_model):
     cls_w = state["roi_heads.box_predictor.cls_score.weight"]
     assert torch.equal(converted["roi_heads.box_predictor.cls_score.weight"][-1], cls_w[0])
     assert torch.equal(converted["roi_heads.box_predictor.cls_score.weight"][:-1], cls_w[1:])
-    assert torch.equal(converted["roi_heads.box_predictor.bbox_pred.bias"], state["roi_heads.box_predictor.bbox_pred.bias"][4:])
-    assert torch.equal(converted["roi_heads.mask_head.predictor.weight"], state["roi_heads.mask_predictor.mask_fcn_logits.weight"][1:])
-    assert torch.equal(converted["backbone.bottom_up.res3.0.shortcut.norm.running_var"], state["backbone.body.layer2.0.downsample.1.running_var"])
+    for ours, theirs, rows in [
+        ("roi_heads.box_predictor.bbox_pred.bias", "roi_heads.box_predictor.bbox_pred.bias", slice(4, None)),
+        ("roi_heads.mask_head.predictor.weight", "roi_heads.mask_predictor.mask_fcn_logits.weight", slice(1, None)),
+        ("backbone.bottom_up.res3.0.shortcut.norm.running_var", "backbone.body.layer2.0.downsample.1.running_var", ...),
+    ]:
+        assert torch.equal(converted[ours], state[theirs][rows]), ours
     assert torch.equal(converted["backbone.fpn_output5.weight"], state["backbone.fpn.layer_blocks.3.0.weight"])
     assert torch.equal(converted["roi_heads.mask_head.mask_fcn4.bias"], state["roi_heads.mask_head.3.0.bias"])
 

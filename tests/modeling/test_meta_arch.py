@@ -93,7 +93,10 @@ def test_preprocess_normalizes_then_pads_with_zero(model):
 
 
 def test_training_returns_the_merged_losses_of_the_heads(model):
-    batch = [{"image": _image(64, 80, 2), "instances": _gt(64, 80)}, {"image": _image(70, 64, 3), "instances": _no_gt(70, 64)}]
+    batch = [
+        {"image": _image(64, 80, 2), "instances": _gt(64, 80)},
+        {"image": _image(70, 64, 3), "instances": _no_gt(70, 64)},
+    ]
     model.train()
     with EventStorage(0):
         torch.manual_seed(1)
@@ -153,7 +156,8 @@ def test_inference_without_detections_has_all_fields():
 
 
 def test_inference_on_given_boxes(model):
-    given = Instances((64, 64), pred_boxes=Boxes(torch.tensor([[2.0, 3.0, 40.0, 50.0]])), pred_classes=torch.tensor([1]))
+    given = Instances((64, 64), pred_boxes=Boxes(torch.tensor([[2.0, 3.0, 40.0, 50.0]])))
+    given.pred_classes = torch.tensor([1])
     given.scores = torch.tensor([0.5])
     with torch.no_grad():
         out = model.inference([{"image": _image(64, 64, 7)}], detected_instances=[given])[0]["instances"]

@@ -57,7 +57,9 @@ def test_random_masks_match_reference_bilinear_paste():
     height, width = 23, 31
     masks = rng.uniform(size=(3, 7, 7))
     boxes = np.array([[2.3, 1.7, 20.9, 15.2], [-3.0, 5.5, 12.0, 30.0], [25.2, 0.0, 35.0, 9.9]])
-    out = paste_masks_in_image(torch.tensor(masks, dtype=torch.float32), torch.tensor(boxes, dtype=torch.float32), (height, width))
+    out = paste_masks_in_image(
+        torch.tensor(masks, dtype=torch.float32), torch.tensor(boxes, dtype=torch.float32), (height, width)
+    )
     for k in range(3):
         ref = _reference_paste(masks[k], boxes[k], height, width)
         decided = np.abs(ref - 0.5) > 1e-4  # pixels at the threshold may go either way in float32

@@ -67,7 +67,9 @@ def _predictor(**kwargs):
 
 def _one_image_proposals():
     proposals = Instances((100, 100))
-    proposals.proposal_boxes = Boxes(torch.tensor([[10.0, 10.0, 30.0, 40.0], [0.0, 0.0, 50.0, 50.0], [60.0, 20.0, 80.0, 30.0]]))
+    proposals.proposal_boxes = Boxes(
+        torch.tensor([[10.0, 10.0, 30.0, 40.0], [0.0, 0.0, 50.0, 50.0], [60.0, 20.0, 80.0, 30.0]])
+    )
     proposals.gt_boxes = Boxes(torch.tensor([[12.0, 8.0, 34.0, 44.0], [0.0, 0.0, 1.0, 1.0], [58.0, 22.0, 81.0, 29.0]]))
     proposals.gt_classes = torch.tensor([0, 2, 1])  # 2 = background
     scores = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0], [-0.5, 1.5, 0.0]])
@@ -185,7 +187,8 @@ def test_predictor_inference_decodes_and_splits_per_image():
     # Zero deltas decode to the proposals themselves.
     assert torch.equal(results[0].pred_boxes.tensor, torch.tensor([[0.0, 0.0, 20.0, 20.0]] * 2))
     probs = F.softmax(scores, dim=1)
-    assert sorted(results[1].scores.tolist(), reverse=True) == pytest.approx(probs[1:, :2].flatten().sort(descending=True).values.tolist())
+    expected = probs[1:, :2].flatten().sort(descending=True).values
+    assert sorted(results[1].scores.tolist(), reverse=True) == pytest.approx(expected.tolist())
 
 
 # --- proposal labelling and sampling --------------------------------------------------------------
@@ -353,7 +356,8 @@ def test_standard_roi_heads_inference_and_given_boxes():
         assert set(r.get_fields()) == {"pred_boxes", "scores", "pred_classes", "pred_masks"}
         assert len(r) > 0 and r.pred_masks.shape == (len(r), 1, 14, 14)
 
-    given = Instances((64, 64), pred_boxes=Boxes(torch.tensor([[1.0, 2.0, 30.0, 40.0]])), pred_classes=torch.tensor([2]))
+    given = Instances((64, 64), pred_boxes=Boxes(torch.tensor([[1.0, 2.0, 30.0, 40.0]])))
+    given.pred_classes = torch.tensor([2])
     with torch.no_grad():
         out = heads.forward_with_given_boxes(_features(), [given, given[:0]])
     assert out[0].pred_masks.shape == (1, 1, 14, 14) and out[1].pred_masks.shape == (0, 1, 14, 14)

@@ -30,8 +30,8 @@ __all__ = ["GeneralizedRCNN", "ProposalNetwork"]
 _INPUT_FORMATS = ("BGR", "RGB", "L")
 
 
-class _ImageNormalizer(nn.Module):
-    """Shared by the R-CNN models: pixel statistics as buffers, and turning input dicts into a padded batch."""
+class _RCNNBase(nn.Module):
+    """What the R-CNN models share: pixel statistics as buffers, and turning input dicts into a padded batch."""
 
     def _init_pixel_stats(self, pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> None:
         if len(pixel_mean) != len(pixel_std):
@@ -83,7 +83,7 @@ def _rescale_results(
 
 
 @META_ARCH_REGISTRY.register()
-class GeneralizedRCNN(_ImageNormalizer):
+class GeneralizedRCNN(_RCNNBase):
     """
     Faster / Mask R-CNN: backbone -> proposal generator -> RoI heads. In training it returns the
     merged loss dicts of its parts, which compute their own losses; in inference the detections
@@ -138,12 +138,15 @@ class GeneralizedRCNN(_ImageNormalizer):
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
-    def visualize_training(self, batched_inputs: List[Dict], proposals: List[Instances], max_proposals: int = 20) -> None:
+    def visualize_training(
+        self, batched_inputs: List[Dict], proposals: List[Instances], max_proposals: int = 20
+    ) -> None:
         """Put the first input's gt boxes (left) and its `max_proposals` best proposals (right) in the storage."""
         image = batched_inputs[0]["image"].permute(1, 2, 0).cpu().numpy()
         if self.input_format == "BGR":
             image = image[:, :, ::-1]
-        gt_image = Visualizer(image).overlay_instances(boxes=batched_inputs[0]["instances"].gt_boxes.tensor.cpu().numpy())
+        gt_boxes = batched_inputs[0]["instances"].gt_boxes.tensor.cpu().numpy()
+        gt_image = Visualizer(image).overlay_instances(boxes=gt_boxes)
         top = proposals[0].proposal_boxes.tensor[:max_proposals].detach().cpu().numpy()
         proposal_image = Visualizer(image).overlay_instances(boxes=top)
         both = np.concatenate((gt_image, proposal_image), axis=1).transpose(2, 0, 1)
@@ -217,12 +220,17 @@ class GeneralizedRCNN(_ImageNormalizer):
 
 
 @META_ARCH_REGISTRY.register()
-class ProposalNetwork(_ImageNormalizer):
+class ProposalNetwork(_RCNNBase):
     """An RPN alone: training returns its losses, inference `[{"proposals": Instances}]` at the requested size."""
 
     @configurable
     def __init__(
-        self, *, backbone: Backbone, proposal_generator: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float]
+        self,
+        *,
+        backbone: Backbone,
+        proposal_generator: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
     ):
         super().__init__()
         self.backbone = backbone

@@ -327,7 +327,8 @@ class FastRCNNOutputLayers(nn.Module):
         num_box_classes = boxes.shape[1] // 4
         if num_box_classes > 1:
             gt_classes = torch.cat([p.gt_classes for p in proposals], dim=0).clamp(0, num_box_classes - 1)
-            boxes = boxes.view(len(boxes), num_box_classes, 4)[torch.arange(len(boxes), device=boxes.device), gt_classes]
+            rows = torch.arange(len(boxes), device=boxes.device)
+            boxes = boxes.view(len(boxes), num_box_classes, 4)[rows, gt_classes]
         return boxes.split([len(p) for p in proposals])
 
     def predict_probs(

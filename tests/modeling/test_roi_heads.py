@@ -361,3 +361,17 @@ def test_standard_roi_heads_inference_and_given_boxes():
     with torch.no_grad():
         out = heads.forward_with_given_boxes(_features(), [given, given[:0]])
     assert out[0].pred_masks.shape == (1, 1, 14, 14) and out[1].pred_masks.shape == (0, 1, 14, 14)
+
+
+def test_predict_boxes_for_gt_classes_decodes_each_proposals_own_class():
+    predictor = _predictor()
+    proposals, scores, _ = _one_image_proposals()
+    target = proposals.gt_boxes.tensor.tolist()
+    deltas = torch.full((3, 8), 5.0)  # nonsense everywhere but in each proposal's gt-class slot
+    for i, cls in enumerate(proposals.gt_classes.tolist()):
+        if cls < 2:
+            source = proposals.proposal_boxes.tensor[i].tolist()
+            deltas[i, 4 * cls : 4 * cls + 4] = torch.tensor(_deltas_by_hand(source, target[i]))
+    (boxes,) = predictor.predict_boxes_for_gt_classes((scores, deltas), [proposals])
+    assert boxes.shape == (3, 4)
+    torch.testing.assert_close(boxes[[0, 2]], proposals.gt_boxes.tensor[[0, 2]], rtol=0, atol=1e-4)

@@ -2,13 +2,17 @@
 //
 // Each output bin averages bilinear samples on a grid_h x grid_w lattice. A bilinear weight is the
 // product of a row weight and a column weight, and a sample outside the map (y or x beyond [-1, size])
-// contributes nothing, so a bin's value is sum_rows wy * sum_cols wx * input[row, col] / count. The
-// (row, weight) and (col, weight) lists of a roi are built once, with the rows and columns shared by
-// neighbouring samples merged, and reused for every channel: a bin costs about
-// (grid_h + 1) * (grid_w + 1) multiply-adds instead of 4 * grid_h * grid_w.
+// contributes nothing, so bin (ph, pw) = sum_rows wy * sum_cols wx * input[row, col] / count. Per roi
+// the (row, weight) lists of every ph and the (column, weight) lists of every pw are built once and
+// reused for all channels. A channel is then done in two passes per ph: interpolate along y into a
+// buffer holding the roi's columns (contiguous for the usual adaptive sampling, so it vectorises),
+// then combine buffer entries along x for each pw. Every input pixel is read about once instead of
+// four times per sample.
 //
-// Work is split over channels, in the forward and in the backward pass alike: a channel's gradient
-// plane is written by one thread only, so the backward pass needs neither atomics nor reductions.
+// Loops run channel-outer, roi-inner: a feature (or gradient) plane stays in cache while every roi
+// of its image reads (or writes) it, instead of each roi fetching every channel from memory. Work is
+// split over channels in the forward and in the backward pass alike: a gradient plane is written by
+// one thread only, so the backward pass needs neither atomics nor reductions.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -100,38 +104,94 @@ struct AxisWeights {
   }
 };
 
+// Everything about a roi that does not depend on the channel: its batch index and sample count, the
+// row weights of each ph, and the column weights of each pw, where a column is stored as its slot in
+// `columns`, the sorted distinct columns the roi reads.
 template <typename T>
-void check_batch_indices(const T* rois, int64_t num_rois, int64_t batch_size) {
-  for (int64_t n = 0; n < num_rois; ++n) {
-    const int64_t b = static_cast<int64_t>(rois[5 * n]);
-    TORCH_CHECK(b >= 0 && b < batch_size, "roi_align: roi ", n, " has batch index ", rois[5 * n],
-                " but the feature map has batch size ", batch_size);
+struct RoiSampling {
+  int64_t batch_index = 0;
+  T count = 1;
+  AxisWeights<T> ys, xs;
+  std::vector<int64_t> columns;
+  std::vector<int64_t> slot;  // per xs entry: index into `columns`
+  bool contiguous = false;    // columns == first, first + 1, ..., last
+
+  void build(const RoiGeometry<T>& g, int64_t pooled_height, int64_t pooled_width, int64_t height,
+             int64_t width) {
+    batch_index = g.batch_index;
+    count = g.count;
+    ys.build(g.start_h, g.bin_h, pooled_height, g.grid_h, height, width);
+    xs.build(g.start_w, g.bin_w, pooled_width, g.grid_w, width, 1);
+    columns = xs.offset;
+    std::sort(columns.begin(), columns.end());
+    columns.erase(std::unique(columns.begin(), columns.end()), columns.end());
+    slot.resize(xs.offset.size());
+    for (size_t q = 0; q < slot.size(); ++q) {
+      slot[q] = std::lower_bound(columns.begin(), columns.end(), xs.offset[q]) - columns.begin();
+    }
+    contiguous = !columns.empty() && columns.back() - columns.front() + 1 == static_cast<int64_t>(columns.size());
   }
-}
+};
+
+// The sampling of every roi, and the roi order to visit them in: grouped by image.
+template <typename T>
+struct AllRois {
+  std::vector<RoiSampling<T>> rois;
+  std::vector<int64_t> order;
+  size_t max_columns = 0;
+
+  AllRois(const T* roi_data, int64_t num_rois, int64_t batch_size, double spatial_scale, int64_t pooled_height,
+          int64_t pooled_width, int64_t height, int64_t width, int64_t sampling_ratio, bool aligned)
+      : rois(num_rois), order(num_rois) {
+    for (int64_t n = 0; n < num_rois; ++n) {
+      const int64_t b = static_cast<int64_t>(roi_data[5 * n]);
+      TORCH_CHECK(b >= 0 && b < batch_size, "roi_align: roi ", n, " has batch index ", roi_data[5 * n],
+                  " but the feature map has batch size ", batch_size);
+    }
+    at::parallel_for(0, num_rois, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const RoiGeometry<T> g(roi_data + 5 * n, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                               aligned);
+        rois[n].build(g, pooled_height, pooled_width, height, width);
+      }
+    });
+    for (int64_t n = 0; n < num_rois; ++n) {
+      order[n] = n;
+      max_columns = std::max(max_columns, rois[n].columns.size());
+    }
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return rois[a].batch_index < rois[b].batch_index; });
+  }
+};
 
 template <typename T>
-void forward_kernel(const T* input, const T* rois, T* output, int64_t num_rois, int64_t channels, int64_t height,
-                    int64_t width, double spatial_scale, int64_t pooled_height, int64_t pooled_width,
-                    int64_t sampling_ratio, bool aligned) {
+void forward_kernel(const T* input, const AllRois<T>& all, T* output, int64_t channels, int64_t height,
+                    int64_t width, int64_t pooled_height, int64_t pooled_width) {
   at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
-    AxisWeights<T> ys, xs;
-    for (int64_t n = 0; n < num_rois; ++n) {
-      const RoiGeometry<T> g(rois + 5 * n, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned);
-      ys.build(g.start_h, g.bin_h, pooled_height, g.grid_h, height, width);
-      xs.build(g.start_w, g.bin_w, pooled_width, g.grid_w, width, 1);
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        const T* plane = input + (g.batch_index * channels + c) * height * width;
+    std::vector<T> along_y(all.max_columns);  // one ph's rows interpolated, at each of the roi's columns
+    T* buffer = along_y.data();
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      for (const int64_t n : all.order) {
+        const RoiSampling<T>& s = all.rois[n];
+        const int64_t num_columns = static_cast<int64_t>(s.columns.size());
+        const T* plane = input + (s.batch_index * channels + c) * height * width;
         T* out = output + (n * channels + c) * pooled_height * pooled_width;
         for (int64_t ph = 0; ph < pooled_height; ++ph) {
+          std::fill(buffer, buffer + num_columns, T(0));
+          for (int64_t r = s.ys.begin[ph]; r < s.ys.begin[ph + 1]; ++r) {
+            const T* row = plane + s.ys.offset[r];
+            const T w = s.ys.weight[r];
+            if (s.contiguous) {
+              const T* src = row + s.columns[0];
+              for (int64_t u = 0; u < num_columns; ++u) buffer[u] += w * src[u];
+            } else {
+              for (int64_t u = 0; u < num_columns; ++u) buffer[u] += w * row[s.columns[u]];
+            }
+          }
           for (int64_t pw = 0; pw < pooled_width; ++pw) {
             T sum = 0;
-            for (int64_t r = ys.begin[ph]; r < ys.begin[ph + 1]; ++r) {
-              const T* row = plane + ys.offset[r];
-              T row_sum = 0;
-              for (int64_t q = xs.begin[pw]; q < xs.begin[pw + 1]; ++q) row_sum += xs.weight[q] * row[xs.offset[q]];
-              sum += ys.weight[r] * row_sum;
-            }
-            out[ph * pooled_width + pw] = sum / g.count;
+            for (int64_t q = s.xs.begin[pw]; q < s.xs.begin[pw + 1]; ++q) sum += s.xs.weight[q] * buffer[s.slot[q]];
+            out[ph * pooled_width + pw] = sum / s.count;
           }
         }
       }
@@ -140,25 +200,31 @@ void forward_kernel(const T* input, const T* rois, T* output, int64_t num_rois, 
 }
 
 template <typename T>
-void backward_kernel(const T* grad, const T* rois, T* grad_input, int64_t num_rois, int64_t channels,
-                     int64_t height, int64_t width, double spatial_scale, int64_t pooled_height,
-                     int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+void backward_kernel(const T* grad, const AllRois<T>& all, T* grad_input, int64_t channels, int64_t height,
+                     int64_t width, int64_t pooled_height, int64_t pooled_width) {
   at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
-    AxisWeights<T> ys, xs;
-    for (int64_t n = 0; n < num_rois; ++n) {
-      const RoiGeometry<T> g(rois + 5 * n, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned);
-      ys.build(g.start_h, g.bin_h, pooled_height, g.grid_h, height, width);
-      xs.build(g.start_w, g.bin_w, pooled_width, g.grid_w, width, 1);
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        T* plane = grad_input + (g.batch_index * channels + c) * height * width;
+    std::vector<T> along_y(all.max_columns);  // gradient w.r.t. one ph's y-interpolated values
+    T* buffer = along_y.data();
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      for (const int64_t n : all.order) {
+        const RoiSampling<T>& s = all.rois[n];
+        const int64_t num_columns = static_cast<int64_t>(s.columns.size());
+        T* plane = grad_input + (s.batch_index * channels + c) * height * width;
         const T* grad_bins = grad + (n * channels + c) * pooled_height * pooled_width;
         for (int64_t ph = 0; ph < pooled_height; ++ph) {
+          std::fill(buffer, buffer + num_columns, T(0));
           for (int64_t pw = 0; pw < pooled_width; ++pw) {
-            const T bin_grad = grad_bins[ph * pooled_width + pw] / g.count;
-            for (int64_t r = ys.begin[ph]; r < ys.begin[ph + 1]; ++r) {
-              T* row = plane + ys.offset[r];
-              const T row_grad = bin_grad * ys.weight[r];
-              for (int64_t q = xs.begin[pw]; q < xs.begin[pw + 1]; ++q) row[xs.offset[q]] += row_grad * xs.weight[q];
+            const T bin_grad = grad_bins[ph * pooled_width + pw] / s.count;
+            for (int64_t q = s.xs.begin[pw]; q < s.xs.begin[pw + 1]; ++q) buffer[s.slot[q]] += bin_grad * s.xs.weight[q];
+          }
+          for (int64_t r = s.ys.begin[ph]; r < s.ys.begin[ph + 1]; ++r) {
+            T* row = plane + s.ys.offset[r];
+            const T w = s.ys.weight[r];
+            if (s.contiguous) {
+              T* dst = row + s.columns[0];
+              for (int64_t u = 0; u < num_columns; ++u) dst[u] += w * buffer[u];
+            } else {
+              for (int64_t u = 0; u < num_columns; ++u) row[s.columns[u]] += w * buffer[u];
             }
           }
         }
@@ -176,9 +242,10 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   at::Tensor output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input.options());
   if (num_rois == 0 || height == 0 || width == 0) return output;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward_cpu", [&] {
-    check_batch_indices(rois.data_ptr<scalar_t>(), num_rois, input.size(0));
-    forward_kernel(input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), num_rois,
-                   channels, height, width, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned);
+    const AllRois<scalar_t> all(rois.data_ptr<scalar_t>(), num_rois, input.size(0), spatial_scale, pooled_height,
+                                pooled_width, height, width, sampling_ratio, aligned);
+    forward_kernel(input.data_ptr<scalar_t>(), all, output.data_ptr<scalar_t>(), channels, height, width,
+                   pooled_height, pooled_width);
   });
   return output;
 }
@@ -191,10 +258,10 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
   if (num_rois == 0 || height == 0 || width == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward_cpu", [&] {
-    check_batch_indices(rois.data_ptr<scalar_t>(), num_rois, batch_size);
-    backward_kernel(grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(),
-                    num_rois, channels, height, width, spatial_scale, pooled_height, pooled_width, sampling_ratio,
-                    aligned);
+    const AllRois<scalar_t> all(rois.data_ptr<scalar_t>(), num_rois, batch_size, spatial_scale, pooled_height,
+                                pooled_width, height, width, sampling_ratio, aligned);
+    backward_kernel(grad.data_ptr<scalar_t>(), all, grad_input.data_ptr<scalar_t>(), channels, height, width,
+                    pooled_height, pooled_width);
   });
   return grad_input;
 }

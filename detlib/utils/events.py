@@ -267,24 +267,33 @@ class JSONWriter(EventWriter):
         complete_lines = text.splitlines(keepends=True)
         if complete_lines and not complete_lines[-1].endswith("\n"):
             complete_lines.pop()
-        kept = [line for line in complete_lines if json.loads(line)["iteration"] < first_iteration]
+        kept = [line for line in complete_lines if line.strip() and json.loads(line)["iteration"] < first_iteration]
         if len(kept) != len(complete_lines) or len(text) != sum(map(len, complete_lines)):
             with open(self._path, "w") as f:
                 f.writelines(kept)
 
 
 class TensorboardXWriter(EventWriter):
-    """Writes scalars, images and histograms to TensorBoard event files in `log_dir`."""
+    """Writes scalars, images and histograms to TensorBoard event files in `log_dir`.
+
+    Like `JSONWriter`, a resumed run supersedes what an interrupted one wrote from the resumed
+    iteration on: TensorBoard is told to purge those steps.
+    """
 
     def __init__(self, log_dir: str, window_size: int = 20, **kwargs):
-        from torch.utils.tensorboard import SummaryWriter
-
+        self._log_dir = log_dir
         self._window_size = window_size
-        self._writer = SummaryWriter(log_dir, **kwargs)
+        self._kwargs = kwargs
+        self._writer = None  # created at the first write, when the run's start iteration is known
         self._last_write = -1
 
     def write(self) -> None:
         storage = get_event_storage()
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge_step = storage.start_iter if storage.start_iter > 0 else None
+            self._writer = SummaryWriter(self._log_dir, purge_step=purge_step, **self._kwargs)
         newest = self._last_write
         for name, (value, iteration) in storage.latest_with_smoothing_hint(self._window_size).items():
             if iteration > self._last_write:
@@ -300,7 +309,8 @@ class TensorboardXWriter(EventWriter):
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class CommonMetricPrinter(EventWriter):

@@ -134,3 +134,19 @@ def test_put_image_rejects_wrong_layout():
     with EventStorage() as storage:
         with pytest.raises(ValueError, match="C, H, W"):
             storage.put_image("bad", torch.rand(8, 6, 3))
+
+
+def test_tensorboard_of_a_resumed_run_supersedes_the_interrupted_runs_later_steps(tmp_path):
+    for start, stop, value in [(0, 10, 1.0), (5, 8, 2.0)]:  # interrupted at 9, resumed from 5
+        writer = TensorboardXWriter(str(tmp_path), window_size=1)
+        with EventStorage(start_iter=start) as storage:
+            for i in range(start, stop):
+                storage.iter = i
+                storage.put_scalar("loss", value)
+                writer.write()
+        writer.close()
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [(i, 1.0) for i in range(5)] + [
+        (i, 2.0) for i in range(5, 8)
+    ]

@@ -40,3 +40,7 @@ def test_two_gloo_processes_equal_one_process_with_same_total_batch(tmp_path):
     final = torch.load(tmp_path / "single" / "model_final.pth", weights_only=False)["model"]
     early = torch.load(tmp_path / "single" / "model_0000004.pth", weights_only=False)["model"]
     assert any(not torch.equal(final[k], early[k]) for k in final)
+
+    # Each rank's random state is checkpointed (ranks are seeded SEED + rank, so they differ).
+    rng_states = torch.load(tmp_path / "ddp" / "model_final.pth", weights_only=False)["rng_states"]
+    assert len(rng_states) == 2 and not torch.equal(rng_states[0]["torch"], rng_states[1]["torch"])

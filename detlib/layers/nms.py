@@ -1,4 +1,6 @@
 """Non-maximum suppression over XYXY boxes in absolute pixels, backed by `detlib._C`."""
+import itertools
+
 import torch
 
 from ._extension import load_extension
@@ -57,9 +59,13 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         offsets = idxs.to(boxes) * (boxes.max() + 1)
         return nms(boxes + offsets[:, None], scores, iou_threshold)
 
+    # One gather puts each group's boxes in a contiguous slice; NMS runs on the slices in place.
     by_group = torch.argsort(idxs, stable=True)
     group_sizes = torch.unique_consecutive(idxs[by_group], return_counts=True)[1].tolist()
-    kept = torch.cat([group[nms(boxes[group], scores[group], iou_threshold)] for group in by_group.split(group_sizes)])
+    group_starts = [0] + list(itertools.accumulate(group_sizes))[:-1]
+    slices = zip(group_starts, boxes[by_group].split(group_sizes), scores[by_group].split(group_sizes))
+    kept = by_group[torch.cat([start + nms(group_boxes, group_scores, iou_threshold)
+                               for start, group_boxes, group_scores in slices])]
     # Ascending indices, then torch's default (unstable) sort: ties come out in torchvision's order.
     kept = kept.sort().values
     return kept[scores[kept].sort(descending=True).indices]

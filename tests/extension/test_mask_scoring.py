@@ -149,3 +149,20 @@ def test_trains_from_the_command_line_with_the_stock_trainer(tmp_path, tiny_over
     assert 0 <= last["mask_scoring/mask_iou"] <= 1
     assert last["mask_scoring/iou_abs_error"] >= 0
     assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_no_foreground_gives_a_zero_loss_connected_to_every_parameter():
+    head = MaskIoUHead(
+        ShapeSpec(channels=4, height=2, width=2), num_classes=3, conv_dims=[8, 8], fc_dims=[16], conv_norm="BN"
+    ).train()
+    empty = Instances(
+        (16, 16),
+        proposal_boxes=Boxes(torch.zeros(0, 4)),
+        gt_classes=torch.zeros(0, dtype=torch.int64),
+        gt_masks=BitMasks(torch.zeros(0, 16, 16)),
+    )
+    with EventStorage(0):
+        losses = head(torch.zeros(0, 4, 2, 2), torch.zeros(0, 3, 4, 4), [empty])
+    assert losses["loss_maskiou"].item() == 0
+    losses["loss_maskiou"].backward()  # distributed training needs a gradient for every parameter
+    assert all(p.grad is not None and not p.grad.any() for p in head.parameters())

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detlib.config import configurable
-from detlib.layers import Conv2d, ShapeSpec, cat
+from detlib.layers import Conv2d, ShapeSpec, cat, get_norm
 from detlib.layers.weight_init import c2_msra_fill, c2_xavier_fill
 from detlib.structures import Instances
 from detlib.utils.events import get_event_storage
@@ -75,6 +75,7 @@ class MaskIoUHead(nn.Module):
         num_classes: int,
         conv_dims: Sequence[int] = (256, 256, 256, 256),
         fc_dims: Sequence[int] = (1024, 1024),
+        conv_norm: str = "",
         loss_weight: float = 1.0,
     ):
         """
@@ -83,6 +84,7 @@ class MaskIoUHead(nn.Module):
             num_classes: K; one IoU is predicted per class.
             conv_dims: channels of the 3x3 convs; the last one halves the resolution.
             fc_dims: widths of the fully connected layers.
+            conv_norm: norm after each conv ("" for none, "BN", "GN", ...).
             loss_weight: multiplier of `loss_maskiou`.
         """
         super().__init__()
@@ -96,7 +98,16 @@ class MaskIoUHead(nn.Module):
         self.convs = nn.Sequential()
         for k, dim in enumerate(conv_dims):
             stride = 2 if k == len(conv_dims) - 1 else 1
-            conv = Conv2d(channels, dim, kernel_size=3, stride=stride, padding=1, activation=nn.ReLU())
+            conv = Conv2d(
+                channels,
+                dim,
+                kernel_size=3,
+                stride=stride,
+                padding=1,
+                bias=not conv_norm,
+                norm=get_norm(conv_norm, dim),
+                activation=nn.ReLU(),
+            )
             c2_msra_fill(conv)
             self.convs.add_module(f"conv{k + 1}", conv)
             channels = dim
@@ -115,12 +126,13 @@ class MaskIoUHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        # Sized like the mask and box heads next to it, so the project needs no new config keys.
+        # Sized and normalized like the mask and box heads next to it, so the project needs no new config keys.
         return {
             "input_shape": input_shape,
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "conv_dims": [cfg.MODEL.ROI_MASK_HEAD.CONV_DIM] * 4,
             "fc_dims": [cfg.MODEL.ROI_BOX_HEAD.FC_DIM] * 2,
+            "conv_norm": cfg.MODEL.ROI_MASK_HEAD.NORM,
             "loss_weight": cfg.MODEL.LOSS_WEIGHTS.get("loss_maskiou", 1.0),
         }
 

@@ -96,10 +96,12 @@ def roi_align(
     if not isinstance(input, torch.Tensor) or input.dim() != 4:
         shape = list(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
         raise ValueError(f"roi_align: input must be a Tensor[N, C, H, W] feature map, got {shape}")
-    rois = _rois_tensor(rois, input)
-    return _ROIAlignFunction.apply(
-        input, rois, _pair(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned)
-    )
+    args = (_pair(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned))
+    if input.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(input.device.type):
+        # As torchvision under autocast: pool in float32 (half-precision rois lose whole pixels at
+        # image scale), return the input's dtype.
+        return _ROIAlignFunction.apply(input.float(), _rois_tensor(rois, input.float()), *args).to(input.dtype)
+    return _ROIAlignFunction.apply(input, _rois_tensor(rois, input), *args)
 
 
 class ROIAlign(nn.Module):

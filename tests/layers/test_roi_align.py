@@ -108,6 +108,16 @@ def test_rois_are_cast_to_input_dtype_and_non_contiguous_input_works():
     torch.testing.assert_close(roi_align(x, rois, 3, 1.0, 2, True), expected, rtol=0, atol=1e-6)
 
 
+def test_autocast_pools_in_float32():
+    x = features(dtype=torch.float32)
+    rois = random_rois(10, 2, 13, 17, 0.5, seed=6, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(x.bfloat16(), rois, 3, 0.5, 2, True)
+    assert out.dtype == torch.bfloat16
+    expected = ops.roi_align(x.bfloat16().float(), rois, 3, 0.5, 2, True).bfloat16()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "x, rois, error, message",
     [

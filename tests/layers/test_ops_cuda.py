@@ -108,12 +108,15 @@ def test_batched_nms_matches_torchvision(n, groups):
 # ----------------------------------------------------------------------------------------- ROIAlign
 
 
-def random_rois(k: int, seed: int, batch: int, height: int, width: int, scale: float, dtype, device=CUDA):
-    """Tensor[K, 5] rois in image pixels; about a third reach past the feature map's border."""
+def random_rois(
+    k: int, seed: int, batch: int, height: int, width: int, scale: float, dtype, device=CUDA, inside: bool = False
+):
+    """Tensor[K, 5] rois in image pixels; about a third reach past the feature map's border unless `inside`."""
     g = torch.Generator().manual_seed(seed)
     image_hw = torch.tensor([width, height], dtype=torch.float64) / scale
-    xy = (torch.rand(k, 2, generator=g, dtype=torch.float64) * 1.3 - 0.15) * image_hw
-    wh = torch.rand(k, 2, generator=g, dtype=torch.float64) * image_hw * 0.6
+    low, span = (0.0, 0.5) if inside else (-0.15, 1.3)
+    xy = (torch.rand(k, 2, generator=g, dtype=torch.float64) * span + low) * image_hw
+    wh = torch.rand(k, 2, generator=g, dtype=torch.float64) * image_hw * (0.45 if inside else 0.6)
     index = torch.randint(0, batch, (k, 1), generator=g).double()
     return torch.cat([index, xy, xy + wh], dim=1).to(device=device, dtype=dtype)
 
@@ -157,12 +160,14 @@ def test_roi_align_float32_matches_torchvision(output_size, sampling_ratio):
     torch.testing.assert_close(grad, expected_grad, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
 def test_roi_align_reduced_precision_close_to_float64(dtype, tol):
     """Half and bfloat16 against the float64 result on the same (rounded) inputs: errors of one
-    rounding of the output, since the kernel accumulates in float32."""
+    rounding of the output, since the kernel accumulates in float32. The rois stay inside the map:
+    at its border a sample's weight jumps from full to zero, and coarse bfloat16 coordinates put
+    samples exactly there, where float32 and float64 geometry legitimately disagree."""
     x = features((2, 8, 40, 60), seed=6, dtype=dtype)
-    rois = random_rois(100, seed=7, batch=2, height=40, width=60, scale=0.5, dtype=dtype)
+    rois = random_rois(100, seed=7, batch=2, height=40, width=60, scale=0.5, dtype=dtype, inside=True)
     upstream = features((100, 8, 7, 7), seed=8, dtype=dtype)
     kwargs = dict(output_size=7, spatial_scale=0.5, sampling_ratio=0, aligned=True)
     out, grad = forward_and_grad(roi_align, x, rois, upstream, **kwargs)
@@ -212,9 +217,8 @@ def test_roi_align_gradcheck(aligned):
     x = features((2, 2, 8, 9), seed=14, dtype=torch.float64).requires_grad_(True)
     rois = random_rois(6, seed=15, batch=2, height=8, width=9, scale=1.0, dtype=torch.float64)
     # Atomic adds in another order may change the last bits of a float64 gradient.
-    assert torch.autograd.gradcheck(
-        lambda t: roi_align(t, rois, (3, 2), spatial_scale=1.0, sampling_ratio=2, aligned=aligned), (x,), nondet_tol=1e-12
-    )
+    pooled = lambda t: roi_align(t, rois, (3, 2), spatial_scale=1.0, sampling_ratio=2, aligned=aligned)  # noqa: E731
+    assert torch.autograd.gradcheck(pooled, (x,), nondet_tol=1e-12)
 
 
 def test_roi_align_empty_rois():

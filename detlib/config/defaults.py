@@ -303,6 +303,8 @@ _C.DATALOADER.SKIP_BAD_SAMPLES = False
 # Solver
 # ---------------------------------------------------------------------------------------------------
 _C.SOLVER = CN()
+# "SGD" (with MOMENTUM / NESTEROV) or "AdamW".
+_C.SOLVER.OPTIMIZER = "SGD"
 # "WarmupMultiStepLR", "WarmupCosineLR" or "WarmupStepWithFixedGammaLR".
 _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
 _C.SOLVER.MAX_ITER = 40000
@@ -341,6 +343,8 @@ _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 # Automatic mixed precision training.
 _C.SOLVER.AMP = CN({"ENABLED": False})
+# "float16" (with a gradient scaler) or "bfloat16".
+_C.SOLVER.AMP.PRECISION = "float16"
 
 # ---------------------------------------------------------------------------------------------------
 # Test / evaluation

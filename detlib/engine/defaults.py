@@ -175,7 +175,7 @@ class DefaultTrainer(TrainerBase):
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
         if cfg.SOLVER.AMP.ENABLED:
-            precision = getattr(torch, cfg.SOLVER.AMP.get("PRECISION", "float16"))
+            precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
             self._trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)

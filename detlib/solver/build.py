@@ -87,7 +87,7 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         bias_lr_factor=solver.BIAS_LR_FACTOR,
         weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
     )
-    name = solver.get("OPTIMIZER", "SGD")
+    name = solver.OPTIMIZER
     if name == "SGD":
         optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
         return optimizer_type(params, lr=solver.BASE_LR, momentum=solver.MOMENTUM, nesterov=solver.NESTEROV)

@@ -69,6 +69,8 @@ def test_defaults_are_detectron2s():
     assert cfg.DATALOADER.SKIP_BAD_SAMPLES is False
     assert dict(cfg.MODEL.LOSS_WEIGHTS) == {}
     assert cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS_WEIGHTS == []
+    assert cfg.SOLVER.OPTIMIZER == "SGD"
+    assert cfg.SOLVER.AMP.PRECISION == "float16"
 
 
 def test_get_cfg_returns_independent_copies():

@@ -27,11 +27,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of `fn` in milliseconds, after one warm-up call; slow cases get 3 repeats."""
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> Tuple[float, object]:
+    """(median wall time of `fn` in ms, its result). The first call is a warm-up whose result is
+    returned for checking; a case whose warm-up takes over a second is timed 3 times at most."""
     sync(device)
     start = time.perf_counter()
-    fn()
+    result = fn()
     sync(device)
     if time.perf_counter() - start > 1.0:
         repeats = min(repeats, 3)
@@ -41,7 +42,7 @@ def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> f
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(times), result
 
 
 def proposal_boxes(
@@ -101,8 +102,9 @@ def nms_rows(sizes: Sequence[int], thresholds: Sequence[float], group_counts: Se
                     lambda k=k: ops.batched_nms(boxes, scores, idxs[k], threshold),
                 ))
             for op, extra, ours, theirs in cases:
-                same = "yes" if torch.equal(ours(), theirs()) else "NO"
-                ours_ms, theirs_ms = median_ms(ours, repeats, device), median_ms(theirs, repeats, device)
+                ours_ms, ours_keep = timed(ours, repeats, device)
+                theirs_ms, theirs_keep = timed(theirs, repeats, device)
+                same = "yes" if torch.equal(ours_keep, theirs_keep) else "NO"
                 rows.append([op, f"{n} boxes, IoU {threshold}{extra}", theirs_ms, ours_ms, theirs_ms / ours_ms, same])
                 print_progress(rows[-1])
     return rows
@@ -138,9 +140,9 @@ def roi_align_rows(roi_counts: Sequence[int], output_sizes: Sequence[int], sampl
 
                 case = f"{num_rois} rois, {size}x{size}, ratio {ratio}"
                 for op, fn in (("roi_align fwd", forward), ("roi_align fwd+bwd", forward_backward)):
-                    diff = (fn("ours") - fn("theirs")).abs().max().item()
-                    ours_ms = median_ms(lambda: fn("ours"), repeats, device)
-                    theirs_ms = median_ms(lambda: fn("theirs"), repeats, device)
+                    ours_ms, ours_out = timed(lambda: fn("ours"), repeats, device)
+                    theirs_ms, theirs_out = timed(lambda: fn("theirs"), repeats, device)
+                    diff = (ours_out - theirs_out).abs().max().item()
                     rows.append([op, case, theirs_ms, ours_ms, theirs_ms / ours_ms, f"max|diff| {diff:.1e}"])
                     print_progress(rows[-1])
     return rows
@@ -164,8 +166,9 @@ def run_ops(args: argparse.Namespace) -> None:
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"command: python tools/benchmark.py {' '.join(sys.argv[1:])}")
-    print(f"device: {where}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus")
-    print(f"median over {args.repeats} repeats (3 when one call exceeds 1 s), after one warm-up call\n")
+    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    print(f"device: {where}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus{load}")
+    print(f"median over {args.repeats} timed calls (3 when one call exceeds 1 s), after one warm-up call\n")
     headers = ["op", "case", "torchvision ms", "detlib ms", "speedup", "check"]
     print(tabulate(rows, headers=headers, tablefmt="github", floatfmt=".2f"))
 

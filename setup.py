@@ -66,7 +66,8 @@ def cuda_requested() -> bool:
 
 
 def sources(pattern: str) -> list:
-    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "**", pattern), recursive=True))
+    paths = glob.glob(os.path.join(HERE, "csrc", "**", pattern), recursive=True)
+    return sorted(os.path.relpath(p, HERE) for p in paths)
 
 
 def make_extension():

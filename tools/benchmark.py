@@ -68,7 +68,9 @@ def proposal_boxes(
 
     jitter = torch.randn(n, 2, generator=g)
     centers = torch.where(
-        on_object[:, None], object_centers[owner] + 0.2 * jitter * object_sizes[owner], torch.rand(n, 2, generator=g) * size
+        on_object[:, None],
+        object_centers[owner] + 0.2 * jitter * object_sizes[owner],
+        torch.rand(n, 2, generator=g) * size,
     )
     sizes = torch.where(
         on_object[:, None],
@@ -92,7 +94,8 @@ def nms_rows(sizes: Sequence[int], thresholds: Sequence[float], group_counts: Se
     rows = []
     for n in sizes:
         boxes, scores = proposal_boxes(n, seed=n, device=device)
-        idxs = {k: torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(k)).to(device) for k in group_counts}
+        idxs = {k: torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(k)).to(device)
+                for k in group_counts}
         for threshold in thresholds:
             cases = [("nms", "", lambda: nms(boxes, scores, threshold), lambda: ops.nms(boxes, scores, threshold))]
             for k in group_counts:
@@ -164,7 +167,7 @@ def run_ops(args: argparse.Namespace) -> None:
     rows = nms_rows(repeats=args.repeats, device=device, **nms_args)
     rows += roi_align_rows(repeats=args.repeats, device=device, **roi_args)
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"command: python tools/benchmark.py {' '.join(sys.argv[1:])}")
     load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
     print(f"device: {where}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus{load}")

@@ -215,7 +215,9 @@ void backward_kernel(const T* grad, const AllRois<T>& all, T* grad_input, int64_
           std::fill(buffer, buffer + num_columns, T(0));
           for (int64_t pw = 0; pw < pooled_width; ++pw) {
             const T bin_grad = grad_bins[ph * pooled_width + pw] / s.count;
-            for (int64_t q = s.xs.begin[pw]; q < s.xs.begin[pw + 1]; ++q) buffer[s.slot[q]] += bin_grad * s.xs.weight[q];
+            for (int64_t q = s.xs.begin[pw]; q < s.xs.begin[pw + 1]; ++q) {
+              buffer[s.slot[q]] += bin_grad * s.xs.weight[q];
+            }
           }
           for (int64_t r = s.ys.begin[ph]; r < s.ys.begin[ph + 1]; ++r) {
             T* row = plane + s.ys.offset[r];

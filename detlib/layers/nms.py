@@ -1,6 +1,4 @@
 """Non-maximum suppression over XYXY boxes in absolute pixels, backed by `detlib._C`."""
-import itertools
-
 import torch
 
 from ._extension import load_extension
@@ -44,7 +42,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     if boxes.dim() != 2 or boxes.size(-1) != 4:
         raise ValueError(f"batched_nms: boxes must be Tensor[N, 4], got shape {list(boxes.shape)}")
     if scores.shape != (boxes.size(0),):
-        raise ValueError(f"batched_nms: scores must be Tensor[N] with N={boxes.size(0)}, got shape {list(scores.shape)}")
+        raise ValueError(
+            f"batched_nms: scores must be Tensor[N] with N={boxes.size(0)}, got shape {list(scores.shape)}"
+        )
     if idxs.shape != (boxes.size(0),):
         raise ValueError(f"batched_nms: idxs must be Tensor[N] with N={boxes.size(0)}, got shape {list(idxs.shape)}")
     if idxs.device != boxes.device:
@@ -59,13 +59,14 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         offsets = idxs.to(boxes) * (boxes.max() + 1)
         return nms(boxes + offsets[:, None], scores, iou_threshold)
 
-    # One gather puts each group's boxes in a contiguous slice; NMS runs on the slices in place.
+    # index_select rather than advanced indexing: on small tensors it stays on the calling thread,
+    # which matters on a busy CPU, where every parallel region waits for a free core.
     by_group = torch.argsort(idxs, stable=True)
-    group_sizes = torch.unique_consecutive(idxs[by_group], return_counts=True)[1].tolist()
-    group_starts = [0] + list(itertools.accumulate(group_sizes))[:-1]
-    slices = zip(group_starts, boxes[by_group].split(group_sizes), scores[by_group].split(group_sizes))
-    kept = by_group[torch.cat([start + nms(group_boxes, group_scores, iou_threshold)
-                               for start, group_boxes, group_scores in slices])]
+    group_sizes = torch.unique_consecutive(idxs.index_select(0, by_group), return_counts=True)[1].tolist()
+    kept = torch.cat([
+        group.index_select(0, nms(boxes.index_select(0, group), scores.index_select(0, group), iou_threshold))
+        for group in by_group.split(group_sizes)
+    ])
     # Ascending indices, then torch's default (unstable) sort: ties come out in torchvision's order.
     kept = kept.sort().values
-    return kept[scores[kept].sort(descending=True).indices]
+    return kept.index_select(0, scores.index_select(0, kept).sort(descending=True).indices)

@@ -104,10 +104,7 @@ def user_loss_calls():
 
         return BoxLoss("test_squared_deltas", "deltas", fn, {"scale": scale})
 
-    yield calls, box_calls
-    # fvcore registries have no unregister; leave them as the other tests expect.
-    for registry, name in ((CLS_LOSS_REGISTRY, "test_brier"), (BOX_LOSS_REGISTRY, "test_squared_deltas")):
-        del registry._obj_map[name]
+    return calls, box_calls  # unregistered after this module by conftest.restore_registries
 
 
 def test_user_registered_loss_selected_by_config_is_the_one_used(user_loss_calls, tiny_cfg, batch, run_losses):

@@ -11,13 +11,19 @@ log.txt, config.yaml, checkpoints, metrics.json, TensorBoard events, evaluation 
 training-curve plots.
 """
 import logging
+import math
 import os
 import sys
+from typing import Dict, List
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from detlib.checkpoint import DetectionCheckpointer
 from detlib.config import get_cfg
 from detlib.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detlib.engine.defaults import verify_results
+from detlib.evaluation import write_prediction_grid
 from detlib.utils import comm
 from detlib.utils.training_report import write_training_curves
 
@@ -42,18 +48,48 @@ def main(args, trainer_class=DefaultTrainer):
         model = trainer_class.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = trainer_class.test(cfg, model)
-        if comm.is_main_process() and cfg.TEST.EXPECTED_RESULTS:
-            verify_results(cfg, results)
+        if comm.is_main_process():
+            log_final_results(cfg, results)
+            if cfg.TEST.EXPECTED_RESULTS:
+                verify_results(cfg, results)
         return results
 
     trainer = trainer_class(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
-    metrics_file = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
-    if comm.is_main_process() and os.path.exists(metrics_file):
-        for path in write_training_curves(metrics_file, cfg.OUTPUT_DIR):
+    if comm.is_main_process():
+        for path in write_training_report(cfg, trainer.model):
             logger.info("Training report: %s", path)
+        if results:
+            log_final_results(cfg, results)
     return results
+
+
+def write_training_report(cfg, model: nn.Module) -> List[str]:
+    """Loss, lr and AP curves from OUTPUT_DIR/metrics.json, and the model's detections on the first
+    images of the first test set (`predictions.png`). Returns the paths written."""
+    written = []
+    metrics_file = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+    if os.path.exists(metrics_file):
+        written += write_training_curves(metrics_file, cfg.OUTPUT_DIR)
+    if cfg.DATASETS.TEST:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        path = os.path.join(cfg.OUTPUT_DIR, "predictions.png")
+        written.append(write_prediction_grid(model, cfg, cfg.DATASETS.TEST[0], path))
+    return written
+
+
+def log_final_results(cfg, results: Dict) -> None:
+    """One line per test set and task with its headline COCO metrics (percent)."""
+    per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
+    for dataset_name, tasks in per_dataset.items():
+        for task, metrics in tasks.items():
+            headline = "  ".join(
+                f"{name} {metrics[name]:.2f}" for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+                if name in metrics and math.isfinite(metrics[name])
+            )
+            logger.info("Final %s %s: %s", dataset_name, task, headline)
 
 
 if __name__ == "__main__":

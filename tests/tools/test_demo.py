@@ -45,10 +45,11 @@ def images(tmp_path) -> list:
     return paths
 
 
-def _run_demo(weights, images, output_dir, threshold):
+def _run_demo(weights, images, output_dir, threshold, *extra):
     _load_demo().main([
         "--config-file", str(CONFIG), "--input", *map(str, images), "--output", str(output_dir),
-        "--confidence-threshold", str(threshold), "--opts", "MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu",
+        "--confidence-threshold", str(threshold), *extra,
+        "--opts", "MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu",
     ])
 
 
@@ -68,3 +69,14 @@ def test_demo_without_detections_leaves_images_unchanged(weights, images, tmp_pa
     _run_demo(weights, images, output_dir, threshold=1.01)  # no score can pass
     for image_path in images:
         np.testing.assert_array_equal(cv2.imread(str(output_dir / image_path.name)), cv2.imread(str(image_path)))
+
+
+def test_demo_scale_enlarges_the_drawing(weights, images, tmp_path):
+    output_dir = tmp_path / "drawn"
+    _run_demo(weights, images, output_dir, 1.01, "--scale", "3")
+    for image_path in images:
+        original = cv2.imread(str(image_path))
+        drawn = cv2.imread(str(output_dir / image_path.name))
+        assert drawn.shape == (3 * original.shape[0], 3 * original.shape[1], 3)
+        # Nothing is drawn, so the picture is the input with each pixel repeated 3 x 3 times.
+        np.testing.assert_array_equal(drawn[1::3, 1::3], original)

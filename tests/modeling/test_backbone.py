@@ -15,6 +15,7 @@ from detlib.config import get_cfg
 from detlib.layers import FrozenBatchNorm2d, ShapeSpec
 from detlib.modeling.backbone import (
     FPN,
+    LastLevelMaxPool,
     Backbone,
     BasicBlock,
     BasicStem,
@@ -367,6 +368,12 @@ def test_fpn_rejects_non_doubling_strides():
         FPN(bottom_up, ["res2", "res4"], out_channels=8)
     with pytest.raises(ValueError, match="res6"):
         FPN(bottom_up, ["res5", "res6"], out_channels=8)
+
+
+def test_fpn_top_block_needs_its_input_level():
+    bottom_up = build_resnet_backbone(resnet_cfg(18, out_features=["res2", "res3", "res4"]), RGB)
+    with pytest.raises(ValueError, match=r"reads 'p5'.*only \['p2', 'p3', 'p4'\]"):
+        FPN(bottom_up, ["res2", "res3", "res4"], out_channels=8, top_block=LastLevelMaxPool())
 
 
 def test_retinanet_fpn_p3_to_p7():

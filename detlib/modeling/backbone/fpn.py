@@ -127,6 +127,13 @@ class FPN(Backbone):
 
         self._out_feature_strides: Dict[str, int] = {f"p{int(math.log2(s))}": s for s in strides}
         if top_block is not None:
+            source = top_block.in_feature
+            if source not in input_shapes and source not in self._out_feature_strides:
+                raise ValueError(
+                    f"FPN: the top block {type(top_block).__name__} reads '{source}', but with in_features "
+                    f"{list(in_features)} the pyramid has only {list(self._out_feature_strides)} and the "
+                    f"bottom-up network gives {list(input_shapes)}."
+                )
             last_level = int(math.log2(strides[-1]))
             for level in range(last_level + 1, last_level + 1 + top_block.num_levels):
                 self._out_feature_strides[f"p{level}"] = 2**level

@@ -7,10 +7,11 @@ with it (a detector, a classifier, `ModelWithLoss(model, loss_fn)`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
-from typing import Dict, Iterable, List, Mapping, Optional, Union
+from typing import ContextManager, Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -183,19 +184,26 @@ class SimpleTrainer(TrainerBase):
             next(self._data_loader_iter)
 
     def run_step(self) -> None:
-        assert self.model.training, "SimpleTrainer: the model was switched to eval mode and not back"
+        assert self.model.training, f"{type(self).__name__}: the model was switched to eval mode and not back"
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
-        loss_dict = _as_loss_dict(self.model(data))
-        losses = sum(loss_dict.values())
+        with self._forward_context():
+            loss_dict = _as_loss_dict(self.model(data))
+            losses = sum(loss_dict.values())
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
-        losses.backward()
+        self._backward_and_step(losses, loss_dict, data_time)
 
+    def _forward_context(self) -> ContextManager:
+        """The context the forward pass and the loss sum run in (AMPTrainer: autocast)."""
+        return contextlib.nullcontext()
+
+    def _backward_and_step(self, losses: torch.Tensor, loss_dict: Dict[str, torch.Tensor], data_time: float) -> None:
+        losses.backward()
         self._write_metrics(loss_dict, data_time)
         self.optimizer.step()
 
@@ -259,26 +267,14 @@ class AMPTrainer(SimpleTrainer):
         self.grad_scaler = grad_scaler
         self.precision = precision
 
-    def run_step(self) -> None:
-        assert self.model.training, "AMPTrainer: the model was switched to eval mode and not back"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
+    def _forward_context(self) -> ContextManager:
+        return torch.autocast(self.device_type, dtype=self.precision)
 
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        with torch.autocast(self.device_type, dtype=self.precision):
-            loss_dict = _as_loss_dict(self.model(data))
-            losses = sum(loss_dict.values())
-        if not self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-
+    def _backward_and_step(self, losses: torch.Tensor, loss_dict: Dict[str, torch.Tensor], data_time: float) -> None:
         if self.grad_scaler is None:
-            losses.backward()
-            self._write_metrics(loss_dict, data_time)
-            self.optimizer.step()
-        else:
-            self.grad_scaler.scale(losses).backward()
-            self._write_metrics(loss_dict, data_time)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
+            super()._backward_and_step(losses, loss_dict, data_time)
+            return
+        self.grad_scaler.scale(losses).backward()
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()

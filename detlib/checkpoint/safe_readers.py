@@ -31,6 +31,8 @@ _PICKLE_ALLOWED = {
     for core in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("_reconstruct", "scalar")
 } | {
+    (numeric, "_frombuffer") for numeric in ("numpy.core.numeric", "numpy._core.numeric")  # pickle protocol 5
+} | {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),

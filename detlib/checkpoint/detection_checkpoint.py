@@ -183,7 +183,7 @@ def _place_under_backbone(state_dict: Dict[str, Any], model_keys: Iterable[str])
     if len(prefixes) != 1:
         return state_dict  # no single ResNet to put them in: the names are reported as unexpected
     (prefix,) = prefixes
-    return {(prefix + name if prefix + name in model_keys else name): value for name, value in state_dict.items()}
+    return {(prefix + n if prefix + n in model_keys else n): value for n, value in state_dict.items()}
 
 
 class DetectionCheckpointer:

@@ -37,7 +37,11 @@ _PICKLE_ALLOWED = {
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
     ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
-} | {(builtins, name) for builtins in ("builtins", "__builtin__") for name in ("set", "frozenset", "bytearray", "complex")}
+} | {
+    (builtins, name)
+    for builtins in ("builtins", "__builtin__")
+    for name in ("set", "frozenset", "bytearray", "complex")
+}
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):

@@ -96,7 +96,8 @@ def test_unknown_caffe2_names_are_reported_as_unexpected(r50_fpn, tmp_path):
 
 
 def test_norm_statistics_and_group_norm_names_convert():
-    names = ["conv1_w", "res_conv1_bn_rm", "res_conv1_bn_riv", "res3_1_branch2b_gn_s", "res4_0_branch1_b", "x_momentum"]
+    names = ["conv1_w", "res_conv1_bn_rm", "res_conv1_bn_riv", "res3_1_branch2b_gn_s", "res4_0_branch1_b"]
+    names.append("x_momentum")
     converted = convert_caffe2_names({n: np.zeros(1) for n in names})
     assert sorted(converted) == [
         "res3.1.conv2.norm.weight",

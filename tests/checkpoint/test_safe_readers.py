@@ -28,7 +28,10 @@ class MakesDirectory:
 
 def _state(seed=0):
     rng = np.random.default_rng(seed)
-    return {"weight": rng.standard_normal((2, 3)).astype(np.float32), "bias": rng.standard_normal(2).astype(np.float32)}
+    return {
+        "weight": rng.standard_normal((2, 3)).astype(np.float32),
+        "bias": rng.standard_normal(2).astype(np.float32),
+    }
 
 
 def _crafted_pkl(tmp_path: Path, marker: Path) -> Path:
@@ -39,7 +42,8 @@ def _crafted_pkl(tmp_path: Path, marker: Path) -> Path:
 
 def _crafted_pth(tmp_path: Path, marker: Path) -> Path:
     path = tmp_path / "evil.pth"
-    torch.save({"model": {k: torch.from_numpy(v) for k, v in _state().items()}, "payload": MakesDirectory(str(marker))}, path)
+    weights = {k: torch.from_numpy(v) for k, v in _state().items()}
+    torch.save({"model": weights, "payload": MakesDirectory(str(marker))}, path)
     return path
 
 
@@ -116,7 +120,8 @@ def test_detlib_checkpoints_hold_only_what_weights_only_loading_admits(tmp_path)
     optimizer.step()
     scheduler.step()
     np.random.rand(3)  # a NumPy generator that has been used
-    DetectionCheckpointer(model, str(tmp_path), optimizer=optimizer, scheduler=scheduler).save("model_0000001", iteration=1)
+    checkpointer = DetectionCheckpointer(model, str(tmp_path), optimizer=optimizer, scheduler=scheduler)
+    checkpointer.save("model_0000001", iteration=1)
     # Plain weights-only loading, without the NumPy globals detlib's reader admits.
     data = torch.load(tmp_path / "model_0000001.pth", weights_only=True)
     assert {"model", "optimizer", "scheduler", "iteration", "rng_states"} <= set(data)

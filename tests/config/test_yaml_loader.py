@@ -9,7 +9,8 @@ import pytest
 from detlib.config import CfgNode, get_cfg
 from detlib.config.yaml_loader import UnsafeConfigError, safe_eval
 
-PEER_WHEEL = Path(__file__).resolve().parents[2] / ".." / "shared" / "peers" / "detectron2-0.6-cp311-cp311-linux_x86_64.whl"
+PEERS = Path(__file__).resolve().parents[2] / ".." / "shared" / "peers"
+PEER_WHEEL = PEERS / "detectron2-0.6-cp311-cp311-linux_x86_64.whl"
 RETINANET_SIZES_LINE = (
     'SIZES: !!python/object/apply:eval ["[[x, x * 2**(1.0/3), x * 2**(2.0/3) ] for x in [32, 64, 128, 256, 512 ]]"]'
 )

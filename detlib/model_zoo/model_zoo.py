@@ -65,17 +65,20 @@ def get_checkpoint_url(config_path: str) -> str:
     return f"detectron2://{name}/{_D2_CHECKPOINTS[name]}"
 
 
-def get(config_path: str, trained: bool = True, device: Optional[str] = None) -> nn.Module:
-    """The model of a zoo config, built (on `device`; default: CUDA when available, else CPU) and,
-    with `trained`, loaded with Detectron2's published weights for it; otherwise with the config's
-    own `MODEL.WEIGHTS` (typically the ImageNet backbone). The model is in training mode, as built;
-    call `.eval()` for inference.
+def get(config_path: str, trained: bool = False, device: Optional[str] = None) -> nn.Module:
+    """The model of a zoo config, built and loaded: with `trained`, with Detectron2's published
+    weights for it; otherwise with the config's own `MODEL.WEIGHTS` (the ImageNet backbone), as in
+    Detectron2. `device` overrides the config's (which falls back to CPU without CUDA). The model is
+    in training mode, as built; call `.eval()` for inference.
     """
     cfg = get_cfg()
     cfg.merge_from_file(get_config_file(config_path))
     if trained:
         cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path)
-    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None and not torch.cuda.is_available():
+        device = "cpu"
+    if device is not None:
+        cfg.MODEL.DEVICE = device
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import zipfile
 from typing import Any, List
 
@@ -105,8 +106,9 @@ def read_torch(path: str, allow_unsafe: bool = False) -> Any:
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        refused = _unsafe_globals(path)
+    except pickle.UnpicklingError as error:
+        # Zip-format files can be listed; for legacy-format ones, torch's message names the global.
+        refused = _unsafe_globals(path) or re.findall(r"GLOBAL ([\w.]+)", str(error))
         if refused:
             raise _refusal(path, refused) from None
         raise

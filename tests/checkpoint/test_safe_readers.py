@@ -47,7 +47,15 @@ def _crafted_pth(tmp_path: Path, marker: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("craft", [_crafted_pkl, _crafted_pth], ids=["pkl", "pth"])
+def _crafted_legacy_pth(tmp_path: Path, marker: Path) -> Path:
+    path = tmp_path / "evil_legacy.pth"
+    torch.save({"model": {}, "payload": MakesDirectory(str(marker))}, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    "craft", [_crafted_pkl, _crafted_pth, _crafted_legacy_pth], ids=["pkl", "pth", "pth-legacy-format"]
+)
 def test_a_crafted_file_is_refused_by_name_and_runs_nothing(tmp_path, craft, monkeypatch):
     monkeypatch.delenv("DETLIB_ALLOW_UNSAFE_LOAD", raising=False)
     marker = tmp_path / "marker"

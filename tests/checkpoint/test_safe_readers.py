@@ -142,3 +142,16 @@ def test_safetensors_weights_load(tmp_path):
     model = nn.Linear(3, 2)
     DetectionCheckpointer(model).load(str(path))
     assert torch.equal(model.weight.detach(), state["weight"]) and torch.equal(model.bias.detach(), state["bias"])
+
+
+def test_a_pickle_written_under_numpy_1_loads(tmp_path):
+    # NumPy 1 named its array constructor numpy.core.multiarray._reconstruct (Detectron2's zoo files).
+    state = _state(4)
+    written = pickle.dumps({"model": state}, protocol=2)
+    numpy1 = written.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert numpy1 != written
+    path = tmp_path / "model.pkl"
+    path.write_bytes(numpy1)
+    model = nn.Linear(3, 2)
+    DetectionCheckpointer(model).load(str(path))
+    assert torch.equal(model.weight.detach(), torch.from_numpy(state["weight"]))

@@ -155,3 +155,15 @@ def test_a_pickle_written_under_numpy_1_loads(tmp_path):
     model = nn.Linear(3, 2)
     DetectionCheckpointer(model).load(str(path))
     assert torch.equal(model.weight.detach(), torch.from_numpy(state["weight"]))
+
+
+def test_a_pth_of_numpy_arrays_written_under_numpy_1_loads(tmp_path):
+    state = _state(5)
+    path = tmp_path / "model.pth"
+    torch.save({"model": state}, path, _use_new_zipfile_serialization=False)  # one plain pickle stream
+    written = path.read_bytes()
+    path.write_bytes(written.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert path.read_bytes() != written
+    model = nn.Linear(3, 2)
+    DetectionCheckpointer(model).load(str(path))
+    assert torch.equal(model.bias.detach(), torch.from_numpy(state["bias"]))

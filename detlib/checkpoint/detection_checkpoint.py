@@ -2,14 +2,15 @@
 
 A checkpoint is one `torch.save`d dict: `model` (state dict), one entry per checkpointable
 (optimizer, scheduler, ...), `iteration`, `rng_states` (one per rank), plus whatever `save` was
-given. `load` also reads Detectron2 model-zoo files (`.pkl` of numpy arrays, `.pth`) and
-torchvision detection weights.
+given: tensors and plain values only, so that `torch.load(weights_only=True)` reads it. `load` also
+reads Detectron2 model-zoo files (`.pkl` of numpy arrays, `.pth`), Caffe2 ImageNet backbones,
+torchvision detection weights and `.safetensors`, from a path or a URL (see `download`), without
+running code from any of them (see `safe_readers`).
 """
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import tempfile
 from typing import IO, Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -21,6 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detlib.utils import comm
 from detlib.utils.env import get_rng_state
+
+from .caffe2_names import convert_caffe2_names, is_caffe2_state_dict
+from .download import cached_path
+from .safe_readers import UnsafeCheckpointError, read_pickle, read_safetensors, read_torch
 
 __all__ = ["DetectionCheckpointer", "IncompatibleKeys", "load_checkpoint_file", "load_model_state", "atomic_write"]
 
@@ -108,42 +113,47 @@ def load_model_state(model: nn.Module, state_dict: Dict[str, Any]) -> Incompatib
     return incompatible
 
 
-def _read_pickle(path: str) -> Any:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")  # Detectron2's zoo pickles were written by Python 2 tools too
+def _read(path: str, allow_unsafe: bool) -> Any:
+    if path.endswith(".pkl"):
+        return read_pickle(path, allow_unsafe)
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    return read_torch(path, allow_unsafe)
 
 
-def _read_torch(path: str) -> Any:
-    # Checkpoints hold NumPy RNG states, which the restricted unpickler rejects.
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def load_checkpoint_file(path: str) -> Dict[str, Any]:
-    """Read a weights or checkpoint file into a dict with a `model` state dict.
+def load_checkpoint_file(path: str, allow_unsafe: bool = False) -> Dict[str, Any]:
+    """Read a weights or checkpoint file (a path or a URL) into a dict with a `model` state dict.
 
     Understands detlib and Detectron2 `.pth` files (`{"model": ...}`), Detectron2 model-zoo
-    `.pkl` files (`{"model": {name: ndarray}, "__author__": ...}`), and torchvision detection
-    state dicts (converted to detlib names).
+    `.pkl` files (`{"model": {name: ndarray}, "__author__": ...}`), Caffe2 ImageNet backbones
+    (converted to ResNet-relative names and flagged `matching_heuristics`), torchvision detection
+    state dicts (converted to detlib names) and `.safetensors` files.
+
+    Raises:
+        UnsafeCheckpointError: the file references code and `allow_unsafe` was not given.
+        DownloadError: a URL could not be fetched.
     """
+    path = cached_path(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file {path} does not exist")
-    reader = _read_pickle if path.endswith(".pkl") else _read_torch
     try:
-        data = reader(path)
+        data = _read(path, allow_unsafe)
+    except UnsafeCheckpointError:
+        raise
     except Exception as error:
         raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a checkpoint: it holds a {type(data).__name__}, not a dict of weights")
-    if "blobs" in data:
-        raise ValueError(
-            f"{path} is a Detectron (Caffe2) weights file; its parameter names need a conversion "
-            "detlib does not implement. Use Detectron2 model-zoo weights instead."
-        )
+    if isinstance(data.get("blobs"), dict):  # Caffe2 Detectron files wrap their weights
+        data = data["blobs"]
     if "model" in data:
         if not isinstance(data["model"], dict):
             raise ValueError(f"{path}: its 'model' entry is a {type(data['model']).__name__}, not a state dict")
         return data
     if data and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in data.values()):
+        if is_caffe2_state_dict(data):
+            logger.info("Converting Caffe2 ResNet names in %s to detlib names", path)
+            return {"model": convert_caffe2_names(data), "matching_heuristics": True}
         data = _strip_common_prefix(data, "module.")
         converted = _maybe_convert_torchvision(data)
         return {"model": converted if converted is not None else data}
@@ -164,6 +174,18 @@ def _maybe_convert_torchvision(state_dict: Dict[str, Any]) -> Optional[Dict[str,
     return tv_conversion.convert_torchvision_state_dict(state_dict)
 
 
+def _place_under_backbone(state_dict: Dict[str, Any], model_keys: Iterable[str]) -> Dict[str, Any]:
+    """Prefix ResNet-relative names (an ImageNet backbone's: `stem.conv1.weight`, `res2.0.conv1.weight`)
+    with the ResNet's place in the model (`backbone.bottom_up.` in an R-CNN)."""
+    model_keys = set(model_keys)
+    stem = "stem.conv1.weight"
+    prefixes = {key[: -len(stem)] for key in model_keys if key.endswith(stem)}
+    if len(prefixes) != 1:
+        return state_dict  # no single ResNet to put them in: the names are reported as unexpected
+    (prefix,) = prefixes
+    return {(prefix + n if prefix + n in model_keys else n): value for n, value in state_dict.items()}
+
+
 class DetectionCheckpointer:
     """Save and restore a model and its training state under `save_dir`.
 
@@ -176,16 +198,27 @@ class DetectionCheckpointer:
         model: the model (a DDP wrapper is unwrapped).
         save_dir: where checkpoints go; "" disables saving.
         save_to_disk: default: only the main process writes.
+        allow_unsafe: read files that reference code (pickled objects beyond arrays and plain
+            values) without restriction. Only for files you trust; see `safe_readers`.
         checkpointables: other objects with `state_dict`/`load_state_dict` (optimizer=...,
             scheduler=...), saved and restored under their keyword.
     """
 
-    def __init__(self, model: nn.Module, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables):
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        allow_unsafe: bool = False,
+        **checkpointables,
+    ):
         if isinstance(model, DistributedDataParallel):
             model = model.module
         self.model = model
         self.save_dir = save_dir
         self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
+        self.allow_unsafe = allow_unsafe
         self.checkpointables: Dict[str, Any] = {}
         for key, obj in checkpointables.items():
             self.add_checkpointable(key, obj)
@@ -253,8 +286,8 @@ class DetectionCheckpointer:
 
     # -- loading -----------------------------------------------------------------------------
     def load(self, path: str, checkpointables: Optional[Iterable[str]] = None) -> Dict[str, Any]:
-        """Load weights from `path` into the model, and the state of `checkpointables` (default:
-        all registered ones present in the file).
+        """Load weights from `path` (a file or a URL) into the model, and the state of
+        `checkpointables` (default: all registered ones present in the file).
 
         Returns:
             the file's remaining entries (`iteration`, `rng_states`, extras); {} when `path` is "".
@@ -263,8 +296,11 @@ class DetectionCheckpointer:
             logger.info("No checkpoint given: the model keeps its initialization")
             return {}
         logger.info("Loading checkpoint from %s", path)
-        checkpoint = load_checkpoint_file(path)
-        self.incompatible_keys = load_model_state(self.model, checkpoint.pop("model"))
+        checkpoint = load_checkpoint_file(path, allow_unsafe=self.allow_unsafe)
+        state_dict = checkpoint.pop("model")
+        if checkpoint.pop("matching_heuristics", False):
+            state_dict = _place_under_backbone(state_dict, self.model.state_dict().keys())
+        self.incompatible_keys = load_model_state(self.model, state_dict)
         keys = self.checkpointables if checkpointables is None else checkpointables
         for key in keys:
             if key not in self.checkpointables:

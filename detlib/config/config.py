@@ -1,10 +1,13 @@
 """The YAML configuration tree: `_BASE_` inheritance, CLI overrides, and helpful errors for typos."""
 import difflib
+import os
 from typing import Any, Dict, Iterator, List, Optional
 
 from fvcore.common.config import BASE_KEY
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 from yacs.config import _merge_a_into_b
+
+from .yaml_loader import load_yaml
 
 __all__ = ["CfgNode", "get_cfg", "ConfigKeyError"]
 
@@ -32,8 +35,30 @@ class CfgNode(_FvcoreCfgNode):
     * integers are accepted where the default is a float (``BASE_LR: 1``);
     * nodes created with ``new_allowed=True`` (such as ``MODEL.LOSS_WEIGHTS``) accept new keys from
       files and from `merge_from_list`;
-    * a file whose ``VERSION`` is older than 2 (Detectron2's version-1 schema) is rejected.
+    * a file whose ``VERSION`` is older than 2 (Detectron2's version-1 schema) is rejected;
+    * files are parsed without running code (see `yaml_loader`) unless ``allow_unsafe=True``.
     """
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> Any:
+        """Parse `filename` safely and merge it over its `_BASE_` file(s) (a path or a list of
+        paths, relative to `filename` unless absolute)."""
+        with cls._open_cfg(filename) as f:
+            loaded = load_yaml(f, filename, allow_unsafe=allow_unsafe)
+        if not isinstance(loaded, dict) or BASE_KEY not in loaded:
+            return loaded
+        bases = loaded.pop(BASE_KEY)
+        merged: Dict[str, Any] = {}
+        for base in bases if isinstance(bases, list) else [bases]:
+            base = os.path.expanduser(base)
+            if not os.path.isabs(base):
+                base = os.path.join(os.path.dirname(filename), base)
+            base_cfg = cls.load_yaml_with_base(base, allow_unsafe=allow_unsafe)
+            if not isinstance(base_cfg, dict):
+                raise ValueError(f"Base config {base} of {filename} must hold a YAML mapping")
+            _merge_dicts(base_cfg, merged, base)
+        _merge_dicts(loaded, merged, filename)
+        return merged
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         """Merge a YAML file, following its `_BASE_` chain (paths relative to the including file)."""
@@ -123,6 +148,17 @@ class CfgNode(_FvcoreCfgNode):
         if close:
             message += f"; did you mean '{close[0]}'?"
         return ConfigKeyError(message)
+
+
+def _merge_dicts(source: Dict[str, Any], target: Dict[str, Any], source_file: str) -> None:
+    """Merge `source` into `target` recursively, `source` winning."""
+    for key, value in source.items():
+        if isinstance(value, dict) and key in target:
+            if not isinstance(target[key], dict):
+                raise ValueError(f"{source_file}: key '{key}' is a group here but a value in its base config")
+            _merge_dicts(value, target[key], source_file)
+        else:
+            target[key] = value
 
 
 def _check_version(version: Any, source: str) -> None:

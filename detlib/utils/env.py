@@ -61,8 +61,16 @@ def collect_env_info() -> str:
 
 def get_rng_state() -> dict:
     """The state of every random generator a training step may draw from: Python's, NumPy's,
-    torch's CPU generator and, when available, every CUDA device's."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch's CPU generator and, when available, every CUDA device's. Only tensors and plain values,
+    so that a checkpoint holding it loads with `torch.load(weights_only=True)`."""
+    _, key, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    numpy_state = {
+        "key": torch.from_numpy(key.astype(np.int64)),
+        "pos": int(position),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -71,7 +79,11 @@ def get_rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore generators from `get_rng_state()`'s result."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["key"].numpy().astype(np.uint32)
+        numpy_state = ("MT19937", key, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)  # a tuple: checkpoints written before the state was stored as above
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         if len(state["cuda"]) != torch.cuda.device_count():

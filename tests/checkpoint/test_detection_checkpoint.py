@@ -136,7 +136,7 @@ def test_missing_unexpected_and_shape_mismatched_keys_are_reported_and_mismatche
         (b"this is not a checkpoint", "is not a readable checkpoint"),
         (pickle.dumps([1, 2, 3]), "holds a list"),
         (pickle.dumps({"foo": "bar"}), "expected a dict with a 'model'"),
-        (pickle.dumps({"blobs": {}}), "Caffe2"),
+        (pickle.dumps({"blobs": {"conv1_w": "not an array"}}), "expected a dict with a 'model'"),
     ],
 )
 def test_a_file_that_is_not_a_checkpoint_gets_an_error_naming_it(tmp_path, content, message):

@@ -14,11 +14,7 @@ def find_top_rpn_proposals(
     proposals: List[torch.Tensor],
     pred_objectness_logits: List[torch.Tensor],
     image_sizes: List[Tuple[int, int]],
-    nms_thresh: float,
-    pre_nms_topk: int,
-    post_nms_topk: int,
-    min_box_size: float,
-    training: bool,
+    nms_thresh: float, pre_nms_topk: int, post_nms_topk: int, min_box_size: float, training: bool,
 ) -> List[Instances]:
     """
     Per image: keep the `pre_nms_topk` highest-scoring boxes of each feature level, clip them to the

@@ -65,7 +65,7 @@ def test_registered_box_loss_by_hand_and_from_config(tiny_cfg):
     alpha, gamma = 0.5, 1.5
     b = math.exp(gamma / alpha) - 1
     loss = balanced_l1()
-    assert loss.params == {"alpha": alpha, "gamma": gamma} and loss.space == "deltas"
+    assert loss.params == {"alpha": alpha, "gamma": gamma} and loss.kind == "deltas"
     pred, target = torch.tensor([[0.5, -2.0, 0.0, 1.0]]), torch.zeros(1, 4)
     inlier = alpha / b * (b * 0.5 + 1) * math.log(b * 0.5 + 1) - alpha * 0.5
     outlier = gamma * 2.0 + gamma / b - alpha

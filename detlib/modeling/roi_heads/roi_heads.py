@@ -142,7 +142,7 @@ class ROIHeads(nn.Module):
         if self.proposal_append_gt:
             proposals = add_ground_truth_to_proposals(targets, proposals)
 
-        sampled_proposals, num_fg, num_bg = [], [], []
+        sampled_proposals, fg_bg_counts = [], []
         for per_image, target in zip(proposals, targets):
             has_gt = len(target) > 0
             iou = pairwise_iou(target.gt_boxes, per_image.proposal_boxes)
@@ -159,14 +159,15 @@ class ROIHeads(nn.Module):
             # Without gt nothing is known to fill gt_boxes / gt_masks with; such proposals are all
             # background, which the heads handle.
 
-            bg = int((gt_classes == self.num_classes).sum())
-            num_bg.append(bg)
-            num_fg.append(gt_classes.numel() - bg)
             sampled_proposals.append(per_image)
+            background = int((gt_classes == self.num_classes).sum())
+            fg_bg_counts.append((gt_classes.numel() - background, background))
 
+        # Per-batch means of the foreground and background samples per image.
+        fg_mean, bg_mean = np.mean(fg_bg_counts, axis=0) if fg_bg_counts else (np.nan, np.nan)
         storage = get_event_storage()
-        storage.put_scalar("roi_head/num_fg_samples", np.mean(num_fg))
-        storage.put_scalar("roi_head/num_bg_samples", np.mean(num_bg))
+        storage.put_scalar("roi_head/num_fg_samples", fg_mean)
+        storage.put_scalar("roi_head/num_bg_samples", bg_mean)
         return sampled_proposals
 
     def forward(
@@ -187,10 +188,10 @@ class StandardROIHeads(ROIHeads):
     def __init__(
         self,
         *,
-        box_in_features: List[str],
-        box_pooler: ROIPooler,
         box_head: nn.Module,
         box_predictor: nn.Module,
+        box_in_features: List[str],
+        box_pooler: ROIPooler,
         train_on_pred_boxes: bool = False,
         mask_in_features: Optional[List[str]] = None,
         mask_pooler: Optional[ROIPooler] = None,
@@ -199,11 +200,11 @@ class StandardROIHeads(ROIHeads):
     ):
         """
         Args:
-            box_in_features: feature maps the box branch pools from, finest first.
-            box_pooler: pools the box features of each proposal.
-            box_head: transforms them (e.g. `FastRCNNConvFCHead`).
+            box_head: transforms the pooled box features (e.g. `FastRCNNConvFCHead`).
             box_predictor: predicts scores and deltas, with `losses` and `inference`
                 (e.g. `FastRCNNOutputLayers`).
+            box_in_features: feature maps the box branch pools from, finest first.
+            box_pooler: pools the box features of each proposal.
             train_on_pred_boxes: train the mask branch on the box branch's refined boxes instead of
                 the proposals.
             mask_in_features, mask_pooler, mask_head: the mask branch; absent when masks are off.

@@ -107,7 +107,7 @@ def user_loss_calls():
 
         return BoxLoss("test_squared_deltas", BoxLossKind.DELTAS, fn, {"scale": scale})
 
-    return calls, box_calls  # unregistered after this module by conftest.restore_registries
+    return calls, box_calls  # unregistered after this module by tests/conftest.py
 
 
 def test_user_registered_loss_selected_by_config_is_the_one_used(user_loss_calls, tiny_cfg, batch, run_losses):

@@ -26,16 +26,11 @@ def _snippets():
 
 
 SNIPPETS = _snippets()
-_namespaces = {}
-
-
 def run_snippet(name):
-    """Execute a snippet once per session (its registrations are global) and return its namespace."""
-    if name not in _namespaces:
-        namespace = {"__name__": f"docs_snippet_{name}"}
-        exec(compile(SNIPPETS[name], f"<docs snippet {name}>", "exec"), namespace)
-        _namespaces[name] = namespace
-    return _namespaces[name]
+    """Execute a snippet and return its namespace; what it registers is undone after the test (tests/conftest.py)."""
+    namespace = {"__name__": f"docs_snippet_{name}"}
+    exec(compile(SNIPPETS[name], f"<docs snippet {name}>", "exec"), namespace)
+    return namespace
 
 
 def test_all_snippets_are_tested():

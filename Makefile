@@ -1,6 +1,7 @@
 # The two entry points of detlib. Both set everything up from a fresh clone:
 #   make train   train and evaluate Mask R-CNN on the built-in synthetic dataset
 #   make test    run the test suite
+#   make lint    ruff: lint rules and formatting, as configured in pyproject.toml (checks only)
 # The virtualenv lives in .venv; the extension is rebuilt whenever csrc/ or setup.py changes.
 # CUDA kernels are compiled whenever nvcc is present (FORCE_CUDA=1), even without a GPU.
 
@@ -10,7 +11,7 @@ NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 FORCE_CUDA ?= $(if $(NVCC),1,0)
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: train test setup
+.PHONY: train test setup lint
 
 setup: $(VENV)/.built
 
@@ -28,3 +29,9 @@ train: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Needs the dependencies only, not the compiled extension. To fix what it reports:
+#   $(PY) -m ruff check --fix . && $(PY) -m ruff format .
+lint: $(VENV)/.deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .

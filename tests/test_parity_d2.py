@@ -4,7 +4,6 @@ config with the stored Detectron2 weights gives Detectron2's detections and trai
 """
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,27 +15,24 @@ from detlib.modeling import build_model
 from detlib.structures import Boxes, Instances, PolygonMasks, pairwise_iou
 from detlib.utils.events import EventStorage
 
-CASE = Path(__file__).resolve().parents[1] / ".." / "shared" / "parity" / "d2_case_a"
-
-pytestmark = pytest.mark.skipif(not CASE.is_dir(), reason=f"parity case not found at {CASE}")
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(d2_case):
     cfg = get_cfg()
-    cfg.merge_from_file(str(CASE / "config.yaml"))
+    cfg.merge_from_file(str(d2_case / "config.yaml"))
     model = build_model(cfg)
     checkpointer = DetectionCheckpointer(model)
-    checkpointer.load(str(CASE / "model.pkl"))
+    checkpointer.load(str(d2_case / "model.pkl"))
     keys = checkpointer.incompatible_keys
     assert not keys.missing and not keys.unexpected and not keys.shape_mismatch, keys
     return model
 
 
-def test_weights_load_exactly(model):
+def test_weights_load_exactly(model, d2_case):
     import pickle
 
-    with open(CASE / "model.pkl", "rb") as f:
+    with open(d2_case / "model.pkl", "rb") as f:
         stored = pickle.load(f, encoding="latin1")["model"]
     state = model.state_dict()
     assert set(state) == set(stored)
@@ -45,8 +41,8 @@ def test_weights_load_exactly(model):
 
 
 @pytest.mark.parametrize("stem", ["img0_480x640", "img1_300x500", "img2_640x427"])
-def test_inference_matches_detectron2(model, stem):
-    expected = np.load(CASE / "expected_inference.npz")
+def test_inference_matches_detectron2(model, stem, d2_case):
+    expected = np.load(d2_case / "expected_inference.npz")
     height, width = (int(v) for v in expected[f"{stem}__orig_hw"])
     image = torch.from_numpy(expected[f"{stem}__input_image_chw_bgr_uint8"])
     model.eval()
@@ -77,10 +73,10 @@ def test_inference_matches_detectron2(model, stem):
     assert (ours == exp_masks).float().mean() > 0.999
 
 
-def _train_batch():
-    data = np.load(CASE / "train_inputs.npz")
+def _train_batch(case):
+    data = np.load(case / "train_inputs.npz")
     batch = []
-    for stem in json.loads((CASE / "expected_losses.json").read_text())["batch_order"]:
+    for stem in json.loads((case / "expected_losses.json").read_text())["batch_order"]:
         image = torch.from_numpy(data[f"{stem}__image_chw_bgr_uint8"])
         classes = torch.from_numpy(data[f"{stem}__gt_classes"])
         polygons = [dict() for _ in range(len(classes))]
@@ -98,13 +94,13 @@ def _train_batch():
     return batch
 
 
-def test_training_losses_match_detectron2(model):
-    expected = json.loads((CASE / "expected_losses.json").read_text())
+def test_training_losses_match_detectron2(model, d2_case):
+    expected = json.loads((d2_case / "expected_losses.json").read_text())
     model.train()
     try:
         with EventStorage(0):
             torch.manual_seed(expected["torch_seed_before_forward"])
-            losses = model(_train_batch())
+            losses = model(_train_batch(d2_case))
     finally:
         model.eval()
     assert set(losses) == set(expected["losses"])

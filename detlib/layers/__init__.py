@@ -17,6 +17,7 @@ from .losses import (
     BOX_LOSS_REGISTRY,
     CLS_LOSS_REGISTRY,
     BoxLoss,
+    BoxLossKind,
     ClassificationLoss,
     build_box_loss,
     build_classification_loss,

@@ -23,12 +23,11 @@ class FrozenBatchNorm2d(nn.Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features) - eps)
+        self.num_features, self.eps = num_features, eps
+        # Identity until a checkpoint fills them: unit scale, zero shift, and statistics that
+        # cancel (var + eps == 1).
+        for name, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0 - eps)):
+            self.register_buffer(name, torch.full((num_features,), fill))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:

@@ -1,32 +1,31 @@
 """
-The loss registries: box-regression losses and classification losses, by name.
+Losses by name: box-regression losses and classification losses, each registered as a factory
+whose keyword parameters (with defaults) are the loss's parameters.
 
-Two kinds of loss live here. Losses on *deltas* (`smooth_l1`, `l1`) compare predicted
-`Box2BoxTransform` offsets with the offsets that reach the target box. Losses on *boxes*
-(`giou`, `diou`, `ciou`) compare decoded boxes, XYXY in absolute pixels, with the target boxes.
-Every loss returns the sum over the R compared pairs; the caller normalizes.
+A box loss compares either predicted `Box2BoxTransform` offsets with the offsets that reach the
+target (`BoxLossKind.DELTAS`: `smooth_l1`, `l1`) or decoded boxes, XYXY in absolute pixels, with
+the target boxes (`BoxLossKind.BOXES`: `giou`, `diou`, `ciou`). A classification loss (`cross_entropy`,
+`focal`) has a binary form (one logit per prediction, the RPN's objectness) and a multi-class form
+(K + 1 logits per RoI, the box predictor's); the head picks the form it needs. Every loss returns
+the sum over what it compares; the head normalizes and weights it.
 
-Add a loss by registering a factory named like the loss. Its keyword parameters (with defaults) are
-the loss's parameters; it validates them and returns a `BoxLoss`::
+Add a loss by registering a factory named like the loss; it validates its parameters and returns
+the built loss::
 
     @BOX_LOSS_REGISTRY.register()
     def scaled_l1(scale: float = 2.0) -> BoxLoss:
         require_non_negative("scaled_l1", "scale", scale)
-        return BoxLoss("scaled_l1", "deltas", lambda pred, target: scale * (pred - target).abs().sum())
+        return BoxLoss("scaled_l1", BoxLossKind.DELTAS, lambda pred, target: scale * (pred - target).abs().sum())
 
-and select it with `MODEL.RPN.BBOX_REG_LOSS_TYPE: scaled_l1`, its parameters set in
-`MODEL.RPN.BBOX_REG_LOSS_PARAMS: {"scale": 3.0}` (likewise under `MODEL.ROI_BOX_HEAD`).
-
-Classification losses (`cross_entropy`, `focal`) score logits against class labels, for the RPN's
-objectness (one logit per anchor) and the box predictor's classes (K + 1 logits per RoI). They are
-registered the same way in `CLS_LOSS_REGISTRY`, return a `ClassificationLoss`, and are selected with
-`MODEL.RPN.CLS_LOSS_TYPE` / `MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE`, their parameters set in
-`CLS_LOSS_PARAMS` next to it (`{"gamma": 1.5}`).
+and select it with `MODEL.RPN.BBOX_REG_LOSS_TYPE: scaled_l1`, its parameters in
+`MODEL.RPN.BBOX_REG_LOSS_PARAMS: {"scale": 3.0}` (likewise under `MODEL.ROI_BOX_HEAD`, and
+`CLS_LOSS_TYPE` / `CLS_LOSS_PARAMS` for classification losses).
 """
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Union
+from enum import Enum
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,16 +35,15 @@ from detlib.utils.registry import Registry
 __all__ = [
     "BOX_LOSS_REGISTRY",
     "BoxLoss",
+    "BoxLossKind",
     "build_box_loss",
-    "box_loss_parameters",
-    "resolve_box_loss",
+    "box_loss_from_config",
     "CLS_LOSS_REGISTRY",
     "ClassificationLoss",
     "build_classification_loss",
-    "classification_loss_parameters",
-    "resolve_classification_loss",
-    "sigmoid_focal_loss",
+    "check_loss_weights",
     "require_non_negative",
+    "sigmoid_focal_loss",
     "smooth_l1_loss",
     "giou_loss",
     "diou_loss",
@@ -53,37 +51,34 @@ __all__ = [
 ]
 
 BOX_LOSS_REGISTRY = Registry("BOX_LOSS")
-BOX_LOSS_REGISTRY.__doc__ = """
-Box-regression losses by name. Each entry is a factory `f(**params) -> BoxLoss` whose keyword
-parameters and defaults are the loss's parameters, checked when the model is built.
-"""
+BOX_LOSS_REGISTRY.__doc__ = "Box-regression losses by name: factories `f(**params) -> BoxLoss`."
 
 CLS_LOSS_REGISTRY = Registry("CLS_LOSS")
-CLS_LOSS_REGISTRY.__doc__ = """
-Classification losses by name. Each entry is a factory `f(**params) -> ClassificationLoss` whose
-keyword parameters and defaults are the loss's parameters, checked when the model is built.
-"""
+CLS_LOSS_REGISTRY.__doc__ = "Classification losses by name: factories `f(**params) -> ClassificationLoss`."
 
-_SPACES = ("deltas", "boxes")
+# (fn(logits, labels, weights) -> weighted sum): the signature of both forms of a classification loss.
+ClassificationFn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+class BoxLossKind(str, Enum):
+    """What a box loss compares: box deltas, or decoded boxes."""
+
+    DELTAS = "deltas"
+    BOXES = "boxes"
 
 
 @dataclass(frozen=True)
 class BoxLoss:
-    """
-    A box-regression loss bound to its parameters.
-
-    `space` says what `fn(pred, target)` compares: "deltas" (R x 4 `Box2BoxTransform` offsets) or
-    "boxes" (R x 4 XYXY absolute boxes). `fn` returns the summed loss, a scalar tensor.
-    """
+    """A box-regression loss bound to its parameters: `loss(pred, target)` (both R x 4) is the summed loss."""
 
     name: str
-    space: str
+    kind: BoxLossKind
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.space not in _SPACES:
-            raise ValueError(f"BoxLoss '{self.name}': space must be one of {_SPACES}, got '{self.space}'")
+        # BoxLossKind("deltas") also accepts the plain string, so factories may pass either.
+        object.__setattr__(self, "kind", BoxLossKind(self.kind))
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.fn(pred, target)
@@ -92,24 +87,17 @@ class BoxLoss:
 @dataclass(frozen=True)
 class ClassificationLoss:
     """
-    A classification loss bound to its parameters. `fn(logits, labels, weights)` returns the
-    weighted sum of the per-prediction losses, a scalar tensor, for either layout:
+    A classification loss bound to its parameters, in its two forms; each returns the weighted sum
+    of the per-prediction losses (`weights` (R,) or None for all 1), which the caller normalizes:
 
-    * binary, one logit per prediction (the RPN's objectness): logits (R,), labels (R,) in {0, 1};
-    * multi-class, K + 1 logits per prediction (the box predictor): logits R x (K + 1), labels (R,)
-      int64 in [0, K], where K is background.
-
-    `weights` is (R,) or None (all 1); the caller normalizes the sum.
+    * `binary(logits (R,), labels (R,) in {0, 1}, weights)`: one logit per prediction;
+    * `multiclass(logits R x (K + 1), labels (R,) int64 in [0, K], weights)`: K is background.
     """
 
     name: str
-    fn: Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+    binary: ClassificationFn
+    multiclass: ClassificationFn
     params: Dict[str, Any] = field(default_factory=dict)
-
-    def __call__(
-        self, logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        return self.fn(logits, labels, weights)
 
 
 def require_non_negative(loss_name: str, param: str, value: float) -> None:
@@ -124,29 +112,31 @@ def _require_positive(loss_name: str, param: str, value: float) -> None:
         raise ValueError(f"Loss '{loss_name}': {param} must be > 0, got {value!r}")
 
 
-# What each registry holds: (description in messages, the type its factories return).
-_KINDS = {
-    BOX_LOSS_REGISTRY: ("box regression loss", BoxLoss),
-    CLS_LOSS_REGISTRY: ("classification loss", ClassificationLoss),
-}
+def check_loss_weights(
+    owner: str, weights: Union[float, Mapping[str, float]], names: Sequence[str]
+) -> Dict[str, float]:
+    """
+    The weight of each of `owner`'s loss terms `names`: `weights` is one number for all of them, or
+    a mapping that gives some of them theirs (the others keep 1). Raises a ValueError naming the
+    owner and the term for a weight that is not a finite number >= 0, or for a name it does not make.
+    """
+    if not isinstance(weights, Mapping):
+        weights = {name: weights for name in names}
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"{owner}: no loss term {unknown} to weight; its terms are {list(names)}")
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"{owner}: the weight of '{name}' must be a finite number >= 0, got {weight!r}")
+    return {name: float(weights.get(name, 1.0)) for name in names}
 
 
-def _factory(registry: Registry, name: str) -> Callable[..., Any]:
+def _build(registry: Registry, kind: str, result_type: type, name: str, params: Mapping[str, Any]) -> Any:
+    """Look `name` up in `registry`, check `params` against its factory's signature, and build it."""
     if not isinstance(name, str) or name not in registry:
-        kind = _KINDS[registry][0]
         raise KeyError(f"Unknown {kind} {name!r}; registered {kind}es: {sorted(n for n, _ in registry)}")
-    return registry.get(name)
-
-
-def _parameters(registry: Registry, name: str) -> Dict[str, Any]:
-    signature = inspect.signature(_factory(registry, name))
-    return {p.name: p.default for p in signature.parameters.values()}
-
-
-def _build(registry: Registry, name: str, params: Dict[str, Any]) -> Any:
-    kind, result_type = _KINDS[registry]
-    factory = _factory(registry, name)
-    accepted = _parameters(registry, name)
+    factory = registry.get(name)
+    accepted = {p.name: p.default for p in inspect.signature(factory).parameters.values()}
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise TypeError(f"The {kind} '{name}' has no parameter(s) {unknown}; its parameters are {accepted}")
@@ -156,51 +146,29 @@ def _build(registry: Registry, name: str, params: Dict[str, Any]) -> Any:
     return loss
 
 
-def box_loss_parameters(name: str) -> Dict[str, Any]:
-    """The parameters of the registered box loss `name` with their defaults."""
-    return _parameters(BOX_LOSS_REGISTRY, name)
-
-
 def build_box_loss(name: str, **params: Any) -> BoxLoss:
-    """
-    The registered box loss `name` bound to `params`. An unknown name, an unknown parameter or an
-    invalid value raises, naming the valid choices.
-    """
-    return _build(BOX_LOSS_REGISTRY, name, params)
-
-
-def classification_loss_parameters(name: str) -> Dict[str, Any]:
-    """The parameters of the registered classification loss `name` with their defaults."""
-    return _parameters(CLS_LOSS_REGISTRY, name)
+    """The registered box loss `name` bound to `params`; a bad name, parameter or value raises, naming the choices."""
+    return _build(BOX_LOSS_REGISTRY, "box regression loss", BoxLoss, name, params)
 
 
 def build_classification_loss(name: str, **params: Any) -> ClassificationLoss:
-    """
-    The registered classification loss `name` bound to `params`. An unknown name, an unknown
-    parameter or an invalid value raises, naming the valid choices.
-    """
-    return _build(CLS_LOSS_REGISTRY, name, params)
+    """The registered classification loss `name` bound to `params`; a bad name, parameter or value raises."""
+    return _build(CLS_LOSS_REGISTRY, "classification loss", ClassificationLoss, name, params)
 
 
-def resolve_classification_loss(loss: Union[str, ClassificationLoss]) -> ClassificationLoss:
-    """A `ClassificationLoss` from a registered name (with its default parameters) or as given."""
-    return loss if isinstance(loss, ClassificationLoss) else build_classification_loss(loss)
-
-
-def resolve_box_loss(
-    loss: Union[str, BoxLoss], smooth_l1_beta: float = 0.0, params: Optional[Dict[str, Any]] = None
-) -> BoxLoss:
+def box_loss_from_config(node, path: str) -> BoxLoss:
     """
-    A `BoxLoss` from Detectron2's pair of arguments (`box_reg_loss_type`, `smooth_l1_beta`) and
-    detlib's `params`: a loss given by name is built with `params`, and with `beta=smooth_l1_beta`
-    when it has a `beta` parameter that `params` does not set. A `BoxLoss` is returned as is.
+    The box loss of a head's config node (`path`, e.g. "MODEL.RPN"): `BBOX_REG_LOSS_TYPE` built with
+    `BBOX_REG_LOSS_PARAMS`. Detectron2's `SMOOTH_L1_BETA` is the one place a loss's `beta` is set;
+    `BBOX_REG_LOSS_PARAMS` may not set it too.
     """
-    if isinstance(loss, BoxLoss):
-        return loss
-    params = dict(params or {})
-    if "beta" in box_loss_parameters(loss):
-        params.setdefault("beta", smooth_l1_beta)
-    return build_box_loss(loss, **params)
+    params = dict(node.BBOX_REG_LOSS_PARAMS)
+    if "beta" in params:
+        raise ValueError(f"{path}.BBOX_REG_LOSS_PARAMS sets beta; set it with {path}.SMOOTH_L1_BETA instead")
+    name = node.BBOX_REG_LOSS_TYPE
+    if name in BOX_LOSS_REGISTRY and "beta" in inspect.signature(BOX_LOSS_REGISTRY.get(name)).parameters:
+        params["beta"] = node.SMOOTH_L1_BETA
+    return build_box_loss(name, **params)
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -307,35 +275,35 @@ def smooth_l1(beta: float = 0.0) -> BoxLoss:
     """Smooth-L1 on deltas, quadratic below `beta` (beta 0: plain L1)."""
     require_non_negative("smooth_l1", "beta", beta)
     return BoxLoss(
-        "smooth_l1", "deltas", lambda pred, target: smooth_l1_loss(pred, target, beta, "sum"), {"beta": beta}
+        "smooth_l1", BoxLossKind.DELTAS, lambda pred, target: smooth_l1_loss(pred, target, beta, "sum"), {"beta": beta}
     )
 
 
 @BOX_LOSS_REGISTRY.register()
 def l1() -> BoxLoss:
     """L1 on deltas."""
-    return BoxLoss("l1", "deltas", lambda pred, target: torch.abs(pred - target).sum())
+    return BoxLoss("l1", BoxLossKind.DELTAS, lambda pred, target: torch.abs(pred - target).sum())
 
 
 @BOX_LOSS_REGISTRY.register()
 def giou(eps: float = 1e-7) -> BoxLoss:
     """Generalized IoU loss on decoded boxes."""
     _require_positive("giou", "eps", eps)
-    return BoxLoss("giou", "boxes", lambda pred, target: giou_loss(pred, target, "sum", eps), {"eps": eps})
+    return BoxLoss("giou", BoxLossKind.BOXES, lambda pred, target: giou_loss(pred, target, "sum", eps), {"eps": eps})
 
 
 @BOX_LOSS_REGISTRY.register()
 def diou(eps: float = 1e-7) -> BoxLoss:
     """Distance IoU loss on decoded boxes."""
     _require_positive("diou", "eps", eps)
-    return BoxLoss("diou", "boxes", lambda pred, target: diou_loss(pred, target, "sum", eps), {"eps": eps})
+    return BoxLoss("diou", BoxLossKind.BOXES, lambda pred, target: diou_loss(pred, target, "sum", eps), {"eps": eps})
 
 
 @BOX_LOSS_REGISTRY.register()
 def ciou(eps: float = 1e-7) -> BoxLoss:
     """Complete IoU loss on decoded boxes."""
     _require_positive("ciou", "eps", eps)
-    return BoxLoss("ciou", "boxes", lambda pred, target: ciou_loss(pred, target, "sum", eps), {"eps": eps})
+    return BoxLoss("ciou", BoxLossKind.BOXES, lambda pred, target: ciou_loss(pred, target, "sum", eps), {"eps": eps})
 
 
 def _weighted_sum(loss: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
@@ -345,21 +313,22 @@ def _weighted_sum(loss: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.
 @CLS_LOSS_REGISTRY.register()
 def cross_entropy(label_smoothing: float = 0.0) -> ClassificationLoss:
     """
-    Cross-entropy: binary (sigmoid) on one logit per prediction, softmax over K + 1 logits. With
+    Cross-entropy: sigmoid on one logit per prediction, softmax over K + 1 logits. With
     `label_smoothing` e, targets move e of the way towards uniform (1/2 binary, 1/(K + 1) softmax).
     """
     require_non_negative("cross_entropy", "label_smoothing", label_smoothing)
     if label_smoothing >= 1:
         raise ValueError(f"Loss 'cross_entropy': label_smoothing must be in [0, 1), got {label_smoothing!r}")
 
-    def fn(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
-        if logits.dim() == 1:
-            targets = labels.to(logits.dtype) * (1 - label_smoothing) + 0.5 * label_smoothing
-            return F.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum")
+    def binary(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        targets = labels.to(logits.dtype) * (1 - label_smoothing) + 0.5 * label_smoothing
+        return F.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum")
+
+    def multiclass(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
         loss = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
         return _weighted_sum(loss, weights)
 
-    return ClassificationLoss("cross_entropy", fn, {"label_smoothing": label_smoothing})
+    return ClassificationLoss("cross_entropy", binary, multiclass, {"label_smoothing": label_smoothing})
 
 
 @CLS_LOSS_REGISTRY.register()
@@ -372,12 +341,13 @@ def focal(alpha: float = 0.25, gamma: float = 2.0) -> ClassificationLoss:
     if not (alpha == -1 or (isinstance(alpha, (int, float)) and 0 <= alpha <= 1)):
         raise ValueError(f"Loss 'focal': alpha must be in [0, 1], or -1 for no class weighting, got {alpha!r}")
 
-    def fn(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
-        if logits.dim() == 1:
-            return _weighted_sum(sigmoid_focal_loss(logits, labels.to(logits.dtype), alpha, gamma), weights)
+    def binary(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        return _weighted_sum(sigmoid_focal_loss(logits, labels.to(logits.dtype), alpha, gamma), weights)
+
+    def multiclass(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
         num_classes = logits.shape[1] - 1
         targets = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)
         loss = sigmoid_focal_loss(logits[:, :num_classes], targets, alpha, gamma).sum(dim=1)
         return _weighted_sum(loss, weights)
 
-    return ClassificationLoss("focal", fn, {"alpha": alpha, "gamma": gamma})
+    return ClassificationLoss("focal", binary, multiclass, {"alpha": alpha, "gamma": gamma})

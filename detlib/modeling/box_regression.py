@@ -4,7 +4,7 @@ from typing import Sequence, Tuple, Union
 
 import torch
 
-from detlib.layers.losses import BoxLoss, resolve_box_loss
+from detlib.layers.losses import BoxLoss, BoxLossKind
 from detlib.layers.wrappers import cat
 from detlib.structures import Boxes
 
@@ -12,6 +12,13 @@ __all__ = ["Box2BoxTransform", "dense_box_regression_loss"]
 
 # exp() of a larger log-scale delta would make a box over 1000/16 times its anchor: clamp there.
 _DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
+
+
+def _center_form(boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(center x, center y, width, height) columns of R x 4 XYXY boxes."""
+    width = boxes[:, 2] - boxes[:, 0]
+    height = boxes[:, 3] - boxes[:, 1]
+    return boxes[:, 0] + 0.5 * width, boxes[:, 1] + 0.5 * height, width, height
 
 
 class Box2BoxTransform:
@@ -42,27 +49,28 @@ class Box2BoxTransform:
             raise TypeError(
                 f"get_deltas takes tensors, got {type(src_boxes).__name__} and {type(target_boxes).__name__}"
             )
-        src_widths = src_boxes[:, 2] - src_boxes[:, 0]
-        src_heights = src_boxes[:, 3] - src_boxes[:, 1]
-        src_ctr_x = src_boxes[:, 0] + 0.5 * src_widths
-        src_ctr_y = src_boxes[:, 1] + 0.5 * src_heights
-
-        target_widths = target_boxes[:, 2] - target_boxes[:, 0]
-        target_heights = target_boxes[:, 3] - target_boxes[:, 1]
-        target_ctr_x = target_boxes[:, 0] + 0.5 * target_widths
-        target_ctr_y = target_boxes[:, 1] + 0.5 * target_heights
-
+        # R-CNN's box parametrisation (Girshick et al. 2014, eq. 6-9): t_x = (G_x - P_x) / P_w,
+        # t_w = log(G_w / P_w), likewise for y and h, each t scaled by its weight. Parity with
+        # Detectron2's regression targets depends on the order kept here: weight times difference
+        # first, then the division by the source size.
+        src_x, src_y, src_w, src_h = _center_form(src_boxes)
+        tgt_x, tgt_y, tgt_w, tgt_h = _center_form(target_boxes)
         wx, wy, ww, wh = self.weights
-        dx = wx * (target_ctr_x - src_ctr_x) / src_widths
-        dy = wy * (target_ctr_y - src_ctr_y) / src_heights
-        dw = ww * torch.log(target_widths / src_widths)
-        dh = wh * torch.log(target_heights / src_heights)
+        deltas = torch.stack(
+            (
+                wx * (tgt_x - src_x) / src_w,
+                wy * (tgt_y - src_y) / src_h,
+                ww * torch.log(tgt_w / src_w),
+                wh * torch.log(tgt_h / src_h),
+            ),
+            dim=1,
+        )
         # Checked on the device, so a GPU step does not wait for the answer.
         torch._assert_async(
-            ((src_widths > 0) & (src_heights > 0)).all(),
+            ((src_w > 0) & (src_h > 0)).all(),
             "Box2BoxTransform.get_deltas: source boxes need positive width and height",
         )
-        return torch.stack((dx, dy, dw, dh), dim=1)
+        return deltas
 
     def apply_deltas(self, deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """
@@ -70,29 +78,17 @@ class Box2BoxTransform:
         Returns R x 4k boxes. Decoding is done in float32 whatever the input precision.
         """
         deltas = deltas.float()
-        boxes = boxes.to(deltas.dtype)
-
-        widths = boxes[:, 2] - boxes[:, 0]
-        heights = boxes[:, 3] - boxes[:, 1]
-        ctr_x = boxes[:, 0] + 0.5 * widths
-        ctr_y = boxes[:, 1] + 0.5 * heights
-
+        # The inverse of `get_deltas`: G_x = P_w * t_x / w_x + P_x, G_w = P_w * exp(t_w / w_w), the
+        # log-size deltas clamped before exp(). Parity with Detectron2's decoded boxes depends on
+        # this order (divide by the weight, scale by the size, add the center; half of the size).
+        anc_x, anc_y, anc_w, anc_h = (v[:, None] for v in _center_form(boxes.to(deltas.dtype)))
         wx, wy, ww, wh = self.weights
-        dx = deltas[:, 0::4] / wx
-        dy = deltas[:, 1::4] / wy
-        dw = torch.clamp(deltas[:, 2::4] / ww, max=self.scale_clamp)
-        dh = torch.clamp(deltas[:, 3::4] / wh, max=self.scale_clamp)
-
-        pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
-        pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
-        pred_w = torch.exp(dw) * widths[:, None]
-        pred_h = torch.exp(dh) * heights[:, None]
-
-        x1 = pred_ctr_x - 0.5 * pred_w
-        y1 = pred_ctr_y - 0.5 * pred_h
-        x2 = pred_ctr_x + 0.5 * pred_w
-        y2 = pred_ctr_y + 0.5 * pred_h
-        return torch.stack((x1, y1, x2, y2), dim=-1).reshape(deltas.shape)
+        center_x = deltas[:, 0::4] / wx * anc_w + anc_x
+        center_y = deltas[:, 1::4] / wy * anc_h + anc_y
+        half_w = 0.5 * (torch.exp(torch.clamp(deltas[:, 2::4] / ww, max=self.scale_clamp)) * anc_w)
+        half_h = 0.5 * (torch.exp(torch.clamp(deltas[:, 3::4] / wh, max=self.scale_clamp)) * anc_h)
+        corners = (center_x - half_w, center_y - half_h, center_x + half_w, center_y + half_h)
+        return torch.stack(corners, dim=-1).reshape(deltas.shape)
 
 
 def dense_box_regression_loss(
@@ -101,8 +97,7 @@ def dense_box_regression_loss(
     pred_anchor_deltas: Sequence[torch.Tensor],
     gt_boxes: Sequence[torch.Tensor],
     fg_mask: torch.Tensor,
-    box_reg_loss_type: Union[str, BoxLoss] = "smooth_l1",
-    smooth_l1_beta: float = 0.0,
+    box_loss: BoxLoss,
 ) -> torch.Tensor:
     """
     Summed box-regression loss of dense predictions over the foreground, for N images and R anchors.
@@ -113,18 +108,15 @@ def dense_box_regression_loss(
         pred_anchor_deltas: per level, N x R_l x 4 predicted deltas.
         gt_boxes: per image, the R x 4 gt box matched to each anchor (any value where not foreground).
         fg_mask: N x R bool, the anchors that count (or `...` for all of them).
-        box_reg_loss_type: a registered box loss name (see `BOX_LOSS_REGISTRY`) or a built `BoxLoss`.
-            Delta losses compare deltas, box losses compare the decoded boxes.
-        smooth_l1_beta: `beta` of a named loss that has one.
+        box_loss: compares deltas or decoded boxes, as its `kind` says.
     """
-    box_loss = resolve_box_loss(box_reg_loss_type, smooth_l1_beta)
     if isinstance(anchors[0], Boxes):
         anchors = Boxes.cat(list(anchors)).tensor
     else:
         anchors = cat(list(anchors), dim=0)
     pred_deltas = cat(list(pred_anchor_deltas), dim=1)  # N x R x 4
 
-    if box_loss.space == "deltas":
+    if box_loss.kind is BoxLossKind.DELTAS:
         target = torch.stack([box2box_transform.get_deltas(anchors, gt) for gt in gt_boxes])
         pred = pred_deltas
     else:

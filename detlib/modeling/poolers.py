@@ -14,11 +14,7 @@ _POOLER_TYPES = ("ROIAlign", "ROIAlignV2")
 
 
 def assign_boxes_to_levels(
-    box_lists: List[Boxes],
-    min_level: int,
-    max_level: int,
-    canonical_box_size: int,
-    canonical_level: int,
+    box_lists: List[Boxes], min_level: int, max_level: int, canonical_box_size: int, canonical_level: int
 ) -> torch.Tensor:
     """
     The pyramid level each box is pooled from, by the FPN paper's rule (eq. 1):

@@ -7,9 +7,10 @@ and is stepped once per iteration.
 from __future__ import annotations
 
 import logging
-from typing import List, Sequence
+from typing import List, Literal, Sequence
 
 import torch
+from torch.optim import Optimizer
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
     ConstantParamScheduler,
@@ -40,7 +41,7 @@ class WarmupParamScheduler(CompositeParamScheduler):
         scheduler: ParamScheduler,
         warmup_factor: float,
         warmup_length: float,
-        warmup_method: str = "linear",
+        warmup_method: Literal["linear", "constant"] = "linear",
         rescale_interval: bool = False,
     ):
         """
@@ -70,13 +71,7 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
     Step it once per iteration, after `optimizer.step()`.
     """
 
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        multiplier: ParamScheduler,
-        max_iter: int,
-        last_iter: int = -1,
-    ):
+    def __init__(self, optimizer: Optimizer, multiplier: ParamScheduler, max_iter: int, last_iter: int = -1):
         if not isinstance(multiplier, ParamScheduler):
             raise TypeError(f"multiplier must be a fvcore ParamScheduler, got {type(multiplier).__name__}")
         self._multiplier = multiplier

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from detlib.checkpoint import DetectionCheckpointer, load_checkpoint_file, load_model_state
+from detlib.checkpoint.torchvision import convert_torchvision_state_dict
 from detlib.solver import WarmupMultiStepLR
 from detlib.utils.env import get_rng_state, set_rng_state
 
@@ -183,18 +184,14 @@ def test_ddp_wrapper_is_unwrapped_and_checkpointables_validated(tmp_path):
         checkpointer.add_checkpointable("model", torch.optim.SGD(Net().parameters(), lr=1))
 
 
-def test_torchvision_detection_weights_are_converted():
-    tv = pytest.importorskip("detlib.checkpoint.torchvision")
+def test_torchvision_detection_weights_are_converted(tmp_path):
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     state = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
-    path = "/tmp/detlib_tv_test_weights.pth"
+    path = tmp_path / "torchvision_weights.pth"
     torch.save(state, path)
-    try:
-        loaded = load_checkpoint_file(path)["model"]
-    finally:
-        os.remove(path)
-    assert loaded.keys() == tv.convert_torchvision_state_dict(state).keys()
+    loaded = load_checkpoint_file(str(path))["model"]
+    assert loaded.keys() == convert_torchvision_state_dict(state).keys()
     assert "backbone.bottom_up.stem.conv1.weight" in loaded
 
 

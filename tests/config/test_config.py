@@ -5,7 +5,6 @@ import yaml
 
 from detlib.config import CfgNode, ConfigKeyError, get_cfg
 
-PARITY_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "parity" / "d2_case_a"
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -36,10 +35,8 @@ def _write(path: Path, text: str) -> str:
     return str(path)
 
 
-def test_detectron2_full_dump_merges_and_every_value_arrives():
-    config_file = PARITY_DIR / "config.yaml"
-    if not config_file.is_file():
-        pytest.skip(f"parity case not found at {PARITY_DIR}")
+def test_detectron2_full_dump_merges_and_every_value_arrives(d2_case):
+    config_file = d2_case / "config.yaml"
     cfg = get_cfg()
     cfg.merge_from_file(str(config_file))
 

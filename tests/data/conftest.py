@@ -7,14 +7,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-PARITY_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "parity" / "d2_case_a"
-
-
 @pytest.fixture
-def parity_dir() -> Path:
-    if not PARITY_DIR.is_dir():
-        pytest.skip("shared/parity/d2_case_a is not available")
-    return PARITY_DIR
+def parity_dir(d2_case) -> Path:
+    return d2_case
 
 
 def _rle(mask: np.ndarray) -> dict:

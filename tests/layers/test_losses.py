@@ -4,15 +4,17 @@ import pytest
 import torch
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
+from detlib.config import get_cfg
 from detlib.layers.losses import (
     BOX_LOSS_REGISTRY,
     BoxLoss,
-    box_loss_parameters,
+    BoxLossKind,
+    box_loss_from_config,
     build_box_loss,
+    check_loss_weights,
     ciou_loss,
     diou_loss,
     giou_loss,
-    resolve_box_loss,
     smooth_l1_loss,
 )
 
@@ -67,23 +69,37 @@ def test_iou_losses_match_torchvision(ours, theirs):
 
 def test_registered_losses_and_parameters():
     assert {"smooth_l1", "l1", "giou", "diou", "ciou"} <= {name for name, _ in BOX_LOSS_REGISTRY}
-    assert box_loss_parameters("smooth_l1") == {"beta": 0.0}
-    assert box_loss_parameters("l1") == {}
-    assert box_loss_parameters("ciou") == {"eps": 1e-7}
+    assert build_box_loss("smooth_l1").params == {"beta": 0.0}
+    assert build_box_loss("l1").params == {}
+    assert build_box_loss("ciou").params == {"eps": 1e-7}
     pred, target = torch.tensor([[0.5, -2.0, 0.0, 0.0]]), torch.zeros(1, 4)
-    assert build_box_loss("smooth_l1").space == "deltas"
+    assert build_box_loss("smooth_l1").kind is BoxLossKind.DELTAS
     torch.testing.assert_close(build_box_loss("smooth_l1", beta=1.0)(pred, target), torch.tensor(0.125 + 1.5))
     torch.testing.assert_close(build_box_loss("l1")(pred, target), torch.tensor(2.5))
     giou = build_box_loss("giou")
-    assert giou.space == "boxes"
+    assert giou.kind is BoxLossKind.BOXES
     torch.testing.assert_close(giou(A, B), giou_loss(A, B).sum())
 
 
-def test_resolve_detectron2_arguments():
-    assert resolve_box_loss("smooth_l1", 0.3).params == {"beta": 0.3}
-    assert resolve_box_loss("giou", 0.3).params == {"eps": 1e-7}  # beta means nothing to giou
-    built = build_box_loss("diou")
-    assert resolve_box_loss(built, 0.3) is built
+def test_box_loss_from_config_takes_beta_from_smooth_l1_beta_only():
+    cfg = get_cfg()
+    cfg.MODEL.RPN.SMOOTH_L1_BETA = 0.3
+    assert box_loss_from_config(cfg.MODEL.RPN, "MODEL.RPN").params == {"beta": 0.3}
+    cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = "giou"
+    assert box_loss_from_config(cfg.MODEL.RPN, "MODEL.RPN").params == {"eps": 1e-7}  # beta means nothing to giou
+    cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS.beta = 0.5
+    with pytest.raises(ValueError, match=r"MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS sets beta.*SMOOTH_L1_BETA"):
+        box_loss_from_config(cfg.MODEL.ROI_BOX_HEAD, "MODEL.ROI_BOX_HEAD")
+
+
+def test_check_loss_weights():
+    assert check_loss_weights("Head", 2, ["a", "b"]) == {"a": 2.0, "b": 2.0}
+    assert check_loss_weights("Head", {"b": 0.5}, ["a", "b"]) == {"a": 1.0, "b": 0.5}
+    with pytest.raises(ValueError, match=r"Head: no loss term \['c'\] to weight; its terms are \['a', 'b'\]"):
+        check_loss_weights("Head", {"c": 1.0}, ["a", "b"])
+    for bad in (-1.0, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="Head: the weight of 'a' must be a finite number >= 0"):
+            check_loss_weights("Head", {"a": bad}, ["a"])
 
 
 def test_invalid_settings_fail_with_choices():
@@ -92,20 +108,20 @@ def test_invalid_settings_fail_with_choices():
     with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
         build_box_loss("smooth_l1", beta=-0.1)
     with pytest.raises(ValueError, match="beta"):
-        resolve_box_loss("smooth_l1", float("nan"))
+        build_box_loss("smooth_l1", beta=float("nan"))
     with pytest.raises(ValueError, match="eps must be > 0"):
         build_box_loss("giou", eps=0.0)
     with pytest.raises(TypeError, match=r"no parameter\(s\) \['beta'\].*\{'eps': 1e-07\}"):
         build_box_loss("giou", beta=1.0)
-    with pytest.raises(ValueError, match="space"):
+    with pytest.raises(ValueError, match="'pixels' is not a valid BoxLossKind"):
         BoxLoss("bad", "pixels", lambda p, t: p)
 
 
 def test_user_registered_loss():
     @BOX_LOSS_REGISTRY.register()
     def test_scaled_l1(scale: float = 2.0) -> BoxLoss:
-        return BoxLoss("test_scaled_l1", "deltas", lambda p, t: scale * (p - t).abs().sum(), {"scale": scale})
+        return BoxLoss("test_scaled_l1", BoxLossKind.DELTAS, lambda p, t: scale * (p - t).abs().sum(), {"scale": scale})
 
     loss = build_box_loss("test_scaled_l1", scale=3.0)
     torch.testing.assert_close(loss(torch.ones(2, 4), torch.zeros(2, 4)), torch.tensor(24.0))
-    assert box_loss_parameters("test_scaled_l1") == {"scale": 2.0}
+    assert loss.params == {"scale": 3.0}

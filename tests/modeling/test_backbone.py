@@ -3,7 +3,6 @@ hand-written FPN reference, and the Detectron2 parity checkpoint loading by name
 import math
 import pickle
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +24,6 @@ from detlib.modeling.backbone import (
     build_resnet_backbone,
 )
 
-PARITY_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "parity" / "d2_case_a"
 RGB = ShapeSpec(channels=3)
 ALL_STAGES = ["res2", "res3", "res4", "res5"]
 
@@ -403,13 +401,11 @@ def test_initialization_follows_caffe2():
 
 
 # ------------------------------------------------------------------------------ Detectron2 parity weights
-def test_loads_detectron2_parity_checkpoint_by_name():
-    if not PARITY_DIR.exists():
-        pytest.skip(f"parity case not found at {PARITY_DIR}")
+def test_loads_detectron2_parity_checkpoint_by_name(d2_case):
     cfg = get_cfg()
-    cfg.merge_from_file(str(PARITY_DIR / "config.yaml"))
+    cfg.merge_from_file(str(d2_case / "config.yaml"))
     model = build_backbone(cfg)
-    with open(PARITY_DIR / "model.pkl", "rb") as f:
+    with open(d2_case / "model.pkl", "rb") as f:
         weights = pickle.load(f, encoding="latin1")["model"]
     checkpoint = {k[len("backbone."):]: torch.from_numpy(v) for k, v in weights.items() if k.startswith("backbone.")}
     state = model.state_dict()

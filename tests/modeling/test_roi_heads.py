@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss
 
 from detlib.config import get_cfg
-from detlib.layers import ShapeSpec
+from detlib.layers import ShapeSpec, build_box_loss
 from detlib.modeling import Box2BoxTransform, Matcher
 from detlib.modeling.roi_heads import (
     FastRCNNConvFCHead,
@@ -125,7 +125,7 @@ def test_fast_rcnn_giou_loss_and_class_agnostic_regression():
     fg = torch.tensor([0, 2])
     transform = Box2BoxTransform((10.0, 10.0, 5.0, 5.0))
     with EventStorage(0):
-        giou = _predictor(box_reg_loss_type="giou").losses((scores, deltas), [proposals])["loss_box_reg"]
+        giou = _predictor(box_loss=build_box_loss("giou")).losses((scores, deltas), [proposals])["loss_box_reg"]
         agnostic = _predictor(cls_agnostic_bbox_reg=True)
         assert agnostic.bbox_pred.out_features == 4
         agnostic_loss = agnostic.losses((scores, deltas[:, 4:]), [proposals])["loss_box_reg"]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from detlib.config import get_cfg
-from detlib.layers import ShapeSpec
+from detlib.layers import ShapeSpec, build_box_loss
 from detlib.modeling.anchor_generator import DefaultAnchorGenerator
 from detlib.modeling.box_regression import Box2BoxTransform
 from detlib.modeling.matcher import Matcher
@@ -98,7 +98,7 @@ def test_losses_by_hand():
 
 def test_loss_weights_and_box_loss_choice():
     images, features, gt = _inputs()
-    weighted = _tiny_rpn(loss_weight={"loss_rpn_cls": 2.0, "loss_rpn_loc": 0.5}, smooth_l1_beta=1.0).train()
+    weighted = _tiny_rpn(loss_weight={"loss_rpn_cls": 2.0, "loss_rpn_loc": 0.5}, box_loss=build_box_loss("smooth_l1", beta=1.0)).train()
     with EventStorage(0):
         _, losses = weighted(images, features, gt)
     cls = (_bce(2.0, 1) + _bce(-1.0, 0) + _bce(0.5, 0) + _bce(0.0, 0)) / 8
@@ -106,7 +106,7 @@ def test_loss_weights_and_box_loss_choice():
     torch.testing.assert_close(losses["loss_rpn_cls"], torch.tensor(2.0 * cls))
     torch.testing.assert_close(losses["loss_rpn_loc"], torch.tensor(0.5 * loc))
 
-    giou = _tiny_rpn(box_reg_loss_type="giou").train()
+    giou = _tiny_rpn(box_loss=build_box_loss("giou")).train()
     with EventStorage(0):
         _, losses = giou(images, features, gt)
     # Decoded positive: center (4.8, 2.4), 8 x 8e^0.3 -> IoU with the gt [0, 0, 8, 8] by hand.
@@ -256,7 +256,7 @@ def test_invalid_settings_fail_at_build_time():
         build_proposal_generator(cfg, _fpn_shapes())
     cfg.MODEL.RPN.SMOOTH_L1_BETA = 0.0
     cfg.MODEL.RPN.LOSS_WEIGHT = -1.0
-    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+    with pytest.raises(ValueError, match="RPN: the weight of .loss_rpn_cls. must be a finite number >= 0"):
         build_proposal_generator(cfg, _fpn_shapes())
     cfg.MODEL.RPN.LOSS_WEIGHT = 1.0
     cfg.MODEL.RPN.IN_FEATURES = ["res4"]

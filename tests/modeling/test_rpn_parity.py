@@ -1,7 +1,6 @@
 """The RPN proposals of the Detectron2 parity case A: same weights, same input, same proposals."""
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from detlib.modeling.proposal_generator import build_proposal_generator
 from detlib.structures import Boxes, ImageList, Instances
 from detlib.utils.events import EventStorage
 
-CASE = Path(__file__).resolve().parents[2] / ".." / "shared" / "parity" / "d2_case_a"
 # Proposals compared one to one, from the best. Further down the 1000, float32 differences in the
 # convolutions (another machine, thread count or kernel) may flip near-ties in the per-level top-k
 # or NMS, see the case's README; on the reference CPU setup all 1000 are identical.
@@ -21,19 +19,17 @@ TOP = 300
 
 
 @pytest.fixture(scope="module")
-def case():
-    if not CASE.is_dir():
-        pytest.skip(f"parity case not found at {CASE}")
+def case(d2_case):
     cfg = get_cfg()
-    cfg.merge_from_file(str(CASE / "config.yaml"))
+    cfg.merge_from_file(str(d2_case / "config.yaml"))
     backbone = build_backbone(cfg)
     rpn = build_proposal_generator(cfg, backbone.output_shape())
-    with open(CASE / "model.pkl", "rb") as f:
+    with open(d2_case / "model.pkl", "rb") as f:
         weights = pickle.load(f)["model"]
     for prefix, module in (("backbone.", backbone), ("proposal_generator.", rpn)):
         state = {k[len(prefix):]: torch.from_numpy(v) for k, v in weights.items() if k.startswith(prefix)}
         module.load_state_dict(state, strict=True)
-    expected = np.load(CASE / "expected_inference.npz")
+    expected = np.load(d2_case / "expected_inference.npz")
     return cfg, backbone.eval(), rpn.eval(), expected
 
 
@@ -64,12 +60,12 @@ def test_proposals_match_detectron2(case, stem):
     assert has_counterpart.float().mean() >= 0.99
 
 
-def test_training_losses_match_detectron2(case):
+def test_training_losses_match_detectron2(case, d2_case):
     # One training forward on the 3-image batch. BATCH_SIZE_PER_IMAGE is 1e6 in this config, so every
     # labelled anchor is sampled and the losses do not depend on the random sampling.
     cfg, backbone, rpn, _ = case
-    inputs = np.load(CASE / "train_inputs.npz")
-    reference = json.loads((CASE / "expected_losses.json").read_text())
+    inputs = np.load(d2_case / "train_inputs.npz")
+    reference = json.loads((d2_case / "expected_losses.json").read_text())
     stems = reference["batch_order"]
     images = ImageList.from_tensors(
         [_normalized(cfg, inputs[f"{stem}__image_chw_bgr_uint8"]) for stem in stems], backbone.size_divisibility

@@ -103,14 +103,9 @@ class FPN(Backbone):
         lateral_convs, output_convs = [], []
         for feature, stride in zip(in_features, strides):
             level = int(math.log2(stride))
-            lateral = Conv2d(
-                input_shapes[feature].channels, out_channels, kernel_size=1, bias=use_bias,
-                norm=get_norm(norm, out_channels),
-            )
-            output = Conv2d(
-                out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=use_bias,
-                norm=get_norm(norm, out_channels),
-            )
+            # 1x1 lateral conv to the pyramid's width, then a same-size 3x3 conv; a bias only without norm.
+            lateral = Conv2d(input_shapes[feature].channels, out_channels, 1, bias=use_bias, norm=get_norm(norm, out_channels))
+            output = Conv2d(out_channels, out_channels, 3, padding=1, bias=use_bias, norm=get_norm(norm, out_channels))
             c2_xavier_fill(lateral)
             c2_xavier_fill(output)
             self.add_module(f"fpn_lateral{level}", lateral)

@@ -35,13 +35,19 @@ _BLOCKS_PER_STAGE = {
 }
 
 
+def _conv_norm(in_channels: int, out_channels: int, kernel: int, norm, stride: int = 1, **conv_args) -> Conv2d:
+    """
+    A bias-free conv followed by `norm`, padded to keep the size (up to the stride). Every conv of a
+    ResNet is one; the weights are MSRA-initialized by the block that owns it.
+    """
+    padding = conv_args.get("dilation", 1) * (kernel // 2)
+    norm_layer = get_norm(norm, out_channels)
+    return Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False, norm=norm_layer, **conv_args)
+
+
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm) -> Optional[Conv2d]:
     """Projection shortcut (1x1 conv + norm) when the block changes channels; identity (None) otherwise."""
-    if in_channels == out_channels:
-        return None
-    return Conv2d(
-        in_channels, out_channels, kernel_size=1, stride=stride, bias=False, norm=get_norm(norm, out_channels)
-    )
+    return None if in_channels == out_channels else _conv_norm(in_channels, out_channels, 1, norm, stride)
 
 
 class BasicStem(CNNBlockBase):
@@ -49,10 +55,7 @@ class BasicStem(CNNBlockBase):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 64, norm="BN"):
         super().__init__(in_channels, out_channels, stride=4)
-        self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False,
-            norm=get_norm(norm, out_channels),
-        )
+        self.conv1 = _conv_norm(in_channels, out_channels, 7, norm, stride=2)
         c2_msra_fill(self.conv1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,14 +69,8 @@ class BasicBlock(CNNBlockBase):
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm="BN"):
         super().__init__(in_channels, out_channels, stride)
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
-        self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        self.conv2 = Conv2d(
-            out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False,
-            norm=get_norm(norm, out_channels),
-        )
+        self.conv1 = _conv_norm(in_channels, out_channels, 3, norm, stride)
+        self.conv2 = _conv_norm(out_channels, out_channels, 3, norm)
         for conv in (self.shortcut, self.conv1, self.conv2):
             if conv is not None:
                 c2_msra_fill(conv)
@@ -108,17 +105,10 @@ class BottleneckBlock(CNNBlockBase):
         super().__init__(in_channels, out_channels, stride)
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = Conv2d(
-            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False,
-            norm=get_norm(norm, bottleneck_channels),
-        )
-        self.conv2 = Conv2d(
-            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3, padding=dilation,
-            bias=False, groups=num_groups, dilation=dilation, norm=get_norm(norm, bottleneck_channels),
-        )
-        self.conv3 = Conv2d(
-            bottleneck_channels, out_channels, kernel_size=1, bias=False, norm=get_norm(norm, out_channels)
-        )
+        width = bottleneck_channels
+        self.conv1 = _conv_norm(in_channels, width, 1, norm, stride_1x1)
+        self.conv2 = _conv_norm(width, width, 3, norm, stride_3x3, groups=num_groups, dilation=dilation)
+        self.conv3 = _conv_norm(width, out_channels, 1, norm)
         for conv in (self.shortcut, self.conv1, self.conv2, self.conv3):
             if conv is not None:
                 c2_msra_fill(conv)
@@ -208,19 +198,13 @@ class ResNet(Backbone):
         """
         if x.dim() != 4:
             raise ValueError(f"ResNet takes an input of shape (N, C, H, W); got {tuple(x.shape)}.")
-        outputs = {}
-        x = self.stem(x)
-        if "stem" in self._out_features:
-            outputs["stem"] = x
+        features = {"stem": self.stem(x)}
+        last = features["stem"]
         for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x)
-            if name in self._out_features:
-                outputs[name] = x
+            last = features[name] = stage(last)
         if self.num_classes is not None:
-            x = self.linear(torch.flatten(self.avgpool(x), 1))
-            if "linear" in self._out_features:
-                outputs["linear"] = x
-        return outputs
+            features["linear"] = self.linear(torch.flatten(self.avgpool(last), 1))
+        return {name: value for name, value in features.items() if name in self._out_features}
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {

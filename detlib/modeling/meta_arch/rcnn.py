@@ -7,11 +7,11 @@ Inputs are Detectron2's list of per-image dicts:
   * "instances" (training): gt `Instances` with `gt_boxes`, `gt_classes` (and `gt_masks`);
   * "proposals" (without a proposal generator): `Instances` with `proposal_boxes`, `objectness_logits`.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from detlib.config import configurable
 from detlib.layers import move_device_like
@@ -28,6 +28,7 @@ from .build import META_ARCH_REGISTRY
 __all__ = ["GeneralizedRCNN", "ProposalNetwork"]
 
 _INPUT_FORMATS = ("BGR", "RGB", "L")
+InstancesList = Optional[List[Instances]]
 
 
 class _RCNNBase(nn.Module):
@@ -41,6 +42,18 @@ class _RCNNBase(nn.Module):
         # Not persistent: they come from the config, so checkpoints neither need nor override them.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @staticmethod
+    def _shared_parts(cfg) -> Dict[str, Any]:
+        """The constructor arguments both models build alike: backbone, proposal generator, pixel statistics."""
+        backbone = build_backbone(cfg)
+        proposal_generator = build_proposal_generator(cfg, backbone.output_shape())
+        return dict(
+            backbone=backbone,
+            proposal_generator=proposal_generator,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -94,29 +107,27 @@ class GeneralizedRCNN(_RCNNBase):
     def __init__(
         self,
         *,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
         backbone: Backbone,
         proposal_generator: Optional[nn.Module],
         roi_heads: nn.Module,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
         input_format: Optional[str] = None,
         vis_period: int = 0,
     ):
         """
         Args:
+            pixel_mean, pixel_std: per-channel input normalization, in the input's channel order.
             backbone: features from the normalized, padded image batch.
             proposal_generator: `(images, features, gt) -> (proposals, losses)`; None to read
                 precomputed "proposals" from the inputs.
             roi_heads: `(images, features, proposals, gt) -> (instances, losses)`.
-            pixel_mean, pixel_std: per-channel input normalization, in the input's channel order.
             input_format: channel order of the input images ("BGR", "RGB", "L").
             vis_period: every this many training iterations, put an image of one input's gt boxes
                 and its top proposals in the event storage (0: never).
         """
         super().__init__()
-        self.backbone = backbone
-        self.proposal_generator = proposal_generator
-        self.roi_heads = roi_heads
+        self.backbone, self.proposal_generator, self.roi_heads = backbone, proposal_generator, roi_heads
         if input_format is not None and input_format not in _INPUT_FORMATS:
             raise ValueError(f"INPUT.FORMAT must be one of {_INPUT_FORMATS}, got '{input_format}'")
         self.input_format = input_format
@@ -127,16 +138,9 @@ class GeneralizedRCNN(_RCNNBase):
 
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        return {
-            "backbone": backbone,
-            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
-            "roi_heads": build_roi_heads(cfg, backbone.output_shape()),
-            "input_format": cfg.INPUT.FORMAT,
-            "vis_period": cfg.VIS_PERIOD,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-        }
+        parts = cls._shared_parts(cfg)
+        parts["roi_heads"] = build_roi_heads(cfg, parts["backbone"].output_shape())
+        return {**parts, "input_format": cfg.INPUT.FORMAT, "vis_period": cfg.VIS_PERIOD}
 
     def visualize_training(
         self, batched_inputs: List[Dict], proposals: List[Instances], max_proposals: int = 20
@@ -168,15 +172,10 @@ class GeneralizedRCNN(_RCNNBase):
         if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
             self.visualize_training(batched_inputs, proposals)
 
-        losses = dict(detector_losses)
-        losses.update(proposal_losses)
-        return losses
+        return {**detector_losses, **proposal_losses}
 
     def inference(
-        self,
-        batched_inputs: List[Dict[str, torch.Tensor]],
-        detected_instances: Optional[List[Instances]] = None,
-        do_postprocess: bool = True,
+        self, batched_inputs: List[Dict[str, Tensor]], detected_instances: InstancesList = None, do_postprocess: bool = True
     ):
         """
         Args:
@@ -225,27 +224,15 @@ class ProposalNetwork(_RCNNBase):
 
     @configurable
     def __init__(
-        self,
-        *,
-        backbone: Backbone,
-        proposal_generator: nn.Module,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
+        self, *, pixel_mean: Sequence[float], pixel_std: Sequence[float], backbone: Backbone, proposal_generator: nn.Module
     ):
         super().__init__()
-        self.backbone = backbone
-        self.proposal_generator = proposal_generator
+        self.backbone, self.proposal_generator = backbone, proposal_generator
         self._init_pixel_stats(pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        return {
-            "backbone": backbone,
-            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-        }
+        return cls._shared_parts(cfg)
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         images = self.preprocess_image(batched_inputs)

@@ -1,8 +1,9 @@
 """Turning dense box predictions into per-image proposals, and adding the gt boxes to them."""
 import math
-from typing import List, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
+from torch import Tensor
 
 from detlib.layers import batched_nms, cat
 from detlib.structures import Boxes, Instances
@@ -11,9 +12,9 @@ __all__ = ["find_top_rpn_proposals", "add_ground_truth_to_proposals"]
 
 
 def find_top_rpn_proposals(
-    proposals: List[torch.Tensor],
-    pred_objectness_logits: List[torch.Tensor],
-    image_sizes: List[Tuple[int, int]],
+    proposals: List[Tensor],
+    pred_objectness_logits: List[Tensor],
+    image_sizes: Sequence[Tuple[int, int]],
     nms_thresh: float,
     pre_nms_topk: int,
     post_nms_topk: int,

@@ -2,19 +2,20 @@
 Region Proposal Network (Faster R-CNN, Ren et al. 2015): an objectness score and box deltas for every
 anchor, its own losses in training, and per-image proposals in both modes.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from detlib.config import configurable
 from detlib.layers import Conv2d, ShapeSpec, cat
 from detlib.layers.losses import (
     BoxLoss,
     ClassificationLoss,
+    box_loss_from_config,
+    build_box_loss,
     build_classification_loss,
-    resolve_box_loss,
-    resolve_classification_loss,
+    check_loss_weights,
 )
 from detlib.structures import Boxes, ImageList, Instances, pairwise_iou
 from detlib.utils.events import get_event_storage
@@ -104,133 +105,111 @@ class StandardRPNHead(nn.Module):
             "conv_dims": cfg.MODEL.RPN.CONV_DIMS,
         }
 
-    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
         """
         Args:
             features: per level, N x C x Hi x Wi.
         Returns:
             per level, objectness logits N x A x Hi x Wi and anchor deltas N x A*box_dim x Hi x Wi.
         """
-        pred_objectness_logits, pred_anchor_deltas = [], []
-        for x in features:
-            t = self.conv(x)
-            pred_objectness_logits.append(self.objectness_logits(t))
-            pred_anchor_deltas.append(self.anchor_deltas(t))
-        return pred_objectness_logits, pred_anchor_deltas
+        hidden = [self.conv(level) for level in features]
+        return [self.objectness_logits(h) for h in hidden], [self.anchor_deltas(h) for h in hidden]
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class RPN(nn.Module):
     """
-    Region Proposal Network. In training it labels and samples anchors against the gt boxes and
-    returns its losses `loss_rpn_cls` and `loss_rpn_loc` along with the proposals; in inference it
-    returns the proposals and no losses.
+    Region Proposal Network. Training: anchors are labelled against the gt boxes and sampled, and
+    the losses `loss_rpn_cls` and `loss_rpn_loc` come back with the proposals. Inference: the
+    proposals and an empty loss dict.
     """
+
+    LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_loc")
 
     @configurable
     def __init__(
         self,
         *,
         in_features: List[str],
-        head: nn.Module,
         anchor_generator: nn.Module,
+        head: nn.Module,
         anchor_matcher: Matcher,
         box2box_transform: Box2BoxTransform,
-        batch_size_per_image: int,
-        positive_fraction: float,
         pre_nms_topk: Tuple[int, int],
         post_nms_topk: Tuple[int, int],
+        batch_size_per_image: int,
+        positive_fraction: float,
         nms_thresh: float = 0.7,
         min_box_size: float = 0.0,
         anchor_boundary_thresh: float = -1.0,
-        loss_weight: Union[float, Dict[str, float]] = 1.0,
-        box_reg_loss_type: Union[str, BoxLoss] = "smooth_l1",
-        smooth_l1_beta: float = 0.0,
-        cls_loss_type: Union[str, ClassificationLoss] = "cross_entropy",
+        loss_weight: Union[float, Mapping[str, float]] = 1.0,
+        box_loss: Optional[BoxLoss] = None,
+        cls_loss: Optional[ClassificationLoss] = None,
     ):
         """
         Args:
             in_features: names of the feature maps used, e.g. ["p2", ..., "p6"].
-            head: maps the feature list to per-level objectness logits and anchor deltas.
             anchor_generator: maps the feature list to per-level anchors.
+            head: maps the feature list to per-level objectness logits and anchor deltas.
             anchor_matcher: labels anchors by their IoU with the gt boxes.
             box2box_transform: the coding of the predicted anchor deltas.
-            batch_size_per_image: anchors sampled per image for the losses; also their normalizer.
-            positive_fraction: largest share of positives among the sampled anchors.
             pre_nms_topk: (training, inference) candidates kept per level before NMS.
             post_nms_topk: (training, inference) proposals kept per image after NMS.
+            batch_size_per_image: anchors sampled per image for the losses; also their normalizer.
+            positive_fraction: largest share of positives among the sampled anchors.
             nms_thresh: IoU threshold of the per-level NMS.
             min_box_size: proposals with a side of at most this (pixels, after clipping) are dropped.
             anchor_boundary_thresh: anchors sticking out of the image by more than this many pixels
                 are ignored in the losses; negative to keep them all.
-            loss_weight: multiplier of both losses, or a dict {"loss_rpn_cls": w, "loss_rpn_loc": w}.
-            box_reg_loss_type: name of a loss in `BOX_LOSS_REGISTRY`, or a `BoxLoss`.
-            smooth_l1_beta: `beta` of a box loss that has one (smooth_l1; 0 makes it L1).
-            cls_loss_type: name of a loss in `CLS_LOSS_REGISTRY`, or a `ClassificationLoss`, scoring
-                the objectness logits (one per anchor, a binary problem).
+            loss_weight: multiplier of both losses, or per loss ({"loss_rpn_cls": w, "loss_rpn_loc": w}).
+            box_loss: the localization loss (default: smooth-L1 with beta 0, i.e. L1, on deltas).
+            cls_loss: the objectness loss, used in its binary form (default: cross-entropy).
         """
         super().__init__()
         self.in_features = list(in_features)
-        self.rpn_head = head
-        self.anchor_generator = anchor_generator
-        self.anchor_matcher = anchor_matcher
+        self.rpn_head, self.anchor_generator, self.anchor_matcher = head, anchor_generator, anchor_matcher
         self.box2box_transform = box2box_transform
-        self.batch_size_per_image = batch_size_per_image
-        self.positive_fraction = positive_fraction
-        self.pre_nms_topk = {True: pre_nms_topk[0], False: pre_nms_topk[1]}
-        self.post_nms_topk = {True: post_nms_topk[0], False: post_nms_topk[1]}
-        self.nms_thresh = nms_thresh
-        self.min_box_size = float(min_box_size)
+        # Keyed by `self.training`, so that one lookup serves both modes.
+        self.pre_nms_topk = dict(zip((True, False), pre_nms_topk))
+        self.post_nms_topk = dict(zip((True, False), post_nms_topk))
+        self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
+        self.nms_thresh, self.min_box_size = nms_thresh, float(min_box_size)
         self.anchor_boundary_thresh = anchor_boundary_thresh
-        if isinstance(loss_weight, (int, float)):
-            loss_weight = {"loss_rpn_cls": loss_weight, "loss_rpn_loc": loss_weight}
-        bad = {k: w for k, w in loss_weight.items() if not w >= 0}
-        if bad:
-            raise ValueError(f"RPN loss weights must be >= 0, got {bad}")
-        self.loss_weight = dict(loss_weight)
-        self.box_reg_loss_type = box_reg_loss_type
-        self.smooth_l1_beta = smooth_l1_beta
-        # Built here so that a bad loss name or parameter fails when the model is built.
-        self.box_reg_loss = resolve_box_loss(box_reg_loss_type, smooth_l1_beta)
-        self.objectness_loss = resolve_classification_loss(cls_loss_type)
+        self.loss_weight = check_loss_weights("RPN", loss_weight, self.LOSS_NAMES)
+        self.box_loss = box_loss if box_loss is not None else build_box_loss("smooth_l1")
+        self.cls_loss = cls_loss if cls_loss is not None else build_classification_loss("cross_entropy")
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        in_features = cfg.MODEL.RPN.IN_FEATURES
-        missing = [f for f in in_features if f not in input_shape]
+        rpn = cfg.MODEL.RPN
+        missing = [f for f in rpn.IN_FEATURES if f not in input_shape]
         if missing:
-            raise ValueError(
-                f"MODEL.RPN.IN_FEATURES {missing} are not among the backbone outputs {sorted(input_shape)}"
-            )
-        shapes = [input_shape[f] for f in in_features]
-        loss_weights = cfg.MODEL.LOSS_WEIGHTS
-        return {
-            "in_features": in_features,
-            "head": build_rpn_head(cfg, shapes),
-            "anchor_generator": build_anchor_generator(cfg, shapes),
-            "anchor_matcher": Matcher(
-                cfg.MODEL.RPN.IOU_THRESHOLDS, cfg.MODEL.RPN.IOU_LABELS, allow_low_quality_matches=True
-            ),
-            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RPN.BBOX_REG_WEIGHTS),
-            "batch_size_per_image": cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE,
-            "positive_fraction": cfg.MODEL.RPN.POSITIVE_FRACTION,
-            "pre_nms_topk": (cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN, cfg.MODEL.RPN.PRE_NMS_TOPK_TEST),
-            "post_nms_topk": (cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN, cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
-            "nms_thresh": cfg.MODEL.RPN.NMS_THRESH,
-            "min_box_size": cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
-            "anchor_boundary_thresh": cfg.MODEL.RPN.BOUNDARY_THRESH,
-            "loss_weight": {
-                "loss_rpn_cls": cfg.MODEL.RPN.LOSS_WEIGHT * loss_weights.get("loss_rpn_cls", 1.0),
-                "loss_rpn_loc": cfg.MODEL.RPN.BBOX_REG_LOSS_WEIGHT
-                * cfg.MODEL.RPN.LOSS_WEIGHT
-                * loss_weights.get("loss_rpn_loc", 1.0),
-            },
-            "box_reg_loss_type": resolve_box_loss(
-                cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE, cfg.MODEL.RPN.SMOOTH_L1_BETA, cfg.MODEL.RPN.BBOX_REG_LOSS_PARAMS
-            ),
-            "smooth_l1_beta": cfg.MODEL.RPN.SMOOTH_L1_BETA,
-            "cls_loss_type": build_classification_loss(cfg.MODEL.RPN.CLS_LOSS_TYPE, **cfg.MODEL.RPN.CLS_LOSS_PARAMS),
+            raise ValueError(f"MODEL.RPN.IN_FEATURES {missing} are not among the backbone outputs {sorted(input_shape)}")
+        shapes = [input_shape[f] for f in rpn.IN_FEATURES]
+        weights = cfg.MODEL.LOSS_WEIGHTS
+        # Detectron2's per-head weights multiply with detlib's per-term MODEL.LOSS_WEIGHTS.
+        loss_weight = {
+            "loss_rpn_cls": rpn.LOSS_WEIGHT * weights.get("loss_rpn_cls", 1.0),
+            "loss_rpn_loc": rpn.BBOX_REG_LOSS_WEIGHT * rpn.LOSS_WEIGHT * weights.get("loss_rpn_loc", 1.0),
         }
+        matcher = Matcher(rpn.IOU_THRESHOLDS, rpn.IOU_LABELS, allow_low_quality_matches=True)
+        return dict(
+            in_features=rpn.IN_FEATURES,
+            head=build_rpn_head(cfg, shapes),
+            anchor_generator=build_anchor_generator(cfg, shapes),
+            anchor_matcher=matcher,
+            box2box_transform=Box2BoxTransform(weights=rpn.BBOX_REG_WEIGHTS),
+            pre_nms_topk=(rpn.PRE_NMS_TOPK_TRAIN, rpn.PRE_NMS_TOPK_TEST),
+            post_nms_topk=(rpn.POST_NMS_TOPK_TRAIN, rpn.POST_NMS_TOPK_TEST),
+            batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
+            positive_fraction=rpn.POSITIVE_FRACTION,
+            nms_thresh=rpn.NMS_THRESH,
+            min_box_size=cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
+            anchor_boundary_thresh=rpn.BOUNDARY_THRESH,
+            loss_weight=loss_weight,
+            box_loss=box_loss_from_config(rpn, "MODEL.RPN"),
+            cls_loss=build_classification_loss(rpn.CLS_LOSS_TYPE, **rpn.CLS_LOSS_PARAMS),
+        )
 
     def _subsample_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Keep a random sample of the positive and negative labels; set the rest to -1 (ignore)."""
@@ -243,7 +222,7 @@ class RPN(nn.Module):
     @torch.no_grad()
     def label_and_sample_anchors(
         self, anchors: List[Boxes], gt_instances: List[Instances]
-    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    ) -> Tuple[List[Tensor], List[Tensor]]:
         """
         Args:
             anchors: per level, the anchors of every image.
@@ -272,16 +251,15 @@ class RPN(nn.Module):
     def losses(
         self,
         anchors: List[Boxes],
-        pred_objectness_logits: List[torch.Tensor],
-        gt_labels: List[torch.Tensor],
-        pred_anchor_deltas: List[torch.Tensor],
-        gt_boxes: List[torch.Tensor],
-    ) -> Dict[str, torch.Tensor]:
+        pred_objectness_logits: List[Tensor],
+        gt_labels: List[Tensor],
+        pred_anchor_deltas: List[Tensor],
+        gt_boxes: List[Tensor],
+    ) -> Dict[str, Tensor]:
         """
-        Objectness (the classification loss, by default binary cross-entropy, over the sampled
-        anchors) and localization (the box loss over the sampled positives) losses, both summed and
-        divided by
-        `batch_size_per_image * num_images`, then weighted.
+        The objectness loss (`cls_loss`, binary, over the sampled anchors) and the localization
+        loss (`box_loss` over the sampled positives), each summed, divided by
+        `batch_size_per_image * num_images` and weighted.
 
         Args:
             anchors: per level, the anchors (R_l of them).
@@ -290,33 +268,28 @@ class RPN(nn.Module):
             pred_anchor_deltas: per level, N x R_l x 4.
         """
         num_images = len(gt_labels)
-        gt_labels = torch.stack(gt_labels)  # N x R
-        pos_mask = gt_labels == 1
-        sampled = gt_labels >= 0
-
+        labels = torch.stack(gt_labels)  # N x R
+        positive = labels == 1
         storage = get_event_storage()
-        storage.put_scalar("rpn/num_pos_anchors", pos_mask.sum() / num_images)
-        storage.put_scalar("rpn/num_neg_anchors", (gt_labels == 0).sum() / num_images)
+        storage.put_scalar("rpn/num_pos_anchors", positive.sum() / num_images)
+        storage.put_scalar("rpn/num_neg_anchors", (labels == 0).sum() / num_images)
 
-        localization_loss = dense_box_regression_loss(
-            anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask, self.box_reg_loss
-        )
+        transform = self.box2box_transform
+        loc = dense_box_regression_loss(anchors, transform, pred_anchor_deltas, gt_boxes, positive, self.box_loss)
         # Weighting by the sample mask instead of selecting the sampled anchors keeps the sum on the device.
-        objectness_loss = self.objectness_loss(
-            cat(pred_objectness_logits, dim=1).flatten(),
-            pos_mask.flatten().to(torch.float32),
-            sampled.flatten().to(torch.float32),
-        )
+        sample_weights = (labels >= 0).flatten().to(torch.float32)
+        logits = cat(pred_objectness_logits, dim=1).flatten()
+        objectness = self.cls_loss.binary(logits, positive.flatten().to(torch.float32), sample_weights)
         normalizer = self.batch_size_per_image * num_images
-        losses = {"loss_rpn_cls": objectness_loss / normalizer, "loss_rpn_loc": localization_loss / normalizer}
-        return {name: loss * self.loss_weight.get(name, 1.0) for name, loss in losses.items()}
+        weight = self.loss_weight
+        return {
+            "loss_rpn_cls": objectness / normalizer * weight["loss_rpn_cls"],
+            "loss_rpn_loc": loc / normalizer * weight["loss_rpn_loc"],
+        }
 
     def forward(
-        self,
-        images: ImageList,
-        features: Dict[str, torch.Tensor],
-        gt_instances: Optional[List[Instances]] = None,
-    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        self, images: ImageList, features: Dict[str, Tensor], gt_instances: Optional[List[Instances]] = None
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
         """
         Args:
             images: the padded input batch (its `image_sizes` bound the proposals).
@@ -326,28 +299,23 @@ class RPN(nn.Module):
             per image, `Instances(proposal_boxes, objectness_logits)` sorted by decreasing logit,
             and the loss dict (empty in inference).
         """
-        features = [features[f] for f in self.in_features]
-        anchors = self.anchor_generator(features)
-        pred_objectness_logits, pred_anchor_deltas = self.rpn_head(features)
+        levels = [features[f] for f in self.in_features]
+        anchors = self.anchor_generator(levels)
+        logits_maps, delta_maps = self.rpn_head(levels)
         box_dim = self.anchor_generator.box_dim
-        # Anchor order is (row, column, cell anchor) per level: bring the predictions to it.
-        pred_objectness_logits = [
-            logits.permute(0, 2, 3, 1).flatten(1) for logits in pred_objectness_logits  # N x Hi*Wi*A
-        ]
+        # Anchors are ordered (row, column, cell anchor) within a level: bring the predictions to it.
+        pred_objectness_logits = [m.permute(0, 2, 3, 1).flatten(1) for m in logits_maps]  # N x Hi*Wi*A
         pred_anchor_deltas = [
-            deltas.view(deltas.shape[0], -1, box_dim, deltas.shape[-2], deltas.shape[-1])
-            .permute(0, 3, 4, 1, 2)
-            .flatten(1, -2)  # N x Hi*Wi*A x box_dim
-            for deltas in pred_anchor_deltas
+            m.view(m.shape[0], -1, box_dim, *m.shape[-2:]).permute(0, 3, 4, 1, 2).flatten(1, -2)  # N x Hi*Wi*A x B
+            for m in delta_maps
         ]
 
+        losses = {}
         if self.training:
             if gt_instances is None:
                 raise ValueError("RPN needs gt_instances in training")
             gt_labels, gt_boxes = self.label_and_sample_anchors(anchors, gt_instances)
             losses = self.losses(anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes)
-        else:
-            losses = {}
         proposals = self.predict_proposals(anchors, pred_objectness_logits, pred_anchor_deltas, images.image_sizes)
         return proposals, losses
 
@@ -355,27 +323,22 @@ class RPN(nn.Module):
     def predict_proposals(
         self,
         anchors: List[Boxes],
-        pred_objectness_logits: List[torch.Tensor],
-        pred_anchor_deltas: List[torch.Tensor],
+        pred_objectness_logits: List[Tensor],
+        pred_anchor_deltas: List[Tensor],
         image_sizes: List[Tuple[int, int]],
     ) -> List[Instances]:
         """
         Decode the deltas and select the top proposals of each image. Proposals are constants for
         the second stage: no gradient flows back through their coordinates.
         """
-        proposals = self._decode_proposals(anchors, pred_anchor_deltas)
+        boxes = self._decode_proposals(anchors, pred_anchor_deltas)
+        mode = self.training
+        pre_topk, post_topk = self.pre_nms_topk[mode], self.post_nms_topk[mode]
         return find_top_rpn_proposals(
-            proposals,
-            pred_objectness_logits,
-            image_sizes,
-            self.nms_thresh,
-            self.pre_nms_topk[self.training],
-            self.post_nms_topk[self.training],
-            self.min_box_size,
-            self.training,
+            boxes, pred_objectness_logits, image_sizes, self.nms_thresh, pre_topk, post_topk, self.min_box_size, mode
         )
 
-    def _decode_proposals(self, anchors: List[Boxes], pred_anchor_deltas: List[torch.Tensor]) -> List[torch.Tensor]:
+    def _decode_proposals(self, anchors: List[Boxes], pred_anchor_deltas: List[Tensor]) -> List[Tensor]:
         """Per level, N x R_l x 4 boxes: the anchors moved by the predicted deltas."""
         proposals = []
         for anchors_l, deltas_l in zip(anchors, pred_anchor_deltas):

@@ -1,7 +1,6 @@
 """Box heads: per-RoI feature transforms between the pooler and the box predictor."""
 from typing import List
 
-import torch
 from torch import nn
 
 from detlib.config import configurable
@@ -38,37 +37,35 @@ class FastRCNNConvFCHead(nn.Sequential):
         super().__init__()
         if len(conv_dims) + len(fc_dims) == 0:
             raise ValueError("FastRCNNConvFCHead needs at least one conv or fc layer")
-        self._output_size = (input_shape.channels, input_shape.height, input_shape.width)
-
+        channels, height, width = input_shape.channels, input_shape.height, input_shape.width
+        # Registered in this order (conv1.., flatten, fc1, fc_relu1, ..) since Sequential runs them so.
         self.conv_norm_relus = []
-        for k, conv_dim in enumerate(conv_dims):
-            conv = Conv2d(
-                self._output_size[0],
-                conv_dim,
-                kernel_size=3,
-                padding=1,
-                bias=not conv_norm,
-                norm=get_norm(conv_norm, conv_dim),
-                activation=nn.ReLU(),
-            )
-            self.add_module(f"conv{k + 1}", conv)
-            self.conv_norm_relus.append(conv)
-            self._output_size = (conv_dim, self._output_size[1], self._output_size[2])
-
+        for i, dim in enumerate(conv_dims, start=1):
+            self.conv_norm_relus.append(self._conv(f"conv{i}", channels, dim, conv_norm))
+            channels = dim
         self.fcs = []
-        for k, fc_dim in enumerate(fc_dims):
-            if k == 0:
-                self.add_module("flatten", nn.Flatten())
-            fc = nn.Linear(int(torch.tensor(self._output_size).prod()), fc_dim)
-            self.add_module(f"fc{k + 1}", fc)
-            self.add_module(f"fc_relu{k + 1}", nn.ReLU())
-            self.fcs.append(fc)
-            self._output_size = fc_dim
+        in_features = channels * height * width
+        if fc_dims:
+            self.add_module("flatten", nn.Flatten())
+        for i, dim in enumerate(fc_dims, start=1):
+            self.fcs.append(nn.Linear(in_features, dim))
+            self.add_module(f"fc{i}", self.fcs[-1])
+            self.add_module(f"fc_relu{i}", nn.ReLU())
+            in_features = dim
+        # R x D after an fc layer, else R x C x H x W.
+        self._output_size = in_features if fc_dims else (channels, height, width)
 
-        for layer in self.conv_norm_relus:
-            c2_msra_fill(layer)
-        for layer in self.fcs:
-            c2_xavier_fill(layer)
+        for conv in self.conv_norm_relus:
+            c2_msra_fill(conv)
+        for fc in self.fcs:
+            c2_xavier_fill(fc)
+
+    def _conv(self, name: str, in_channels: int, out_channels: int, norm: str) -> Conv2d:
+        """A 3x3 same-size conv with norm and ReLU, registered as `name`; bias only without a norm."""
+        norm_layer = get_norm(norm, out_channels)
+        layer = Conv2d(in_channels, out_channels, 3, padding=1, bias=not norm, norm=norm_layer, activation=nn.ReLU())
+        self.add_module(name, layer)
+        return layer
 
     @classmethod
     def from_config(cls, cfg, input_shape):

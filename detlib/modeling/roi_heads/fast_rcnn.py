@@ -6,20 +6,21 @@ Shapes used below: R proposals in a batch, K foreground classes, B = 4 box coord
 index K is background. Boxes are XYXY in input-image pixels.
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from detlib.config import configurable
 from detlib.layers import ShapeSpec, batched_nms
 from detlib.layers.losses import (
     BoxLoss,
     ClassificationLoss,
+    box_loss_from_config,
+    build_box_loss,
     build_classification_loss,
-    resolve_box_loss,
-    resolve_classification_loss,
+    check_loss_weights,
 )
 from detlib.modeling.box_regression import Box2BoxTransform, dense_box_regression_loss
 from detlib.structures import Boxes, Instances
@@ -29,13 +30,13 @@ __all__ = ["FastRCNNOutputLayers", "fast_rcnn_inference", "fast_rcnn_inference_s
 
 
 def fast_rcnn_inference(
-    boxes: List[torch.Tensor],
-    scores: List[torch.Tensor],
+    boxes: List[Tensor],
+    scores: List[Tensor],
     image_shapes: List[Tuple[int, int]],
     score_thresh: float,
     nms_thresh: float,
     topk_per_image: int,
-) -> Tuple[List[Instances], List[torch.Tensor]]:
+) -> Tuple[List[Instances], List[Tensor]]:
     """
     Per image: drop (proposal, class) pairs scoring at most `score_thresh`, run NMS within each
     class, keep the `topk_per_image` best.
@@ -49,51 +50,39 @@ def fast_rcnn_inference(
         per image, `Instances` with `pred_boxes`, `scores` and `pred_classes`, best first, and the
         index of the proposal each detection came from.
     """
-    per_image = [
-        fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image)
-        for b, s, shape in zip(boxes, scores, image_shapes)
-    ]
-    return [r for r, _ in per_image], [k for _, k in per_image]
+    settings = (score_thresh, nms_thresh, topk_per_image)
+    per_image = [fast_rcnn_inference_single_image(b, s, hw, *settings) for b, s, hw in zip(boxes, scores, image_shapes)]
+    return [detections for detections, _ in per_image], [sources for _, sources in per_image]
 
 
 def fast_rcnn_inference_single_image(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    image_shape: Tuple[int, int],
-    score_thresh: float,
-    nms_thresh: float,
-    topk_per_image: int,
-) -> Tuple[Instances, torch.Tensor]:
+    boxes: Tensor, scores: Tensor, image_shape: Tuple[int, int], score_thresh: float, nms_thresh: float, topk_per_image: int
+) -> Tuple[Instances, Tensor]:
     """`fast_rcnn_inference` for one image."""
     finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     if not finite.all():
         boxes, scores = boxes[finite], scores[finite]
 
-    scores = scores[:, :-1]
-    num_box_classes = boxes.shape[1] // 4
     clipped = Boxes(boxes.reshape(-1, 4))
     clipped.clip(image_shape)
-    boxes = clipped.tensor.view(-1, num_box_classes, 4)
+    per_class_boxes = clipped.tensor.view(-1, boxes.shape[1] // 4, 4)  # R x (K or 1) x 4
+    fg_scores = scores[:, :-1]  # the background column scores no detection
 
-    keep_mask = scores > score_thresh
-    # (proposal index, class) of each kept pair, in row-major order like boxes[keep_mask].
-    kept_pairs = keep_mask.nonzero()
-    if num_box_classes == 1:
-        boxes = boxes[kept_pairs[:, 0], 0]
-    else:
-        boxes = boxes[keep_mask]
-    scores = scores[keep_mask]
+    # The candidates are the (RoI, class) pairs above the threshold in row-major order; NMS breaks
+    # ties by that order, so keeping it keeps the detections equal to Detectron2's.
+    roi_idx, class_idx = torch.nonzero(fg_scores > score_thresh, as_tuple=True)
+    class_agnostic = per_class_boxes.shape[1] == 1
+    candidates = per_class_boxes[roi_idx, 0 if class_agnostic else class_idx]
+    candidate_scores = fg_scores[roi_idx, class_idx]
 
-    keep = batched_nms(boxes, scores, kept_pairs[:, 1], nms_thresh)
+    keep = batched_nms(candidates, candidate_scores, class_idx, nms_thresh)
     if topk_per_image >= 0:
         keep = keep[:topk_per_image]
-    boxes, scores, kept_pairs = boxes[keep], scores[keep], kept_pairs[keep]
-
-    result = Instances(image_shape)
-    result.pred_boxes = Boxes(boxes)
-    result.scores = scores
-    result.pred_classes = kept_pairs[:, 1]
-    return result, kept_pairs[:, 0]
+    detections = Instances(image_shape)
+    detections.pred_boxes = Boxes(candidates[keep])
+    detections.scores = candidate_scores[keep]
+    detections.pred_classes = class_idx[keep]
+    return detections, roi_idx[keep]
 
 
 def _log_classification_stats(pred_logits: torch.Tensor, gt_classes: torch.Tensor, prefix: str = "fast_rcnn") -> None:
@@ -120,67 +109,57 @@ class FastRCNNOutputLayers(nn.Module):
     (K * 4 class-specific deltas, or 4 class-agnostic ones), with their losses and inference.
     """
 
+    LOSS_NAMES = ("loss_cls", "loss_box_reg")
+
     @configurable
     def __init__(
         self,
-        input_shape: ShapeSpec,
+        input_shape: Union[ShapeSpec, int],
         *,
-        box2box_transform: Box2BoxTransform,
         num_classes: int,
+        box2box_transform: Box2BoxTransform,
+        cls_agnostic_bbox_reg: bool = False,
         test_score_thresh: float = 0.0,
         test_nms_thresh: float = 0.5,
         test_topk_per_image: int = 100,
-        cls_agnostic_bbox_reg: bool = False,
-        smooth_l1_beta: float = 0.0,
-        box_reg_loss_type: Union[str, BoxLoss] = "smooth_l1",
-        loss_weight: Union[float, Dict[str, float]] = 1.0,
+        box_loss: Optional[BoxLoss] = None,
+        cls_loss: Optional[ClassificationLoss] = None,
+        loss_weight: Union[float, Mapping[str, float]] = 1.0,
         cls_loss_weights: Optional[Sequence[float]] = None,
-        cls_loss_type: Union[str, ClassificationLoss] = "cross_entropy",
     ):
         """
         Args:
-            input_shape: the box head's output (its channels x height x width are flattened).
-            box2box_transform: the coding of the predicted deltas relative to the proposals.
+            input_shape: the box head's output (its channels x height x width are flattened), or its width.
             num_classes: K, foreground classes.
+            box2box_transform: the coding of the predicted deltas relative to the proposals.
+            cls_agnostic_bbox_reg: one box per proposal instead of one per class.
             test_score_thresh: detections must score above this.
             test_nms_thresh: IoU threshold of the per-class NMS.
             test_topk_per_image: detections kept per image (negative: all).
-            cls_agnostic_bbox_reg: one box per proposal instead of one per class.
-            smooth_l1_beta: `beta` of the box loss when it has one (0 is plain L1).
-            box_reg_loss_type: a name in the box-loss registry (`smooth_l1`, `giou`, ...) or a `BoxLoss`.
+            box_loss: the box-regression loss (default: smooth-L1 with beta 0, i.e. L1, on deltas).
+            cls_loss: the classification loss, used in its multi-class form (default: cross-entropy).
             loss_weight: a multiplier of both losses, or per loss ({"loss_cls": .., "loss_box_reg": ..}).
             cls_loss_weights: K + 1 per-class weights of the classification loss (background last).
-            cls_loss_type: a name in the classification-loss registry (`cross_entropy`, `focal`, ...)
-                or a `ClassificationLoss`.
         """
         super().__init__()
         if isinstance(input_shape, int):
             input_shape = ShapeSpec(channels=input_shape)
-        input_size = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
-        self.num_classes = num_classes
-        self.cls_score = nn.Linear(input_size, num_classes + 1)
-        num_bbox_reg_classes = 1 if cls_agnostic_bbox_reg else num_classes
+        in_dim = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
         box_dim = len(box2box_transform.weights)
-        self.bbox_pred = nn.Linear(input_size, num_bbox_reg_classes * box_dim)
-
-        nn.init.normal_(self.cls_score.weight, std=0.01)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        for layer in (self.cls_score, self.bbox_pred):
+        self.num_classes = num_classes
+        # Detectron2's parameter names, so that its checkpoints load: K + 1 logits, then the deltas.
+        self.cls_score = nn.Linear(in_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_dim, box_dim * (1 if cls_agnostic_bbox_reg else num_classes))
+        for layer, std in ((self.cls_score, 0.01), (self.bbox_pred, 0.001)):
+            nn.init.normal_(layer.weight, std=std)
             nn.init.constant_(layer.bias, 0)
 
         self.box2box_transform = box2box_transform
-        self.box_loss = resolve_box_loss(box_reg_loss_type, smooth_l1_beta)
-        self.cls_loss = resolve_classification_loss(cls_loss_type)
-        self.test_score_thresh = test_score_thresh
-        self.test_nms_thresh = test_nms_thresh
+        self.test_score_thresh, self.test_nms_thresh = test_score_thresh, test_nms_thresh
         self.test_topk_per_image = test_topk_per_image
-
-        if not isinstance(loss_weight, dict):
-            loss_weight = {"loss_cls": loss_weight, "loss_box_reg": loss_weight}
-        for name, weight in loss_weight.items():
-            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-                raise ValueError(f"FastRCNNOutputLayers: loss weight of '{name}' must be a number >= 0, got {weight!r}")
-        self.loss_weight = loss_weight
+        self.box_loss = box_loss if box_loss is not None else build_box_loss("smooth_l1")
+        self.cls_loss = cls_loss if cls_loss is not None else build_classification_loss("cross_entropy")
+        self.loss_weight = check_loss_weights("FastRCNNOutputLayers", loss_weight, self.LOSS_NAMES)
 
         if cls_loss_weights is not None and len(cls_loss_weights) > 0:
             valid = all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in cls_loss_weights)
@@ -197,30 +176,30 @@ class FastRCNNOutputLayers(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        box_head = cfg.MODEL.ROI_BOX_HEAD
+        head = cfg.MODEL.ROI_BOX_HEAD
         for key in ("USE_FED_LOSS", "USE_SIGMOID_CE"):
-            if box_head[key]:
+            if head[key]:
                 raise ValueError(f"MODEL.ROI_BOX_HEAD.{key} is not supported by detlib's FastRCNNOutputLayers")
-        loss_weights = cfg.MODEL.LOSS_WEIGHTS
-        return {
-            "input_shape": input_shape,
-            "box2box_transform": Box2BoxTransform(weights=box_head.BBOX_REG_WEIGHTS),
-            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-            "cls_agnostic_bbox_reg": box_head.CLS_AGNOSTIC_BBOX_REG,
-            "smooth_l1_beta": box_head.SMOOTH_L1_BETA,
-            "test_score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-            "test_nms_thresh": cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
-            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "box_reg_loss_type": resolve_box_loss(
-                box_head.BBOX_REG_LOSS_TYPE, box_head.SMOOTH_L1_BETA, box_head.BBOX_REG_LOSS_PARAMS
-            ),
-            "loss_weight": {
-                "loss_cls": loss_weights.get("loss_cls", 1.0),
-                "loss_box_reg": box_head.BBOX_REG_LOSS_WEIGHT * loss_weights.get("loss_box_reg", 1.0),
-            },
-            "cls_loss_weights": list(box_head.CLS_LOSS_WEIGHTS) or None,
-            "cls_loss_type": build_classification_loss(box_head.CLS_LOSS_TYPE, **box_head.CLS_LOSS_PARAMS),
+        weights = cfg.MODEL.LOSS_WEIGHTS
+        # Detectron2's per-head weight multiplies with detlib's per-term MODEL.LOSS_WEIGHTS.
+        loss_weight = {
+            "loss_cls": weights.get("loss_cls", 1.0),
+            "loss_box_reg": head.BBOX_REG_LOSS_WEIGHT * weights.get("loss_box_reg", 1.0),
         }
+        heads = cfg.MODEL.ROI_HEADS
+        return dict(
+            input_shape=input_shape,
+            num_classes=heads.NUM_CLASSES,
+            box2box_transform=Box2BoxTransform(weights=head.BBOX_REG_WEIGHTS),
+            cls_agnostic_bbox_reg=head.CLS_AGNOSTIC_BBOX_REG,
+            test_score_thresh=heads.SCORE_THRESH_TEST,
+            test_nms_thresh=heads.NMS_THRESH_TEST,
+            test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            box_loss=box_loss_from_config(head, "MODEL.ROI_BOX_HEAD"),
+            cls_loss=build_classification_loss(head.CLS_LOSS_TYPE, **head.CLS_LOSS_PARAMS),
+            loss_weight=loss_weight,
+            cls_loss_weights=list(head.CLS_LOSS_WEIGHTS) or None,
+        )
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """
@@ -253,28 +232,22 @@ class FastRCNNOutputLayers(nn.Module):
         proposal_boxes = torch.cat([p.proposal_boxes.tensor for p in proposals], dim=0)
         # Images without gt have no gt_boxes; all their proposals are background, so any box works.
         gt_boxes = torch.cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])
-        losses = {
-            "loss_cls": self.classification_loss(scores, gt_classes),
-            "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes),
+        return {
+            "loss_cls": self.classification_loss(scores, gt_classes) * self.loss_weight["loss_cls"],
+            "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
+            * self.loss_weight["loss_box_reg"],
         }
-        return {name: loss * self.loss_weight.get(name, 1.0) for name, loss in losses.items()}
 
     def classification_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """The (class-weighted) mean classification loss of R x (K + 1) logits against R labels."""
         if self.cls_loss_weights is None:
-            return self.cls_loss(scores, gt_classes) / max(gt_classes.numel(), 1)
+            return self.cls_loss.multiclass(scores, gt_classes, None) / max(gt_classes.numel(), 1)
         weights = self.cls_loss_weights[gt_classes]
         # Where every sampled class has weight 0 the sum is 0 too; the clamp keeps it 0, not NaN.
         normalizer = weights.sum().clamp(min=torch.finfo(weights.dtype).tiny)
-        return self.cls_loss(scores, gt_classes, weights) / normalizer
+        return self.cls_loss.multiclass(scores, gt_classes, weights) / normalizer
 
-    def box_reg_loss(
-        self,
-        proposal_boxes: torch.Tensor,
-        gt_boxes: torch.Tensor,
-        pred_deltas: torch.Tensor,
-        gt_classes: torch.Tensor,
-    ) -> torch.Tensor:
+    def box_reg_loss(self, proposal_boxes: Tensor, gt_boxes: Tensor, pred_deltas: Tensor, gt_classes: Tensor) -> Tensor:
         """
         The box loss of the foreground proposals, normalized by the number of all proposals (so
         that each proposal weighs the same whatever the foreground fraction).

@@ -4,8 +4,7 @@ predicted class's mask probabilities at inference.
 
 Shapes: R RoIs, C mask classes (1 when class-agnostic), M x M mask resolution (28 by default).
 """
-import math
-from typing import List
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +12,7 @@ from torch import nn
 
 from detlib.config import configurable
 from detlib.layers import Conv2d, ShapeSpec, get_norm
+from detlib.layers.losses import check_loss_weights
 from detlib.layers.weight_init import c2_msra_fill
 from detlib.structures import Instances
 from detlib.utils.events import get_event_storage
@@ -110,8 +110,9 @@ def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Ins
 
 class BaseMaskRCNNHead(nn.Module):
     """
-    A mask head whose subclasses define `layers(x) -> R x C x M x M logits`; this class owns the
-    loss in training and the mask probabilities in inference.
+    A mask head whose subclasses define `layers(x) -> R x C x M x M logits`. This class turns the
+    logits into the loss (`loss`) in training and into mask probabilities (`inference`) otherwise;
+    a RoI head that needs the logits themselves calls the three steps on its own.
     """
 
     @configurable
@@ -122,9 +123,7 @@ class BaseMaskRCNNHead(nn.Module):
             vis_period: see `mask_rcnn_loss` (0: never).
         """
         super().__init__()
-        if not (isinstance(loss_weight, (int, float)) and math.isfinite(loss_weight) and loss_weight >= 0):
-            raise ValueError(f"Mask head: loss weight of 'loss_mask' must be a number >= 0, got {loss_weight!r}")
-        self.loss_weight = loss_weight
+        self.loss_weight = check_loss_weights("Mask head", loss_weight, ["loss_mask"])["loss_mask"]
         self.vis_period = vis_period
 
     @classmethod
@@ -140,13 +139,20 @@ class BaseMaskRCNNHead(nn.Module):
         Returns:
             training: `{"loss_mask": ...}`; inference: `instances` with `pred_masks` set.
         """
-        x = self.layers(x)
-        if self.training:
-            return {"loss_mask": mask_rcnn_loss(x, instances, self.vis_period) * self.loss_weight}
-        mask_rcnn_inference(x, instances)
+        mask_logits = self.layers(x)
+        return self.loss(mask_logits, instances) if self.training else self.inference(mask_logits, instances)
+
+    def loss(self, mask_logits: torch.Tensor, instances: List[Instances]) -> Dict[str, torch.Tensor]:
+        """`{"loss_mask": ...}`, weighted, of the logits of the foreground RoIs `instances` (with gt)."""
+        return {"loss_mask": mask_rcnn_loss(mask_logits, instances, self.vis_period) * self.loss_weight}
+
+    def inference(self, mask_logits: torch.Tensor, instances: List[Instances]) -> List[Instances]:
+        """`instances` (detections with `pred_classes`) with `pred_masks` set from the logits."""
+        mask_rcnn_inference(mask_logits, instances)
         return instances
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
+        """R x C x M x M mask logits of the pooled features."""
         raise NotImplementedError(f"{type(self).__name__} must define layers(x)")
 
 
@@ -173,22 +179,15 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
         if len(conv_dims) < 1:
             raise ValueError("MaskRCNNConvUpsampleHead: conv_dims needs at least the deconv's channels")
 
-        channels = input_shape.channels
         self.conv_norm_relus = []
-        for k, conv_dim in enumerate(conv_dims[:-1]):
-            conv = Conv2d(
-                channels,
-                conv_dim,
-                kernel_size=3,
-                stride=1,
-                padding=1,
-                bias=not conv_norm,
-                norm=get_norm(conv_norm, conv_dim),
-                activation=nn.ReLU(),
-            )
-            self.add_module(f"mask_fcn{k + 1}", conv)
+        channels = input_shape.channels
+        for index, width in enumerate(conv_dims[:-1], start=1):
+            # Same-size 3x3 conv, ReLU, and the norm if any (then without a bias).
+            norm = get_norm(conv_norm, width)
+            conv = Conv2d(channels, width, 3, 1, 1, bias=not conv_norm, norm=norm, activation=nn.ReLU())
+            self.add_module(f"mask_fcn{index}", conv)
             self.conv_norm_relus.append(conv)
-            channels = conv_dim
+            channels = width
 
         self.deconv = nn.ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2, padding=0)
         self.add_module("deconv_relu", nn.ReLU())

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from detlib.config import configurable
 from detlib.layers import ShapeSpec
@@ -24,6 +24,9 @@ from .fast_rcnn import FastRCNNOutputLayers
 from .mask_head import build_mask_head
 
 __all__ = ["ROI_HEADS_REGISTRY", "ROIHeads", "StandardROIHeads", "build_roi_heads", "select_foreground_proposals"]
+
+# Per image, the gt instances: given in training only.
+TargetList = Optional[List[Instances]]
 
 ROI_HEADS_REGISTRY = Registry("ROI_HEADS")
 ROI_HEADS_REGISTRY.__doc__ = """
@@ -83,10 +86,8 @@ class ROIHeads(nn.Module):
             proposal_append_gt: add the gt boxes to the proposals before sampling.
         """
         super().__init__()
-        self.num_classes = num_classes
-        self.batch_size_per_image = batch_size_per_image
-        self.positive_fraction = positive_fraction
-        self.proposal_matcher = proposal_matcher
+        self.num_classes, self.proposal_matcher = num_classes, proposal_matcher
+        self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
         self.proposal_append_gt = proposal_append_gt
 
     @classmethod
@@ -141,7 +142,7 @@ class ROIHeads(nn.Module):
         if self.proposal_append_gt:
             proposals = add_ground_truth_to_proposals(targets, proposals)
 
-        sampled_proposals, num_fg, num_bg = [], [], []
+        sampled_proposals, fg_bg_counts = [], []
         for per_image, target in zip(proposals, targets):
             has_gt = len(target) > 0
             iou = pairwise_iou(target.gt_boxes, per_image.proposal_boxes)
@@ -158,23 +159,20 @@ class ROIHeads(nn.Module):
             # Without gt nothing is known to fill gt_boxes / gt_masks with; such proposals are all
             # background, which the heads handle.
 
-            bg = int((gt_classes == self.num_classes).sum())
-            num_bg.append(bg)
-            num_fg.append(gt_classes.numel() - bg)
             sampled_proposals.append(per_image)
+            background = int((gt_classes == self.num_classes).sum())
+            fg_bg_counts.append((gt_classes.numel() - background, background))
 
+        # Per-batch means of the foreground and background samples per image.
+        fg_mean, bg_mean = np.mean(fg_bg_counts, axis=0) if fg_bg_counts else (np.nan, np.nan)
         storage = get_event_storage()
-        storage.put_scalar("roi_head/num_fg_samples", np.mean(num_fg))
-        storage.put_scalar("roi_head/num_bg_samples", np.mean(num_bg))
+        storage.put_scalar("roi_head/num_fg_samples", fg_mean)
+        storage.put_scalar("roi_head/num_bg_samples", bg_mean)
         return sampled_proposals
 
     def forward(
-        self,
-        images: ImageList,
-        features: Dict[str, torch.Tensor],
-        proposals: List[Instances],
-        targets: Optional[List[Instances]] = None,
-    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        self, images: ImageList, features: Dict[str, Tensor], proposals: List[Instances], targets: TargetList = None
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} must define forward")
 
 
@@ -190,55 +188,49 @@ class StandardROIHeads(ROIHeads):
     def __init__(
         self,
         *,
-        box_in_features: List[str],
-        box_pooler: ROIPooler,
         box_head: nn.Module,
         box_predictor: nn.Module,
+        box_in_features: List[str],
+        box_pooler: ROIPooler,
+        train_on_pred_boxes: bool = False,
         mask_in_features: Optional[List[str]] = None,
         mask_pooler: Optional[ROIPooler] = None,
         mask_head: Optional[nn.Module] = None,
-        train_on_pred_boxes: bool = False,
         **kwargs,
     ):
         """
         Args:
-            box_in_features: feature maps the box branch pools from, finest first.
-            box_pooler: pools the box features of each proposal.
-            box_head: transforms them (e.g. `FastRCNNConvFCHead`).
+            box_head: transforms the pooled box features (e.g. `FastRCNNConvFCHead`).
             box_predictor: predicts scores and deltas, with `losses` and `inference`
                 (e.g. `FastRCNNOutputLayers`).
-            mask_in_features, mask_pooler, mask_head: the mask branch; absent when masks are off.
-                Without a pooler, the mask head gets the feature dict itself.
+            box_in_features: feature maps the box branch pools from, finest first.
+            box_pooler: pools the box features of each proposal.
             train_on_pred_boxes: train the mask branch on the box branch's refined boxes instead of
                 the proposals.
+            mask_in_features, mask_pooler, mask_head: the mask branch; absent when masks are off.
+                Without a pooler, the mask head gets the feature dict itself.
             kwargs: the arguments of `ROIHeads`.
         """
         super().__init__(**kwargs)
         self.in_features = self.box_in_features = box_in_features
-        self.box_pooler = box_pooler
-        self.box_head = box_head
-        self.box_predictor = box_predictor
+        self.box_pooler, self.box_head, self.box_predictor = box_pooler, box_head, box_predictor
+        self.train_on_pred_boxes = train_on_pred_boxes
 
         self.mask_on = mask_in_features is not None
+        if self.mask_on and mask_head is None:
+            raise ValueError("StandardROIHeads: mask_in_features given without a mask_head")
         if self.mask_on:
-            if mask_head is None:
-                raise ValueError("StandardROIHeads: mask_in_features given without a mask_head")
-            self.mask_in_features = mask_in_features
-            self.mask_pooler = mask_pooler
-            self.mask_head = mask_head
-        self.train_on_pred_boxes = train_on_pred_boxes
+            self.mask_in_features, self.mask_pooler, self.mask_head = mask_in_features, mask_pooler, mask_head
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         if cfg.MODEL.KEYPOINT_ON:
             raise ValueError("MODEL.KEYPOINT_ON: detlib's StandardROIHeads has no keypoint head")
-        ret = super().from_config(cfg)
-        ret["train_on_pred_boxes"] = cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES
+        ret = {**super().from_config(cfg), "train_on_pred_boxes": cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES}
         # A subclass may turn a branch's builder into a staticmethod to build it differently.
-        if inspect.ismethod(cls._init_box_head):
-            ret.update(cls._init_box_head(cfg, input_shape))
-        if inspect.ismethod(cls._init_mask_head):
-            ret.update(cls._init_mask_head(cfg, input_shape))
+        for branch in (cls._init_box_head, cls._init_mask_head):
+            if inspect.ismethod(branch):
+                ret.update(branch(cfg, input_shape))
         return ret
 
     @staticmethod
@@ -286,12 +278,8 @@ class StandardROIHeads(ROIHeads):
         return ret
 
     def forward(
-        self,
-        images: ImageList,
-        features: Dict[str, torch.Tensor],
-        proposals: List[Instances],
-        targets: Optional[List[Instances]] = None,
-    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        self, images: ImageList, features: Dict[str, Tensor], proposals: List[Instances], targets: TargetList = None
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
         """
         Args:
             images: the batch (unused by these heads; kept for heads that need the pixels).
@@ -348,7 +336,7 @@ class StandardROIHeads(ROIHeads):
         pred_instances, _ = self.box_predictor.inference(predictions, proposals)
         return pred_instances
 
-    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+    def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
         """Training: `{"loss_mask": ...}` on the foreground proposals. Inference: `instances` with `pred_masks`."""
         if not self.mask_on:
             return {} if self.training else instances
@@ -360,4 +348,11 @@ class StandardROIHeads(ROIHeads):
             mask_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
         else:
             mask_features = {f: features[f] for f in self.mask_in_features}
+        return self._run_mask_head(mask_features, instances)
+
+    def _run_mask_head(self, mask_features, instances: List[Instances]):
+        """
+        The mask head on the RoIs' features: its losses in training, `instances` with its outputs in
+        inference. The one step a RoI head that adds to the mask branch (e.g. scoring the masks) replaces.
+        """
         return self.mask_head(mask_features, instances)

@@ -17,6 +17,7 @@ from torch import nn
 
 from detlib.config import configurable
 from detlib.layers import Conv2d, ShapeSpec, cat, get_norm
+from detlib.layers.losses import check_loss_weights
 from detlib.layers.weight_init import c2_msra_fill, c2_xavier_fill
 from detlib.structures import Instances
 from detlib.utils.events import get_event_storage
@@ -90,9 +91,7 @@ class MaskIoUHead(nn.Module):
         super().__init__()
         if len(conv_dims) < 1:
             raise ValueError("MaskIoUHead needs at least one conv")
-        if not (loss_weight >= 0):
-            raise ValueError(f"MaskIoUHead: loss weight of 'loss_maskiou' must be a number >= 0, got {loss_weight!r}")
-        self.loss_weight = loss_weight
+        self.loss_weight = check_loss_weights("MaskIoUHead", loss_weight, ["loss_maskiou"])["loss_maskiou"]
 
         channels = input_shape.channels + 1  # the features and the mask
         self.convs = nn.Sequential()

@@ -1,18 +1,11 @@
 """`MaskScoringROIHeads`: Mask R-CNN's RoI heads plus a MaskIoU head that rescores the masks."""
-from typing import Dict, List
+from typing import List
 
 import torch
 from torch import nn
 
 from detlib.config import configurable
-from detlib.modeling.roi_heads import (
-    ROI_HEADS_REGISTRY,
-    BaseMaskRCNNHead,
-    StandardROIHeads,
-    mask_rcnn_inference,
-    mask_rcnn_loss,
-    select_foreground_proposals,
-)
+from detlib.modeling.roi_heads import ROI_HEADS_REGISTRY, BaseMaskRCNNHead, StandardROIHeads
 from detlib.structures import Instances
 
 from .maskiou_head import MaskIoUHead
@@ -57,21 +50,13 @@ class MaskScoringROIHeads(StandardROIHeads):
         ret["maskiou_head"] = MaskIoUHead(cfg, pooled_shape)
         return ret
 
-    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+    def _run_mask_head(self, mask_features: torch.Tensor, instances: List[Instances]):
         """
         Training: `loss_mask` and `loss_maskiou` on the foreground proposals. Inference: `instances`
-        with `pred_masks`, rescored.
+        with `pred_masks`, rescored. The mask head's logits feed its own loss and the MaskIoU head.
         """
-        if self.training:
-            instances, _ = select_foreground_proposals(instances, self.num_classes)
-        boxes = [i.proposal_boxes if self.training else i.pred_boxes for i in instances]
-        mask_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        # The mask head's logits are needed twice (its own loss, and as the MaskIoU head's input),
-        # so its layers run here and its loss is taken the way its forward would.
         mask_logits = self.mask_head.layers(mask_features)
-
         if self.training:
-            loss_mask = mask_rcnn_loss(mask_logits, instances, self.mask_head.vis_period) * self.mask_head.loss_weight
-            return {"loss_mask": loss_mask, **self.maskiou_head(mask_features, mask_logits, instances)}
-        mask_rcnn_inference(mask_logits, instances)
+            return {**self.mask_head.loss(mask_logits, instances), **self.maskiou_head(mask_features, mask_logits, instances)}
+        instances = self.mask_head.inference(mask_logits, instances)
         return self.maskiou_head(mask_features, mask_logits, instances)

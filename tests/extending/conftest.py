@@ -1,4 +1,4 @@
-"""A tiny Mask R-CNN on the shapes config and a fixed two-image batch, shared by the extension tests."""
+"""A tiny Mask R-CNN on the shapes config and a fixed two-image batch, shared by the tests of docs/extend.md."""
 import sys
 from pathlib import Path
 
@@ -6,9 +6,6 @@ import pytest
 import torch
 
 from detlib.config import get_cfg
-from detlib.layers.losses import BOX_LOSS_REGISTRY, CLS_LOSS_REGISTRY
-from detlib.modeling import BACKBONE_REGISTRY
-from detlib.modeling.roi_heads import ROI_HEADS_REGISTRY
 from detlib.structures import BitMasks, Boxes, Instances
 from detlib.utils.events import EventStorage
 
@@ -38,21 +35,6 @@ def make_cfg(*overrides, config_file=SHAPES_CONFIG):
     cfg.MODEL.LOSS_WEIGHTS.clear()
     cfg.merge_from_list(TINY_OVERRIDES + [str(x) for x in overrides])
     return cfg
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_registries():
-    """
-    What a test module registers (its losses, heads, backbones) is gone after it, so that other
-    tests see the registries as detlib defines them. fvcore registries cannot unregister, hence
-    the direct restore of their name -> object maps.
-    """
-    registries = (BOX_LOSS_REGISTRY, CLS_LOSS_REGISTRY, ROI_HEADS_REGISTRY, BACKBONE_REGISTRY)
-    saved = [dict(registry._obj_map) for registry in registries]
-    yield
-    for registry, entries in zip(registries, saved):
-        registry._obj_map.clear()
-        registry._obj_map.update(entries)
 
 
 @pytest.fixture

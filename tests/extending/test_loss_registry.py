@@ -13,9 +13,9 @@ from detlib.layers.losses import (
     BOX_LOSS_REGISTRY,
     CLS_LOSS_REGISTRY,
     BoxLoss,
+    BoxLossKind,
     ClassificationLoss,
     build_classification_loss,
-    classification_loss_parameters,
 )
 from detlib.modeling.meta_arch.build import build_model
 
@@ -30,49 +30,49 @@ def _log_softmax_by_hand(row):
 def test_cross_entropy_softmax_and_binary_by_hand():
     ce = build_classification_loss("cross_entropy")
     expected = -sum(_log_softmax_by_hand(row.tolist())[y] for row, y in zip(LOGITS, LABELS.tolist()))
-    assert ce(LOGITS, LABELS).item() == pytest.approx(expected, rel=1e-6)
+    assert ce.multiclass(LOGITS, LABELS, None).item() == pytest.approx(expected, rel=1e-6)
     weights = torch.tensor([1.0, 0.0, 2.0, 0.5])
     expected_weighted = -sum(
         w * _log_softmax_by_hand(row.tolist())[y] for row, y, w in zip(LOGITS, LABELS.tolist(), weights.tolist())
     )
-    assert ce(LOGITS, LABELS, weights).item() == pytest.approx(expected_weighted, rel=1e-6)
+    assert ce.multiclass(LOGITS, LABELS, weights).item() == pytest.approx(expected_weighted, rel=1e-6)
 
     logits, labels = torch.tensor([1.5, -0.5, 0.0]), torch.tensor([1.0, 0.0, 1.0])
     sig = [1 / (1 + math.exp(-x)) for x in logits.tolist()]
     expected = -sum(y * math.log(s) + (1 - y) * math.log(1 - s) for s, y in zip(sig, labels.tolist()))
-    assert ce(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert ce.binary(logits, labels, None).item() == pytest.approx(expected, rel=1e-6)
 
     # Label smoothing e: binary targets 1 - e/2 and e/2; softmax targets (1 - e) one-hot + e / (K + 1).
     smoothed = build_classification_loss("cross_entropy", label_smoothing=0.2)
     targets = [0.9 if y else 0.1 for y in labels.tolist()]
     expected = -sum(t * math.log(s) + (1 - t) * math.log(1 - s) for s, t in zip(sig, targets))
-    assert smoothed(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert smoothed.binary(logits, labels, None).item() == pytest.approx(expected, rel=1e-6)
     expected = 0.0
     for row, y in zip(LOGITS.tolist(), LABELS.tolist()):
         logp = _log_softmax_by_hand(row)
         expected -= 0.8 * logp[y] + 0.2 / 3 * sum(logp)
-    assert smoothed(LOGITS, LABELS).item() == pytest.approx(expected, rel=1e-6)
+    assert smoothed.multiclass(LOGITS, LABELS, None).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_focal_matches_torchvision():
     focal = build_classification_loss("focal", alpha=0.3, gamma=1.5)
     logits, labels = torch.tensor([1.5, -0.5, 0.0, 4.0]), torch.tensor([1.0, 0.0, 1.0, 0.0])
     expected = tv_sigmoid_focal_loss(logits, labels, alpha=0.3, gamma=1.5, reduction="sum")
-    torch.testing.assert_close(focal(logits, labels), expected)
+    torch.testing.assert_close(focal.binary(logits, labels, None), expected)
     # K + 1 logits: one sigmoid per foreground class, background is the all-zero target.
     one_hot = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
     expected = tv_sigmoid_focal_loss(LOGITS[:, :2], one_hot, alpha=0.3, gamma=1.5, reduction="none").sum(dim=1)
     weights = torch.tensor([1.0, 2.0, 0.0, 1.0])
-    torch.testing.assert_close(focal(LOGITS, LABELS, weights), (expected * weights).sum())
+    torch.testing.assert_close(focal.multiclass(LOGITS, LABELS, weights), (expected * weights).sum())
     unweighted = build_classification_loss("focal", alpha=-1, gamma=0.0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-    torch.testing.assert_close(unweighted(logits, labels), bce)
+    torch.testing.assert_close(unweighted.binary(logits, labels, None), bce)
 
 
 def test_registered_classification_losses_and_parameters():
     assert {"cross_entropy", "focal"} <= {name for name, _ in CLS_LOSS_REGISTRY}
-    assert classification_loss_parameters("cross_entropy") == {"label_smoothing": 0.0}
-    assert classification_loss_parameters("focal") == {"alpha": 0.25, "gamma": 2.0}
+    assert build_classification_loss("cross_entropy").params == {"label_smoothing": 0.0}
+    assert build_classification_loss("focal").params == {"alpha": 0.25, "gamma": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +85,19 @@ def user_loss_calls():
 
     @CLS_LOSS_REGISTRY.register()
     def test_brier(scale: float = 1.0) -> ClassificationLoss:
-        def fn(logits, labels, weights):
-            if logits.dim() == 1:
-                error = (logits.sigmoid() - labels.float()) ** 2
-            else:
-                error = ((logits.softmax(dim=1) - torch.nn.functional.one_hot(labels, logits.shape[1])) ** 2).sum(1)
+        def summed(logits, labels, weights, error):
             loss = scale * (error if weights is None else error * weights).sum()
             calls.append((logits.detach(), labels, weights, loss.detach()))
             return loss
 
-        return ClassificationLoss("test_brier", fn, {"scale": scale})
+        def binary(logits, labels, weights):
+            return summed(logits, labels, weights, (logits.sigmoid() - labels.float()) ** 2)
+
+        def multiclass(logits, labels, weights):
+            one_hot = torch.nn.functional.one_hot(labels, logits.shape[1])
+            return summed(logits, labels, weights, ((logits.softmax(dim=1) - one_hot) ** 2).sum(1))
+
+        return ClassificationLoss("test_brier", binary, multiclass, {"scale": scale})
 
     @BOX_LOSS_REGISTRY.register()
     def test_squared_deltas(scale: float = 1.0) -> BoxLoss:
@@ -102,9 +105,9 @@ def user_loss_calls():
             box_calls.append((pred.detach(), target))
             return scale * ((pred - target) ** 2).sum()
 
-        return BoxLoss("test_squared_deltas", "deltas", fn, {"scale": scale})
+        return BoxLoss("test_squared_deltas", BoxLossKind.DELTAS, fn, {"scale": scale})
 
-    return calls, box_calls  # unregistered after this module by conftest.restore_registries
+    return calls, box_calls  # unregistered after this module by tests/conftest.py
 
 
 def test_user_registered_loss_selected_by_config_is_the_one_used(user_loss_calls, tiny_cfg, batch, run_losses):
@@ -119,7 +122,7 @@ def test_user_registered_loss_selected_by_config_is_the_one_used(user_loss_calls
     )
     model = build_model(cfg)
     model.load_state_dict(baseline.state_dict())
-    assert model.proposal_generator.objectness_loss.params == {"scale": 3.0}
+    assert model.proposal_generator.cls_loss.params == {"scale": 3.0}
 
     losses, _ = run_losses(model, batch)
     assert len(brier_calls) == 2 and len(box_calls) == 1
@@ -191,12 +194,12 @@ CLASSIFICATION_CHOICES = r"\[.*'cross_entropy', 'focal'"
             TypeError,
             r"'smooth_l1' has no parameter\(s\) \['scale'\]; its parameters are \{'beta': 0.0\}",
         ),
-        (["MODEL.RPN.BBOX_REG_LOSS_PARAMS.beta", -1.0], ValueError, "beta must be a finite number >= 0"),
-        (["MODEL.RPN.LOSS_WEIGHT", -1.0], ValueError, "RPN loss weights must be >= 0"),
-        (["MODEL.LOSS_WEIGHTS.loss_rpn_loc", -0.5], ValueError, "RPN loss weights must be >= 0"),
-        (["MODEL.LOSS_WEIGHTS.loss_cls", -1.0], ValueError, "loss weight of 'loss_cls' must be a number >= 0"),
-        (["MODEL.LOSS_WEIGHTS.loss_box_reg", float("nan")], ValueError, "'loss_box_reg' must be a number >= 0"),
-        (["MODEL.LOSS_WEIGHTS.loss_mask", -2.0], ValueError, "'loss_mask' must be a number >= 0"),
+        (["MODEL.RPN.BBOX_REG_LOSS_PARAMS.beta", 1.0], ValueError, "sets beta; set it with MODEL.RPN.SMOOTH_L1_BETA"),
+        (["MODEL.RPN.LOSS_WEIGHT", -1.0], ValueError, "RPN: the weight of 'loss_rpn_cls' must be a finite number >= 0"),
+        (["MODEL.LOSS_WEIGHTS.loss_rpn_loc", -0.5], ValueError, "RPN: the weight of 'loss_rpn_loc' must be"),
+        (["MODEL.LOSS_WEIGHTS.loss_cls", -1.0], ValueError, "FastRCNNOutputLayers: the weight of 'loss_cls' must be"),
+        (["MODEL.LOSS_WEIGHTS.loss_box_reg", float("nan")], ValueError, "the weight of 'loss_box_reg' must be"),
+        (["MODEL.LOSS_WEIGHTS.loss_mask", -2.0], ValueError, "Mask head: the weight of 'loss_mask' must be"),
         (
             ["MODEL.LOSS_WEIGHTS.loss_msk", 2.0],
             KeyError,

@@ -26,16 +26,11 @@ def _snippets():
 
 
 SNIPPETS = _snippets()
-_namespaces = {}
-
-
 def run_snippet(name):
-    """Execute a snippet once per session (its registrations are global) and return its namespace."""
-    if name not in _namespaces:
-        namespace = {"__name__": f"docs_snippet_{name}"}
-        exec(compile(SNIPPETS[name], f"<docs snippet {name}>", "exec"), namespace)
-        _namespaces[name] = namespace
-    return _namespaces[name]
+    """Execute a snippet and return its namespace; what it registers is undone after the test (tests/conftest.py)."""
+    namespace = {"__name__": f"docs_snippet_{name}"}
+    exec(compile(SNIPPETS[name], f"<docs snippet {name}>", "exec"), namespace)
+    return namespace
 
 
 def test_all_snippets_are_tested():
@@ -65,7 +60,7 @@ def test_registered_box_loss_by_hand_and_from_config(tiny_cfg):
     alpha, gamma = 0.5, 1.5
     b = math.exp(gamma / alpha) - 1
     loss = balanced_l1()
-    assert loss.params == {"alpha": alpha, "gamma": gamma} and loss.space == "deltas"
+    assert loss.params == {"alpha": alpha, "gamma": gamma} and loss.kind == "deltas"
     pred, target = torch.tensor([[0.5, -2.0, 0.0, 1.0]]), torch.zeros(1, 4)
     inlier = alpha / b * (b * 0.5 + 1) * math.log(b * 0.5 + 1) - alpha * 0.5
     outlier = gamma * 2.0 + gamma / b - alpha

@@ -13,9 +13,6 @@ from torch import nn
 from detlib.checkpoint import DetectionCheckpointer, UnsafeCheckpointError, load_checkpoint_file
 from detlib.solver import WarmupMultiStepLR
 
-PARITY_PKL = Path(__file__).resolve().parents[2] / ".." / "shared" / "parity" / "d2_case_a" / "model.pkl"
-
-
 class MakesDirectory:
     """Unpickling this calls os.mkdir(path): the stand-in for any code a crafted file could run."""
 
@@ -100,11 +97,11 @@ def test_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
     assert torch.equal(model.bias.detach(), torch.from_numpy(state["bias"]))
 
 
-@pytest.mark.skipif(not PARITY_PKL.is_file(), reason="shared/parity/d2_case_a is not available")
-def test_the_detectron2_parity_pickle_reads_like_an_unrestricted_unpickler():
-    with open(PARITY_PKL, "rb") as f:
+def test_the_detectron2_parity_pickle_reads_like_an_unrestricted_unpickler(d2_case):
+    pkl = d2_case / "model.pkl"
+    with open(pkl, "rb") as f:
         reference = pickle.load(f, encoding="latin1")["model"]  # the test's own trusted reference
-    loaded = load_checkpoint_file(str(PARITY_PKL))["model"]
+    loaded = load_checkpoint_file(str(pkl))["model"]
     assert loaded.keys() == reference.keys()
     for name, value in reference.items():
         assert loaded[name].dtype == value.dtype and np.array_equal(loaded[name], value), name

@@ -317,4 +317,5 @@ class ValidationLoss(HookBase):
             losses = loss_on_dataset(self._model, self._loader)
         finally:
             set_rng_state(rng_state)
-        self.trainer.storage.put_scalars(**{f"val/{name}": value for name, value in losses.items()}, smoothing_hint=False)
+        scalars = {f"val/{name}": value for name, value in losses.items()}
+        self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)

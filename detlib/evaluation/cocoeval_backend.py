@@ -45,24 +45,26 @@ def evaluate_predictions_on_coco(
         # Segmentation AP scores masks only; COCO's loadRes would otherwise take areas from the boxes.
         for result in coco_results:
             result.pop("bbox", None)
-    if use_fast_impl:
-        coco_dt = coco_gt.loadRes(coco_results)
-        # print_function=print: its summary goes to stdout, which is captured below like pycocotools'.
-        coco_eval = faster_coco_eval.COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=print)
-    else:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(coco_results) if coco_results else _empty_results(coco_gt)
-        coco_eval = pycocotools.cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
-    coco_eval.params.maxDets = [1, 10, max_dets]
-    if image_ids is not None:
-        coco_eval.params.imgIds = image_ids
+    # Both libraries print progress: pycocotools to stdout, faster-coco-eval to `print_function`.
+    messages: List[str] = []
     with contextlib.redirect_stdout(io.StringIO()):
+        if use_fast_impl:
+            coco_dt = coco_gt.loadRes(coco_results)
+            coco_eval = faster_coco_eval.COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=messages.append)
+        else:
+            coco_dt = coco_gt.loadRes(coco_results) if coco_results else _empty_results(coco_gt)
+            coco_eval = pycocotools.cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
+        coco_eval.params.maxDets = [1, 10, max_dets]
+        if image_ids is not None:
+            coco_eval.params.imgIds = image_ids
         coco_eval.evaluate()
         coco_eval.accumulate()
+    messages.clear()
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         coco_eval.summarize()
-    logger.info("COCOeval %s (%s):\n%s", iou_type, "fast" if use_fast_impl else "pycocotools", summary.getvalue())
+    summary_text = summary.getvalue() + "\n".join(messages)
+    logger.info("COCOeval %s (%s):\n%s", iou_type, "fast" if use_fast_impl else "pycocotools", summary_text)
     return coco_eval
 
 

@@ -9,6 +9,8 @@ import logging
 import os
 import socket
 import tempfile
+import uuid
+import weakref
 from typing import IO, Iterator, List, Optional, Tuple
 
 from detlib.utils import comm
@@ -22,18 +24,19 @@ class PredictionStream:
     def __init__(self, directory: Optional[str], name: str):
         """
         Args:
-            directory: where this rank's file lives; None: a temporary directory, removed with
-                the stream.
-            name: the file's stem; the rank and `.partial` are appended, so that the file is never
-                taken for a finished result.
+            directory: where this rank's file lives; None: a temporary directory.
+            name: the file's stem. The rank, a name unique to this stream (evaluators sharing a
+                directory must not share a file) and `.partial` are appended, so that the file is
+                never taken for a finished result. The file is removed with the stream.
         """
         self._tmpdir = None
         if directory is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="detlib_eval_")
             directory = self._tmpdir.name
         os.makedirs(directory, exist_ok=True)
-        self.path = os.path.join(directory, f"{name}.rank{comm.get_rank()}.partial")
+        self.path = os.path.join(directory, f"{name}.rank{comm.get_rank()}.{uuid.uuid4().hex[:12]}.partial")
         self._file: Optional[IO[str]] = None
+        weakref.finalize(self, _remove, self.path)
 
     def reset(self) -> None:
         """Start an empty file (a previous run's file, complete or not, is discarded)."""
@@ -71,12 +74,20 @@ class PredictionStream:
             with open(self.path, encoding="utf-8") as f:
                 content = f.read()
         received = comm.gather(None if local_to_main else content, dst=0)
-        if not comm.is_main_process():
-            return None
-        lines: List[Iterator[str]] = []
-        for (_, path), content in zip(everyone, received):
-            lines.append(iter(content.splitlines()) if content is not None else _read_lines(path))
-        return _concatenate(*lines)
+        merged = None
+        if comm.is_main_process():
+            lines: List[Iterator[str]] = []
+            for (_, path), content in zip(everyone, received):
+                lines.append(iter(content.splitlines()) if content is not None else _read_lines(path))
+            merged = _concatenate(*lines)
+        # The other ranks' files must outlive the main rank's reading of them.
+        comm.synchronize()
+        return merged
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def _read_lines(path: str) -> Iterator[str]:

@@ -12,7 +12,7 @@ from torch import nn
 from detlib.data import DatasetCatalog, MetadataCatalog
 from detlib.data.datasets import register_coco_instances
 from detlib.engine import launch
-from detlib.evaluation import COCOEvaluator, inference_on_dataset
+from detlib.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
 from detlib.structures import Boxes, Instances
 
 # Category ids are deliberately not contiguous: predictions use 0..K-1 and must be mapped back.
@@ -223,7 +223,8 @@ def test_process_streams_each_image_to_the_rank_file(tmp_path):
     _, anns = _write_dataset(tmp_path, "eval_stream")
     out = tmp_path / "out"
     evaluator = COCOEvaluator("eval_stream", output_dir=str(out))
-    stream_file = out / "coco_predictions.rank0.partial"
+    stream_file = out / os.path.basename(evaluator._stream.path)
+    assert stream_file.name.startswith("coco_predictions.rank0.") and stream_file.name.endswith(".partial")
     for count, (image_id, instances) in enumerate(_degraded_outputs(anns).items(), start=1):
         evaluator.process([{"image_id": image_id}], [{"instances": instances}])
         evaluator._stream._file.flush()
@@ -252,7 +253,27 @@ def test_an_interrupted_run_leaves_nothing_a_later_run_reads(tmp_path):
     later.process([{"image_id": 3}], [{"instances": _predictions_from(anns, 3)}])
     later.evaluate()
     assert json.load(open(out / "coco_instances_results.json")) == []  # image 3 has no objects
-    assert sorted(p.name for p in out.iterdir()) == ["coco_instances_results.json", "coco_predictions.rank0.partial"]
+    leftover = os.path.basename(crashed._stream.path)
+    assert {p.name for p in out.iterdir()} == {"coco_instances_results.json", leftover, os.path.basename(later._stream.path)}
+    del crashed, later  # a stream's file goes with it
+    assert [p.name for p in out.iterdir()] == ["coco_instances_results.json"]
+
+
+def test_evaluators_sharing_an_output_dir_keep_their_own_predictions(tmp_path):
+    _, anns = _write_dataset(tmp_path, "eval_shared_dir")
+    out = str(tmp_path / "out")
+    together = DatasetEvaluators([
+        COCOEvaluator("eval_shared_dir", tasks=("bbox",), output_dir=out),
+        COCOEvaluator("eval_shared_dir", tasks=("segm",), output_dir=out),
+    ])
+    alone = COCOEvaluator("eval_shared_dir", output_dir=str(tmp_path / "alone"))
+    for image_id, instances in _degraded_outputs(anns).items():
+        together.process([{"image_id": image_id}], [{"instances": instances}])
+        alone.process([{"image_id": image_id}], [{"instances": instances}])
+    shared, expected = together.evaluate(), alone.evaluate()
+    assert list(shared) == ["bbox", "segm"]
+    for task in ("bbox", "segm"):
+        assert shared[task] == pytest.approx(expected[task], nan_ok=True), task
 
 
 def test_a_failed_write_keeps_the_previous_result_file(tmp_path, monkeypatch):

@@ -160,7 +160,8 @@ class DefaultTrainer(TrainerBase):
     Builds, through overridable classmethods, the model (wrapped in DDP when distributed), the
     optimizer, the training loader, the lr schedule, a `DetectionCheckpointer` over `OUTPUT_DIR`
     and the hooks: timing, lr schedule, periodic checkpoints, periodic evaluation with
-    `build_evaluator`, and writers (console, metrics.json, TensorBoard).
+    `build_evaluator`, the validation loss on `DATASETS.VAL` every `TEST.VAL_LOSS_PERIOD`
+    iterations (`build_val_loader`), and writers (console, metrics.json, TensorBoard).
 
     Typical use::
 

@@ -21,7 +21,6 @@ from .prediction_stream import PredictionStream
 
 logger = logging.getLogger(__name__)
 
-_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _SUPPORTED_TASKS = ("bbox", "segm")
 
 
@@ -85,7 +84,7 @@ class COCOEvaluator(DatasetEvaluator):
         if mapping is None:
             # The dataset was not loaded in this process; the loader's rule is category-id order.
             mapping = {cat_id: k for k, cat_id in enumerate(sorted(self._coco_api.getCatIds()))}
-        dataset_ids = np.full(len(mapping), -1, dtype=np.int64)
+        dataset_ids = np.full(max(mapping.values(), default=-1) + 1, -1, dtype=np.int64)
         for dataset_id, contiguous in mapping.items():
             dataset_ids[contiguous] = dataset_id
         return dataset_ids
@@ -132,8 +131,9 @@ class COCOEvaluator(DatasetEvaluator):
             category = result["category_id"]
             if not 0 <= category < len(self._dataset_ids) or self._dataset_ids[category] < 0:
                 raise ValueError(
-                    f"A prediction for image {image_id} has class {category}, but dataset '{self._metadata.name}' "
-                    f"has only {len(self._dataset_ids)} classes (contiguous ids 0..{len(self._dataset_ids) - 1})."
+                    f"A prediction for image {image_id} has class {category}, but dataset "
+                    f"'{self._metadata.name}' has only {len(self._dataset_ids)} classes "
+                    f"(contiguous ids 0..{len(self._dataset_ids) - 1})."
                 )
             result["category_id"] = int(self._dataset_ids[category])
 

@@ -93,3 +93,31 @@ def test_validation_loader_keeps_annotations_and_resizes_like_test_time(tmp_path
     assert tuple(first["image"].shape[1:]) == (40, 80)  # shortest edge 20 -> 40
     assert first["instances"].gt_boxes.tensor.tolist() == [[4.0, 6.0, 24.0, 22.0]]
     assert first["instances"].gt_classes.tolist() == [0]
+
+
+class LinearLoss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, batch):
+        x = torch.stack(batch)
+        return {"loss_l1": self.linear(x).abs().mean(), "loss_l2": self.linear(x).pow(2).mean()}
+
+
+def _losses_on_two_ranks(result_file):
+    from detlib.utils import comm
+
+    batches = _batches()[comm.get_rank() :: 2]  # rank 0: batches 0 and 2, rank 1: batch 1
+    with open(f"{result_file}.{comm.get_rank()}", "w") as f:
+        json.dump(loss_on_dataset(LinearLoss(), batches), f)
+
+
+def test_two_processes_average_over_every_rank_batch(tmp_path):
+    from detlib.engine import launch
+
+    expected = loss_on_dataset(LinearLoss(), _batches())
+    launch(_losses_on_two_ranks, num_gpus_per_machine=2, args=(str(tmp_path / "losses"),))
+    for rank in (0, 1):
+        assert json.load(open(tmp_path / f"losses.{rank}")) == pytest.approx(expected, rel=1e-6)

@@ -73,3 +73,14 @@ def test_a_validation_period_without_a_validation_dataset_is_an_error(tmp_path):
     cfg = _tiny_cfg(tmp_path, **{"TEST.VAL_LOSS_PERIOD": "2"})
     with pytest.raises(ValueError, match="DATASETS.VAL"):
         DefaultTrainer.build_val_loader(cfg)
+
+
+def test_the_period_scales_with_the_world_size_like_the_evaluation_period():
+    from detlib.config import get_cfg
+    from detlib.engine.defaults import _scale_to_world_size
+
+    cfg = get_cfg()
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 8
+    cfg.TEST.VAL_LOSS_PERIOD, cfg.TEST.EVAL_PERIOD = 500, 5000
+    scaled = _scale_to_world_size(cfg, 2)
+    assert (scaled.TEST.VAL_LOSS_PERIOD, scaled.TEST.EVAL_PERIOD) == (2000, 20000)

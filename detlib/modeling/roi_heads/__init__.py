@@ -10,6 +10,7 @@ from .mask_head import (
     mask_rcnn_loss,
 )
 from .roi_heads import ROI_HEADS_REGISTRY, ROIHeads, StandardROIHeads, build_roi_heads, select_foreground_proposals
+from .cascade_rcnn import CascadeROIHeads
 
 __all__ = [
     "ROI_BOX_HEAD_REGISTRY",
@@ -26,6 +27,7 @@ __all__ = [
     "ROI_HEADS_REGISTRY",
     "ROIHeads",
     "StandardROIHeads",
+    "CascadeROIHeads",
     "build_roi_heads",
     "select_foreground_proposals",
 ]

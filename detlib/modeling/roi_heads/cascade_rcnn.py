@@ -5,6 +5,7 @@ of the quality it is given. Each stage computes its own losses.
 
 Shapes below: R RoIs of a stage in the batch, K foreground classes.
 """
+
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -246,7 +247,8 @@ class CascadeROIHeads(StandardROIHeads):
     def _inference(self, outputs: List[_StageOutput], image_sizes: List[Tuple[int, int]]) -> List[Instances]:
         """Detections per image: the stages' mean class probabilities on the last stage's boxes."""
         probs_per_stage = [
-            predictor.predict_probs(predictions, rois) for predictor, (predictions, rois) in zip(self.box_predictor, outputs)
+            predictor.predict_probs(predictions, rois)
+            for predictor, (predictions, rois) in zip(self.box_predictor, outputs)
         ]
         scores = [torch.stack(per_image).sum(dim=0) * (1.0 / self.num_stages) for per_image in zip(*probs_per_stage)]
         last, (predictions, rois) = self.box_predictor[-1], outputs[-1]

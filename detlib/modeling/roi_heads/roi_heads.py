@@ -317,9 +317,7 @@ class StandardROIHeads(ROIHeads):
             raise ValueError("forward_with_given_boxes: every Instances needs pred_boxes and pred_classes")
         return self._forward_mask(features, instances)
 
-    def _forward_box(
-        self, features: Dict[str, torch.Tensor], proposals: List[Instances], targets: TargetList = None
-    ):
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances], targets: TargetList = None):
         """
         Training: the box losses. Inference: the detections.
 

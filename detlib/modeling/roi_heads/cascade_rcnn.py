@@ -92,6 +92,7 @@ class CascadeROIHeads(StandardROIHeads):
 
     @property
     def num_stages(self) -> int:
+        """S, the number of box stages."""
         return len(self.proposal_matchers)
 
     @classmethod

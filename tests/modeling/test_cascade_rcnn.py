@@ -220,7 +220,7 @@ def test_per_stage_loss_weights_multiply_the_shared_ones():
         assert weighted[name].item() == pytest.approx(cls_factor * plain[name].item(), rel=1e-6)
         name = f"loss_box_reg_stage{stage}"
         assert weighted[name].item() == pytest.approx(2.0 * plain[name].item(), rel=1e-6)
-    with pytest.raises(ValueError, match="stage 2.*loss_box_reg"):
+    with pytest.raises(ValueError, match="loss_box_reg_stage2.*-1.0"):
         _heads("MODEL.LOSS_WEIGHTS.loss_box_reg_stage2", -1.0)
 
 

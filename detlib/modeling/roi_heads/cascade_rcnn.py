@@ -152,9 +152,9 @@ class CascadeROIHeads(StandardROIHeads):
         """
         suffix = f"_stage{stage}"
         configured = cfg.MODEL.LOSS_WEIGHTS
-        own = {name: configured.get(name + suffix, 1.0) for name in FastRCNNOutputLayers.LOSS_NAMES}
+        own = {name + suffix: configured.get(name + suffix, 1.0) for name in weights}
         own = check_loss_weights(f"CascadeROIHeads stage {stage} (MODEL.LOSS_WEIGHTS)", own, list(own))
-        return {name: weight * own[name] for name, weight in weights.items()}
+        return {name: weight * own[name + suffix] for name, weight in weights.items()}
 
     def _forward_box(self, features: Dict[str, Tensor], proposals: List[Instances], targets: TargetList = None):
         """

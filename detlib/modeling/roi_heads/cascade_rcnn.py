@@ -213,7 +213,7 @@ class CascadeROIHeads(StandardROIHeads):
         """
         if targets is None:
             raise ValueError("CascadeROIHeads needs the gt instances of every image in training")
-        fg_counts, bg_counts = [], []
+        fg_counts = []
         for per_image, target in zip(rois, targets):
             matched_idxs, matched_labels = self.proposal_matchers[stage](
                 pairwise_iou(target.gt_boxes, per_image.proposal_boxes)
@@ -225,14 +225,14 @@ class CascadeROIHeads(StandardROIHeads):
             else:
                 # As in stage 0 (`label_and_sample_proposals`), images without gt carry no gt_boxes.
                 per_image.gt_classes = torch.full_like(matched_idxs, self.num_classes)
-            num_fg = int(is_fg.sum())
-            fg_counts.append(num_fg)
-            bg_counts.append(len(per_image) - num_fg)
+            fg_counts.append(is_fg.sum())
 
+        # Per-image means; one device-to-host copy for the stage.
+        fg_mean = torch.stack(fg_counts).double().mean().item()
         storage = get_event_storage()
         with storage.name_scope(f"stage{stage}"):
-            storage.put_scalar("roi_head/num_fg_samples", sum(fg_counts) / len(fg_counts))
-            storage.put_scalar("roi_head/num_bg_samples", sum(bg_counts) / len(bg_counts))
+            storage.put_scalar("roi_head/num_fg_samples", fg_mean)
+            storage.put_scalar("roi_head/num_bg_samples", sum(len(r) for r in rois) / len(rois) - fg_mean)
         return rois
 
     def _stage_losses(self, outputs: List[_StageOutput]) -> Dict[str, Tensor]:
@@ -251,6 +251,7 @@ class CascadeROIHeads(StandardROIHeads):
             predictor.predict_probs(predictions, rois)
             for predictor, (predictions, rois) in zip(self.box_predictor, outputs)
         ]
+        # The sum times 1/S rather than the mean, as Detectron2 computes it (keeps near-ties ordered alike).
         scores = [torch.stack(per_image).sum(dim=0) * (1.0 / self.num_stages) for per_image in zip(*probs_per_stage)]
         last, (predictions, rois) = self.box_predictor[-1], outputs[-1]
         boxes = last.predict_boxes(predictions, rois)

@@ -408,7 +408,7 @@ def test_trains_on_shapes_with_the_stock_trainer(tmp_path):
         "MODEL.ROI_MASK_HEAD.CONV_DIM", "8",
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
         "DATASETS.TRAIN", "('shapes_mini_train',)",
-        "DATASETS.TEST", "()",
+        "DATASETS.TEST", "('shapes_mini_val',)",
         "DATALOADER.NUM_WORKERS", "0",
         "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.MAX_ITER", "3",
@@ -419,8 +419,10 @@ def test_trains_on_shapes_with_the_stock_trainer(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()]
-    last = records[-1]
+    last = next(r for r in reversed(records) if "total_loss" in r)
     assert last["iteration"] == 2
+    # The final evaluation ran the cascade's inference, masks included, through the COCO evaluator.
+    assert {"bbox/AP", "segm/AP"} <= set(records[-1])
     stage_losses = [f"{n}_stage{s}" for n in ("loss_cls", "loss_box_reg") for s in range(3)]
     for name in stage_losses + ["loss_mask", "loss_rpn_cls", "total_loss", "stage2/roi_head/num_fg_samples"]:
         assert math.isfinite(last[name]), name

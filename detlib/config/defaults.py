@@ -152,7 +152,7 @@ _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_WEIGHTS = []
 _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE = "cross_entropy"
 _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_PARAMS = CN(new_allowed=True)
 
-# Cascade box heads (not implemented by detlib) ----------------------------------------------------
+# Cascade box heads (CascadeROIHeads): one stage per entry of both ----------------------------------
 _C.MODEL.ROI_BOX_CASCADE_HEAD = CN()
 _C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = (
     (10.0, 10.0, 5.0, 5.0),

@@ -719,8 +719,6 @@ def _interleaved(systems: List[_ModelSystem], work: Callable[[_ModelSystem], obj
 
 def _memory_child(args: argparse.Namespace) -> None:
     """Runs in a fresh process: build one system, run one phase, print its peak memory in MB."""
-    import resource
-
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sizes = _model_sizes(args.quick)
@@ -739,7 +737,9 @@ def _memory_child(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         print(torch.cuda.max_memory_allocated(device) / 2**20)
     else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+        with open("/proc/self/status") as f:
+            print(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024)
 
 
 def _peak_memory_mb(system: str, phase: str, args: argparse.Namespace, weights: str) -> float:

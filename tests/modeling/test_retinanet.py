@@ -3,6 +3,7 @@ RetinaNet: the focal loss against torchvision, the head's shapes and initializat
 detections on hand-built cases, the configs, a few training steps, and Detectron2's RetinaNet on the
 same weights (when Detectron2 is installed).
 """
+
 import math
 import os
 import pickle
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou, sigmoid_focal_loss as tv_sigmoid_focal_loss
+from torchvision.ops import box_iou
+from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 from detlib.checkpoint import DetectionCheckpointer
 from detlib.config import get_cfg
@@ -45,7 +47,9 @@ def _small_cfg(*overrides):
 
 
 def _head(num_classes=3, in_channels=4, sizes=((8,),), ratios=((1.0,),), strides=(8,), **kwargs):
-    generator = DefaultAnchorGenerator(sizes=[list(s) for s in sizes], aspect_ratios=[list(r) for r in ratios], strides=list(strides))
+    generator = DefaultAnchorGenerator(
+        sizes=[list(s) for s in sizes], aspect_ratios=[list(r) for r in ratios], strides=list(strides)
+    )
     args = dict(
         in_features=[f"p{int(math.log2(s))}" for s in strides],
         in_channels=in_channels,
@@ -92,7 +96,9 @@ def test_focal_loss_matches_torchvision(alpha, gamma):
 
 def test_head_shapes_order_and_initialization():
     torch.manual_seed(0)
-    head = _head(num_classes=3, in_channels=8, sizes=((8, 10, 12), (16, 20, 24)), ratios=((0.5, 1.0, 2.0),), strides=(8, 16))
+    head = _head(
+        num_classes=3, in_channels=8, sizes=((8, 10, 12), (16, 20, 24)), ratios=((0.5, 1.0, 2.0),), strides=(8, 16)
+    )
     features = [torch.randn(2, 8, 6, 5), torch.randn(2, 8, 3, 3)]
     logits, deltas = head.predict(features)
     assert [tuple(x.shape) for x in logits] == [(2, 6 * 5 * 9, 3), (2, 3 * 3 * 9, 3)]
@@ -102,7 +108,9 @@ def test_head_shapes_order_and_initialization():
     n, row, col, anchor, k = 1, 4, 2, 7, 2
     assert logits[0][n, (row * 5 + col) * 9 + anchor, k] == raw[n, anchor * 3 + k, row, col]
     raw_deltas = head.bbox_pred(head.bbox_subnet(features[0]))
-    torch.testing.assert_close(deltas[0][n, (row * 5 + col) * 9 + anchor], raw_deltas[n, anchor * 4 : anchor * 4 + 4, row, col])
+    torch.testing.assert_close(
+        deltas[0][n, (row * 5 + col) * 9 + anchor], raw_deltas[n, anchor * 4 : anchor * 4 + 4, row, col]
+    )
     # Every class starts at the prior probability; the convs start small and unbiased.
     torch.testing.assert_close(torch.sigmoid(head.cls_score.bias), torch.full((27,), 0.01))
     assert head.bbox_pred.bias.abs().max() == 0
@@ -120,7 +128,9 @@ def test_head_with_group_norm_and_refused_batch_norm():
 # Losses on a hand-built case ----------------------------------------------------------------------------
 
 # gt A (class 1) and gt B (class 0); each anchor's IoU with its best gt is in the comment.
-GT = Instances((64, 64), gt_boxes=Boxes(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])), gt_classes=torch.tensor([1, 0]))
+GT = Instances(
+    (64, 64), gt_boxes=Boxes(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])), gt_classes=torch.tensor([1, 0])
+)
 ANCHORS = Boxes(
     torch.tensor(
         [
@@ -199,7 +209,9 @@ def test_inference_threshold_topk_and_class_wise_nms():
     out = head.decode_image([level0, level1], logits, deltas, (200, 200))
     assert out.pred_classes.tolist() == [0, 1, 1, 0]
     torch.testing.assert_close(out.scores, torch.tensor([0.9, 0.7, 0.6, 0.3]))
-    torch.testing.assert_close(out.pred_boxes.tensor, torch.cat([level0.tensor[[0, 1]], level1.tensor, level0.tensor[[2]]]))
+    torch.testing.assert_close(
+        out.pred_boxes.tensor, torch.cat([level0.tensor[[0, 1]], level1.tensor, level0.tensor[[2]]])
+    )
     assert box_iou(level0.tensor[:1], level0.tensor[1:2]).item() > 0.5  # the one NMS removed
 
     # Top 2 per level: level 0 keeps 0.9 and 0.8 (then NMS drops 0.8), level 1 its 0.6.
@@ -243,7 +255,9 @@ def test_coco_configs_build_detectron2s_retinanet():
 
 
 def test_losses_selected_and_weighted_by_config():
-    model = build_model(_small_cfg("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou", "MODEL.RETINANET.FOCAL_LOSS_GAMMA", 1.5))
+    model = build_model(
+        _small_cfg("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou", "MODEL.RETINANET.FOCAL_LOSS_GAMMA", 1.5)
+    )
     assert model.head.box_loss.name == "giou" and model.head.cls_loss.params["gamma"] == 1.5
     cfg = _small_cfg()
     cfg.MODEL.LOSS_WEIGHTS.loss_box_reg = 3.0
@@ -337,7 +351,8 @@ def _spread_out(state, generator):
 
 
 def _to_detectron2(instances):
-    from detectron2.structures import Boxes as D2Boxes, Instances as D2Instances
+    from detectron2.structures import Boxes as D2Boxes
+    from detectron2.structures import Instances as D2Instances
 
     converted = D2Instances(instances.image_size, gt_boxes=D2Boxes(instances.gt_boxes.tensor.clone()))
     converted.gt_classes = instances.gt_classes.clone()

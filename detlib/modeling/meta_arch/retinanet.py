@@ -12,6 +12,7 @@ registry (`MODEL.RETINANET.CLS_LOSS_TYPE: focal`).
 Parameter names follow Detectron2's RetinaNet (`head.cls_subnet.0.weight`, `head.cls_score.bias`,
 `head.bbox_pred.weight`, ...), so its checkpoints load unchanged.
 """
+
 import inspect
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -150,7 +151,9 @@ class RetinaNetHead(nn.Module):
                 "BatchNorm is not implemented; use 'GN' or '' (MODEL.RETINANET.NORM)"
             )
         if not 0 < prior_prob < 1:
-            raise ValueError(f"RetinaNetHead: prior_prob (MODEL.RETINANET.PRIOR_PROB) must be in (0, 1), got {prior_prob}")
+            raise ValueError(
+                f"RetinaNetHead: prior_prob (MODEL.RETINANET.PRIOR_PROB) must be in (0, 1), got {prior_prob}"
+            )
         if not 0 <= normalizer_momentum < 1:
             raise ValueError(f"RetinaNetHead: normalizer_momentum must be in [0, 1), got {normalizer_momentum}")
         num_anchors = set(anchor_generator.num_anchors)
@@ -380,12 +383,7 @@ class RetinaNet(_RCNNBase):
 
     @configurable
     def __init__(
-        self,
-        *,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        backbone: Backbone,
-        head: RetinaNetHead,
+        self, *, pixel_mean: Sequence[float], pixel_std: Sequence[float], backbone: Backbone, head: RetinaNetHead
     ):
         """
         Args:

@@ -410,3 +410,25 @@ def test_detectron2_checkpoint_gives_the_same_detections_and_losses(tmp_path, se
     assert set(got) == set(expected)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=0)
+
+
+# The example in docs/extend.md -------------------------------------------------------------------------
+
+
+def test_docs_center_sampling_example():
+    text = (REPO / "docs" / "extend.md").read_text()
+    (code,) = re.findall(r"```python\n# retinanet example: center_sampling\n(.*?)```", text, re.DOTALL)
+    namespace = {"__name__": "docs_retinanet_example"}
+    exec(compile(code, "<docs/extend.md retinanet example>", "exec"), namespace)
+
+    model = build_model(_small_cfg("MODEL.META_ARCHITECTURE", "CenterSampledRetinaNet"))
+    assert type(model.head).__name__ == "CenterSampledHead"
+    gt = Instances((64, 64), gt_boxes=Boxes(torch.tensor([[0.0, 0, 10, 10]])), gt_classes=torch.tensor([2]))
+    # The gt's best anchor (IoU 0.09, foreground as its best match) has its center (11, 11) outside it.
+    anchors = Boxes(torch.tensor([[6.0, 6, 16, 16], [50, 50, 60, 60]]))
+    base = _head(num_classes=5)
+    assert base.label_anchors([anchors], [gt])[0].tolist() == [[2, 5]]
+    assert model.head.label_anchors([anchors], [gt])[0].tolist() == [[-1, 5]]
+    with EventStorage(0):
+        losses = model(_inputs())
+    assert set(losses) == {"loss_cls", "loss_box_reg"} and all(torch.isfinite(v) for v in losses.values())

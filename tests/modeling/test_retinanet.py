@@ -1,12 +1,11 @@
 """
 RetinaNet: the focal loss against torchvision, the head's shapes and initialization, its losses and
-detections on hand-built cases, the configs, a few training steps, and Detectron2's RetinaNet on the
-same weights (when Detectron2 is installed).
+detections on hand-built cases, the configs, a few training steps and the docs' example. Detectron2's
+RetinaNet on the same weights is tests/differential/test_retinanet{,_gn}.py.
 """
 
 import math
 import os
-import pickle
 import re
 import subprocess
 import sys
@@ -18,7 +17,6 @@ import torch.nn.functional as F
 from torchvision.ops import box_iou
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
-from detlib.checkpoint import DetectionCheckpointer
 from detlib.config import get_cfg
 from detlib.layers import sigmoid_focal_loss
 from detlib.layers.losses import build_box_loss, build_classification_loss
@@ -31,11 +29,10 @@ from detlib.structures import Boxes, Instances
 from detlib.utils.events import EventStorage
 
 REPO = Path(__file__).resolve().parents[2]
-# The COCO config shrunk for speed, identically in detlib and Detectron2.
+# The COCO config shrunk for speed.
 SMALL = [
     "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.FPN.OUT_CHANNELS", 32,
     "MODEL.RETINANET.NUM_CLASSES", 5, "MODEL.RETINANET.NUM_CONVS", 2, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-    "MODEL.PIXEL_STD", "[57.375, 57.120, 58.395]",
 ]  # fmt: skip
 
 
@@ -328,88 +325,6 @@ def test_shapes_config_trains_and_evaluates_with_train_net(tmp_path):
     assert re.search(r"loss_cls: [0-9.]+\s+loss_box_reg: [0-9.]+", log), log[-3000:]
     assert re.search(r"Final shapes_mini_val bbox: AP [0-9.]+", log), log[-3000:]
     assert (tmp_path / "out" / "model_final.pth").is_file()
-
-
-# Detectron2 on the same weights ------------------------------------------------------------------------
-
-
-def _spread_out(state, generator):
-    """Random weights that keep activations and scores spread (not the near-zero initialization)."""
-    spread = {}
-    for name, value in state.items():
-        if name.endswith("num_batches_tracked"):
-            spread[name] = value
-        elif name.endswith("running_var") or (value.dim() == 1 and name.endswith("weight")):  # norm scales
-            spread[name] = 0.5 + torch.rand(value.shape, generator=generator)
-        elif value.dim() == 1:
-            spread[name] = 0.1 * torch.randn(value.shape, generator=generator)
-        else:
-            fan_in = value[0].numel()
-            spread[name] = torch.randn(value.shape, generator=generator) * math.sqrt(1.0 / fan_in)
-    spread["head.cls_score.bias"] = -1.5 + 0.5 * torch.randn(spread["head.cls_score.bias"].shape, generator=generator)
-    return spread
-
-
-def _to_detectron2(instances):
-    from detectron2.structures import Boxes as D2Boxes
-    from detectron2.structures import Instances as D2Instances
-
-    converted = D2Instances(instances.image_size, gt_boxes=D2Boxes(instances.gt_boxes.tensor.clone()))
-    converted.gt_classes = instances.gt_classes.clone()
-    return converted
-
-
-@pytest.mark.parametrize("seed,norm", [(0, ""), (1, "GN")])
-def test_detectron2_checkpoint_gives_the_same_detections_and_losses(tmp_path, seed, norm):
-    pytest.importorskip("detectron2")
-    from detectron2 import model_zoo as d2_zoo
-    from detectron2.config import get_cfg as d2_get_cfg
-    from detectron2.modeling import build_model as d2_build_model
-    from detectron2.utils.events import EventStorage as D2EventStorage
-
-    overrides = SMALL + ["MODEL.RETINANET.NORM", norm]
-    overrides = [str(v) if not isinstance(v, str) else v for v in overrides]
-    d2_cfg = d2_get_cfg()
-    d2_cfg.merge_from_file(d2_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
-    d2_cfg.merge_from_list(overrides)
-    torch.manual_seed(seed)
-    reference = d2_build_model(d2_cfg)
-    reference.load_state_dict(_spread_out(reference.state_dict(), torch.Generator().manual_seed(seed)))
-    pkl = tmp_path / "model.pkl"
-    with open(pkl, "wb") as f:
-        weights = {k: v.numpy() for k, v in reference.state_dict().items()}
-        pickle.dump({"model": weights, "__author__": "Detectron2 Model Zoo"}, f)
-
-    model = build_model(_small_cfg("MODEL.RETINANET.NORM", norm))
-    checkpointer = DetectionCheckpointer(model)
-    checkpointer.load(str(pkl))
-    keys = checkpointer.incompatible_keys
-    assert not keys.missing and not keys.unexpected and not keys.shape_mismatch, keys
-
-    inputs = _inputs(seed)
-    reference.eval()
-    model.eval()
-    with torch.no_grad():
-        expected = reference([{k: v for k, v in x.items() if k != "instances"} for x in inputs])
-        got = model([{k: v for k, v in x.items() if k != "instances"} for x in inputs])
-    for exp, out in zip(expected, got):
-        exp, out = exp["instances"], out["instances"]
-        assert len(exp) > 10 and len(out) == len(exp)
-        assert out.image_size == exp.image_size
-        torch.testing.assert_close(out.pred_boxes.tensor, exp.pred_boxes.tensor, rtol=0, atol=1e-3)
-        torch.testing.assert_close(out.scores, exp.scores, rtol=0, atol=1e-4)
-        assert torch.equal(out.pred_classes, exp.pred_classes)
-
-    reference.train()
-    model.train()
-    d2_inputs = [dict(x, instances=_to_detectron2(x["instances"])) for x in inputs]
-    with D2EventStorage(0):
-        expected = reference(d2_inputs)
-    with EventStorage(0):
-        got = model(inputs)
-    assert set(got) == set(expected)
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=0)
 
 
 # The example in docs/extend.md -------------------------------------------------------------------------

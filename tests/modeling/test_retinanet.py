@@ -1,7 +1,7 @@
 """
 RetinaNet: the focal loss against torchvision, the head's shapes and initialization, its losses and
 detections on hand-built cases, the configs, a few training steps and the docs' example. Detectron2's
-RetinaNet on the same weights is tests/differential/test_retinanet{,_gn}.py.
+RetinaNet on the same weights is tests/differential/test_retinanet_{default,gn}.py.
 """
 
 import math
@@ -256,6 +256,9 @@ def test_losses_selected_and_weighted_by_config():
         _small_cfg("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou", "MODEL.RETINANET.FOCAL_LOSS_GAMMA", 1.5)
     )
     assert model.head.box_loss.name == "giou" and model.head.cls_loss.params["gamma"] == 1.5
+    # A loss without alpha / gamma is built without them.
+    model = build_model(_small_cfg("MODEL.RETINANET.CLS_LOSS_TYPE", "cross_entropy"))
+    assert model.head.cls_loss.name == "cross_entropy" and model.head.cls_loss.params == {"label_smoothing": 0.0}
     cfg = _small_cfg()
     cfg.MODEL.LOSS_WEIGHTS.loss_box_reg = 3.0
     assert build_model(cfg).head.loss_weight == {"loss_cls": 1.0, "loss_box_reg": 3.0}

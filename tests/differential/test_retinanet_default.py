@@ -1,4 +1,7 @@
-"""RetinaNet (ResNet-FPN with p6/p7, focal loss, dense head) against Detectron2, via the differential harness."""
+"""
+RetinaNet with its default head (no norm) against Detectron2. Not named test_retinanet.py: the test
+directories are not packages, so pytest needs basenames unique across them (tests/modeling has one).
+"""
 
 import pytest
 from harness import Case, check_live, check_recorded

@@ -177,7 +177,9 @@ def create_keypoint_hflip_indices(dataset_names: Union[str, Sequence[str]]) -> L
     for pair in metas[0].keypoint_flip_map:
         left, right = pair
         if left not in names or right not in names:
-            raise ValueError(f"Dataset '{names_list[0]}': keypoint_flip_map pair {tuple(pair)} names an unknown keypoint.")
+            raise ValueError(
+                f"Dataset '{names_list[0]}': keypoint_flip_map pair {tuple(pair)} names an unknown keypoint."
+            )
         mirror[left], mirror[right] = right, left
     return [names.index(mirror.get(name, name)) for name in names]
 
@@ -224,7 +226,9 @@ def annotations_to_instances(annos: List[dict], image_size: Tuple[int, int], mas
             masks = [torch.from_numpy(np.ascontiguousarray(_segmentation_to_bitmask(s, h, w))) for s in segms]
             instances.gt_masks = BitMasks(torch.stack(masks))
     if annos and "keypoints" in annos[0]:
-        instances.gt_keypoints = Keypoints(np.stack([np.asarray(a["keypoints"], np.float32).reshape(-1, 3) for a in annos]))
+        instances.gt_keypoints = Keypoints(
+            np.stack([np.asarray(a["keypoints"], np.float32).reshape(-1, 3) for a in annos])
+        )
     return instances
 
 

@@ -6,6 +6,7 @@ Coordinates are continuous image coordinates: pixel (i, j) covers [j, j + 1) x [
 center is (j + 0.5, i + 0.5) (Heckbert, "What is the coordinate of a pixel?", 1990). Heatmap cells
 follow the same rule inside their RoI, in both directions of the conversion.
 """
+
 from typing import Any, List, Sequence, Tuple, Union
 
 import numpy as np

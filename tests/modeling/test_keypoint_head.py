@@ -55,7 +55,8 @@ def test_keypoint_loss_by_hand():
     logits = torch.randn(2, 2, 2, 2, dtype=torch.float64)
     # -log softmax of the target cell, for the 3 valid keypoints (roi, keypoint, cell).
     terms = [
-        -(logits[r, k].flatten()[c] - torch.logsumexp(logits[r, k].flatten(), 0)) for r, k, c in ((0, 0, 0), (0, 1, 3), (1, 1, 2))
+        -(logits[r, k].flatten()[c] - torch.logsumexp(logits[r, k].flatten(), 0))
+        for r, k, c in ((0, 0, 0), (0, 1, 3), (1, 1, 2))
     ]
     total = sum(terms)
     torch.testing.assert_close(keypoint_rcnn_loss(logits, [_rois()], normalizer=None), total / 3)
@@ -146,7 +147,11 @@ def test_keypoint_rcnn_trains_and_predicts_keypoints_at_the_original_size():
         out = model([{"image": image, "height": 128, "width": 96}])[0]["instances"]
         raw = model.roi_heads.forward_with_given_boxes(
             model.backbone(model.preprocess_image([{"image": image}]).tensor),
-            [Instances((64, 64), pred_boxes=Boxes(torch.tensor([[8.0, 4.0, 40.0, 36.0]])), pred_classes=torch.tensor([0]))],
+            [
+                Instances(
+                    (64, 64), pred_boxes=Boxes(torch.tensor([[8.0, 4.0, 40.0, 36.0]])), pred_classes=torch.tensor([0])
+                )
+            ],
         )[0]
     assert out.pred_keypoints.shape[1:] == (3, 3) and len(out) > 0
     # The keypoints of a given box lie in it; rescaling to 96 x 128 scales x by 1.5, y by 2.

@@ -107,7 +107,9 @@ def _check_keypoints(keypoints: Any, num_keypoints: Optional[int], where: str) -
     if not np.isfinite(values).all():
         raise BadSampleError(f"{where}: field 'keypoints' has a non-finite value.")
     if not np.isin(values[:, 2], (0, 1, 2)).all():
-        raise BadSampleError(f"{where}: field 'keypoints' has a visibility that is not 0, 1 or 2: {values[:, 2].tolist()}.")
+        raise BadSampleError(
+            f"{where}: field 'keypoints' has a visibility that is not 0, 1 or 2: {values[:, 2].tolist()}."
+        )
     values[:, :2] += 0.5
     return values.ravel().tolist()
 

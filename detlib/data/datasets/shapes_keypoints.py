@@ -12,6 +12,7 @@ in the image, 0 (and x = y = 0) for one outside it. Keypoints are written
 in COCO's convention (pixel indices: the exact vertex minus 0.5), so `load_coco_json`, which adds
 the half pixel back, yields the exact vertices.
 """
+
 import json
 import os
 from dataclasses import dataclass

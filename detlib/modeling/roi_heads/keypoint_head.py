@@ -4,6 +4,7 @@ over each keypoint's heatmap cells) and, at inference, keypoints in image coordi
 
 Shapes: R RoIs, K keypoints, S x S heatmap (56 x 56 for the default 14 x 14 pooled features).
 """
+
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -122,7 +123,9 @@ class BaseKeypointRCNNHead(nn.Module):
         """
         super().__init__()
         if loss_normalizer != "visible" and not (isinstance(loss_normalizer, (int, float)) and loss_normalizer > 0):
-            raise ValueError(f"Keypoint head: loss_normalizer must be 'visible' or a number > 0, got {loss_normalizer!r}")
+            raise ValueError(
+                f"Keypoint head: loss_normalizer must be 'visible' or a number > 0, got {loss_normalizer!r}"
+            )
         self.num_keypoints = num_keypoints
         self.loss_weight = check_loss_weights("Keypoint head", loss_weight, ["loss_keypoint"])["loss_keypoint"]
         self.loss_normalizer = loss_normalizer

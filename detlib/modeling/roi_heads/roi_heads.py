@@ -294,8 +294,11 @@ class StandardROIHeads(ROIHeads):
         head = cfg.MODEL.ROI_KEYPOINT_HEAD
         scales, pooled_shape = cls._pooled_shape(input_shape, in_features, head.POOLER_RESOLUTION, "ROI_KEYPOINT_HEAD")
         if not head.POOLER_TYPE:
-            return {"keypoint_in_features": in_features, "keypoint_pooler": None,
-                    "keypoint_head": build_keypoint_head(cfg, {f: input_shape[f] for f in in_features})}
+            return {
+                "keypoint_in_features": in_features,
+                "keypoint_pooler": None,
+                "keypoint_head": build_keypoint_head(cfg, {f: input_shape[f] for f in in_features}),
+            }
         return {
             "keypoint_in_features": in_features,
             "keypoint_pooler": ROIPooler(head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE),

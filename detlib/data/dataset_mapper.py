@@ -66,8 +66,9 @@ class DatasetMapper:
         self.use_instance_mask = use_instance_mask
         self.instance_mask_format = instance_mask_format
         self.recompute_boxes = recompute_boxes
+        # Only needed (and only checked) when a flip meets an annotation with keypoints.
+        self.keypoint_hflip_indices = list(keypoint_hflip_indices) if keypoint_hflip_indices is not None else None
         self.use_keypoint = use_keypoint
-        self.keypoint_hflip_indices = keypoint_hflip_indices
         logger.info("DatasetMapper (%s) augmentations: %s", "train" if is_train else "inference", augmentations)
 
     @classmethod

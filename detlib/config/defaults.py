@@ -275,6 +275,8 @@ _C.INPUT.MASK_FORMAT = "polygon"
 _C.DATASETS = CN()
 _C.DATASETS.TRAIN = ()
 _C.DATASETS.TEST = ()
+# Held-out datasets whose training losses are recorded every TEST.VAL_LOSS_PERIOD iterations.
+_C.DATASETS.VAL = ()
 # Precomputed proposals, one file per dataset above (with MODEL.LOAD_PROPOSALS), and how many of
 # them to keep per image.
 _C.DATASETS.PROPOSAL_FILES_TRAIN = ()
@@ -353,6 +355,8 @@ _C.TEST = CN()
 # Sanity checks after evaluation: [["bbox", "AP", 38.5, 0.2], ...] = (task, metric, value, tolerance).
 _C.TEST.EXPECTED_RESULTS = []
 _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
+# Iterations between validation losses (the model's losses on DATASETS.VAL, as val/<loss>); 0 = off.
+_C.TEST.VAL_LOSS_PERIOD = 0
 # Keypoint OKS sigmas for COCO keypoint evaluation; empty = COCO's.
 _C.TEST.KEYPOINT_OKS_SIGMAS = []
 _C.TEST.DETECTIONS_PER_IMAGE = 100

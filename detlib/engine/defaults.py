@@ -18,6 +18,7 @@ from detlib.checkpoint import DetectionCheckpointer
 from detlib.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detlib.data import transforms as T
 from detlib.evaluation import COCOEvaluator, DatasetEvaluator, inference_on_dataset
+from detlib.evaluation.validation_loss import build_validation_loader
 from detlib.solver import build_lr_scheduler, build_optimizer
 from detlib.utils import comm
 from detlib.utils.env import collect_env_info, seed_all_rng, set_rng_state
@@ -142,6 +143,7 @@ def _scale_to_world_size(cfg, world_size: int):
     solver.STEPS = tuple(int(round(s / scale)) for s in solver.STEPS)
     solver.CHECKPOINT_PERIOD = int(round(solver.CHECKPOINT_PERIOD / scale))
     cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / scale))
+    cfg.TEST.VAL_LOSS_PERIOD = int(round(cfg.TEST.VAL_LOSS_PERIOD / scale))
     solver.REFERENCE_WORLD_SIZE = world_size
     logger.info(
         "Config tuned for %d processes rescaled to %d: IMS_PER_BATCH=%d, BASE_LR=%g, MAX_ITER=%d",
@@ -158,7 +160,8 @@ class DefaultTrainer(TrainerBase):
     Builds, through overridable classmethods, the model (wrapped in DDP when distributed), the
     optimizer, the training loader, the lr schedule, a `DetectionCheckpointer` over `OUTPUT_DIR`
     and the hooks: timing, lr schedule, periodic checkpoints, periodic evaluation with
-    `build_evaluator`, and writers (console, metrics.json, TensorBoard).
+    `build_evaluator`, the validation loss on `DATASETS.VAL` every `TEST.VAL_LOSS_PERIOD`
+    iterations (`build_val_loader`), and writers (console, metrics.json, TensorBoard).
 
     Typical use::
 
@@ -244,6 +247,9 @@ class DefaultTrainer(TrainerBase):
             # runs it; only the main process writes.
             hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER),
             hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_keep_results),
+            hooks.ValidationLoss(cfg.TEST.VAL_LOSS_PERIOD, self.model, self.build_val_loader(cfg))
+            if cfg.TEST.VAL_LOSS_PERIOD > 0
+            else None,
             hooks.PeriodicWriter(self.build_writers(), period=20) if comm.is_main_process() else None,
         ]
 
@@ -287,6 +293,13 @@ class DefaultTrainer(TrainerBase):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
         return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_val_loader(cls, cfg):
+        """The loader of `DATASETS.VAL` for the validation loss (annotations kept, test-time resize)."""
+        if not cfg.DATASETS.VAL:
+            raise ValueError("TEST.VAL_LOSS_PERIOD > 0 needs DATASETS.VAL: the datasets to compute the loss on")
+        return build_validation_loader(cfg, cfg.DATASETS.VAL)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str) -> DatasetEvaluator:

@@ -159,3 +159,10 @@ def test_keypoint_rcnn_trains_and_predicts_keypoints_at_the_original_size():
     assert ((kpts[..., 0] >= 8) & (kpts[..., 0] <= 40) & (kpts[..., 1] >= 4) & (kpts[..., 1] <= 36)).all()
     scaled = detector_postprocess(raw, 128, 96).pred_keypoints
     torch.testing.assert_close(scaled, kpts * torch.tensor([1.5, 2.0, 1.0]))
+
+
+def test_inference_without_detections_gives_empty_keypoints():
+    head = _head().eval()
+    empty = Instances((10, 10), pred_boxes=Boxes(torch.zeros(0, 4)), pred_classes=torch.zeros(0, dtype=torch.int64))
+    (out,) = head(torch.zeros(0, 4, 7, 7), [empty])
+    assert out.pred_keypoints.shape == (0, 3, 3) and out.pred_keypoint_heatmaps.shape == (0, 3, 28, 28)

@@ -5,11 +5,16 @@
     tools/train_net.py --config-file X.yaml --resume                       # continue a killed run
     tools/train_net.py --config-file X.yaml --eval-only MODEL.WEIGHTS model_final.pth
     tools/train_net.py --config-file X.yaml --num-gpus 2                   # DDP (gloo on CPU)
+    torchrun --nproc_per_node 8 tools/train_net.py --config-file X.yaml   # or srun: joins their world
+
+A run preempted by SIGTERM/SIGUSR1 saves a checkpoint and exits with code 75 (requeue, then --resume);
+see docs/cluster.md.
 
 Trailing `KEY VALUE` pairs override the config. Everything a run produces goes to OUTPUT_DIR:
 log.txt, config.yaml, checkpoints, metrics.json, TensorBoard events, evaluation results and
 training-curve plots.
 """
+import datetime
 import logging
 import math
 import os
@@ -100,5 +105,6 @@ if __name__ == "__main__":
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
+        timeout=datetime.timedelta(seconds=args.dist_timeout),
         args=(args,),
     )

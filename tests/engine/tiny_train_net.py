@@ -8,6 +8,7 @@ the mapper draws from NumPy and Python's generators (like augmentations) and the
 torch's (like proposal sampling). Without it a step is a deterministic function of the sampled
 indices, so that a 2-process run can be compared with a 1-process one.
 """
+import datetime
 import os
 import random
 import sys
@@ -130,5 +131,6 @@ if __name__ == "__main__":
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
+        timeout=datetime.timedelta(seconds=args.dist_timeout),
         args=(args, args.random_augment, args.step_sleep),
     )

@@ -30,7 +30,6 @@ from detlib.engine import DefaultTrainer, default_argument_parser, default_setup
 from detlib.engine.defaults import verify_results
 from detlib.evaluation import write_prediction_grid
 from detlib.utils import comm
-from detlib.utils.training_report import write_training_curves
 
 logger = logging.getLogger("detlib.tools.train_net")
 
@@ -73,6 +72,10 @@ def main(args, trainer_class=DefaultTrainer):
 def write_training_report(cfg, model: nn.Module) -> List[str]:
     """Loss, lr and AP curves from OUTPUT_DIR/metrics.json, and the model's detections on the first
     images of the first test set (`predictions.png`). Returns the paths written."""
+    # Imported here: matplotlib takes a second to import, in every process, and only the main
+    # process needs it, once training is over.
+    from detlib.utils.training_report import write_training_curves
+
     written = []
     metrics_file = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
     if os.path.exists(metrics_file):

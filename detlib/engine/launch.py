@@ -11,6 +11,7 @@ In the last two cases `launch` joins the world the launcher made instead of spaw
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import re
@@ -63,13 +64,17 @@ def _env_int(environ: Mapping[str, str], name: str, launcher: str) -> int:
 
 def first_slurm_host(nodelist: str) -> str:
     """The first host of a SLURM node list: "gpu[07-09,12],cpu1" -> "gpu07"."""
-    match = re.match(r"([^,\[]*)(?:\[([^\]]*)\]([^,]*))?", nodelist.strip())
-    if not match or not match.group(0):
+    depth, end = 0, len(nodelist)
+    for i, char in enumerate(nodelist):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            end = i
+            break
+    # Each bracketed range list stands for its first entry.
+    host = re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[-,]", m.group(1))[0], nodelist[:end].strip())
+    if not host or "[" in host or "]" in host:
         raise RuntimeError(f"Cannot read the first host of SLURM_JOB_NODELIST={nodelist!r}")
-    prefix, ranges, suffix = match.groups()
-    if ranges is None:
-        return prefix
-    return prefix + re.split(r"[-,]", ranges)[0] + suffix
+    return host
 
 
 def slurm_tasks_on_node(tasks_per_node: str, node_id: int) -> int:
@@ -127,6 +132,22 @@ def detect_cluster_placement(environ: Optional[Mapping[str, str]] = None) -> Opt
     return None
 
 
+def _torchrun_store_args(placement: ClusterPlacement, timeout: datetime.timedelta) -> dict:
+    """The store to join a torchrun world through. torchrun's agent keeps its store across elastic
+    restarts, so every attempt works under its own prefix: restarted workers must not find the
+    addresses that the workers of the failed attempt left there."""
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(
+        placement.master_addr,
+        placement.master_port,
+        placement.world_size,
+        is_master=placement.rank == 0 and not agent_hosts_store,
+        timeout=timeout,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"detlib/attempt_{attempt}", store)}
+
+
 def _find_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))
@@ -170,10 +191,13 @@ def launch(
         if placement.world_size <= 1:
             main_func(*args)
             return
-        init_method = "env://" if placement.launcher == "torchrun" else f"tcp://{placement.master_addr}:{placement.master_port}"
+        if placement.launcher == "torchrun":
+            join = functools.partial(_torchrun_store_args, placement, timeout)
+        else:
+            join = functools.partial(dict, init_method=f"tcp://{placement.master_addr}:{placement.master_port}")
         _run_in_world(
             main_func, tuple(args), placement.rank, placement.world_size, placement.local_rank,
-            placement.local_world_size, init_method, f"{placement.master_addr}:{placement.master_port}", timeout,
+            placement.local_world_size, join, f"{placement.master_addr}:{placement.master_port}", timeout,
         )
         return
 
@@ -234,7 +258,8 @@ def _spawned_worker(
             f"{torch.cuda.device_count()} GPUs are visible"
         )
     rank = machine_rank * num_gpus_per_machine + local_rank
-    _run_in_world(main_func, args, rank, world_size, local_rank, num_gpus_per_machine, dist_url, dist_url, timeout)
+    join = functools.partial(dict, init_method=dist_url)
+    _run_in_world(main_func, args, rank, world_size, local_rank, num_gpus_per_machine, join, dist_url, timeout)
 
 
 def _run_in_world(
@@ -244,19 +269,20 @@ def _run_in_world(
     world_size: int,
     local_rank: int,
     local_world_size: int,
-    init_method: str,
+    join: Callable[[], dict],
     rendezvous: str,
     timeout: datetime.timedelta,
 ) -> None:
-    """Join the process group as `rank` and run `main_func(*args)`."""
+    """Join the process group as `rank` (`join()` gives the init_method or store to join through)
+    and run `main_func(*args)`."""
     use_cuda = torch.cuda.is_available()
     try:
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            init_method=init_method,
             world_size=world_size,
             rank=rank,
             timeout=timeout,
+            **join(),
         )
     except (RuntimeError, ValueError, OSError) as error:
         raise RendezvousError(

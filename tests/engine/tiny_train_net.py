@@ -89,7 +89,9 @@ class TinyTrainer(DefaultTrainer):
         )
 
     def build_hooks(self):
-        return super().build_hooks() + [CallbackHook(after_step=_check_ranks_agree, after_train=_save_rank_parameters)]
+        return super().build_hooks() + [
+            CallbackHook(before_train=_write_pid, after_step=_check_ranks_agree, after_train=_save_rank_parameters)
+        ]
 
     def run_step(self):
         super().run_step()
@@ -107,6 +109,12 @@ def _check_ranks_agree(trainer):
     for rank, params in enumerate(gathered):
         if not torch.equal(params, gathered[0]):
             raise AssertionError(f"rank {rank} parameters differ from rank 0's at iteration {trainer.iter}")
+
+
+def _write_pid(trainer):
+    """Lets a test kill one chosen worker of a launcher it does not control (torchrun)."""
+    with open(os.path.join(trainer.cfg.OUTPUT_DIR, f"pid_rank{comm.get_rank()}"), "w") as f:
+        f.write(str(os.getpid()))
 
 
 def _save_rank_parameters(trainer):

@@ -200,7 +200,9 @@ def build_batch_data_loader(
     ranks = comm.get_world_size()
     per_rank, remainder = divmod(total_batch_size, ranks)
     if per_rank <= 0 or remainder:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={total_batch_size} must be a positive multiple of the {ranks} ranks.")
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={total_batch_size} must be a positive multiple of the {ranks} ranks."
+        )
     make_batches = functools.partial(
         _batches,
         dataset,
@@ -223,7 +225,9 @@ def _training_sampler(cfg, dataset: Sequence, part_sizes: List[int]) -> data.Sam
     ratios = list(cfg.DATALOADER.SAMPLING_RATIOS)
     if ratios:
         if name != "TrainingSampler":
-            raise ValueError(f"DATALOADER.SAMPLING_RATIOS cannot be combined with DATALOADER.SAMPLER_TRAIN '{name}'.")
+            raise ValueError(
+                f"DATALOADER.SAMPLING_RATIOS cannot be combined with DATALOADER.SAMPLER_TRAIN '{name}'."
+            )
         logger.info("Sampling datasets %s at ratios %s.", list(cfg.DATASETS.TRAIN), ratios)
         return DatasetMixSampler(part_sizes, ratios)
     logger.info("Using training sampler %s.", name)

@@ -138,10 +138,9 @@ def _scale_to_world_size(cfg, world_size: int):
     """Adapt a config tuned for SOLVER.REFERENCE_WORLD_SIZE processes to `world_size`: the batch
     and lr scale with the number of processes, iteration counts inversely (linear scaling rule)."""
     reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
-    if reference == 0 or reference == world_size:
+    if reference in (0, world_size):
         return cfg
-    cfg = cfg.clone()
-    frozen = cfg.is_frozen()
+    frozen, cfg = cfg.is_frozen(), cfg.clone()
     cfg.defrost()
     scale = world_size / reference
     solver = cfg.SOLVER

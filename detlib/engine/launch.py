@@ -86,7 +86,9 @@ def slurm_tasks_on_node(tasks_per_node: str, node_id: int) -> int:
             raise RuntimeError(f"Cannot read SLURM_TASKS_PER_NODE={tasks_per_node!r}")
         counts += [int(match.group(1))] * int(match.group(2) or 1)
     if not 0 <= node_id < len(counts):
-        raise RuntimeError(f"SLURM_NODEID={node_id} but SLURM_TASKS_PER_NODE={tasks_per_node!r} lists {len(counts)} nodes")
+        raise RuntimeError(
+            f"SLURM_NODEID={node_id} but SLURM_TASKS_PER_NODE={tasks_per_node!r} lists {len(counts)} nodes"
+        )
     return counts[node_id]
 
 
@@ -277,13 +279,8 @@ def _run_in_world(
     and run `main_func(*args)`."""
     use_cuda = torch.cuda.is_available()
     try:
-        dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
-            world_size=world_size,
-            rank=rank,
-            timeout=timeout,
-            **join(),
-        )
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend, timeout=timeout, rank=rank, world_size=world_size, **join())
     except (RuntimeError, ValueError, OSError) as error:
         raise RendezvousError(
             f"Rank {rank} of {world_size} could not join the process group at {rendezvous} within the "

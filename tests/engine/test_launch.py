@@ -86,16 +86,21 @@ def _unused_port():
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
-def test_unreachable_rendezvous_fails_within_the_timeout_naming_address_and_timeout(clean_env, launcher):
-    port = _unused_port()  # nobody listens there: rank 0 never comes
+@pytest.mark.parametrize("rank", [0, 1])
+def test_unreachable_peers_fail_within_the_timeout_naming_address_and_timeout(clean_env, launcher, rank):
+    """Rank 1 finds no rendezvous host; rank 0 hosts it but no peer ever comes."""
+    port = _unused_port()
     if launcher == "torchrun":
-        variables = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+        variables = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
     else:
-        variables = {"SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}
+        variables = {
+            "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"
+        }
     for name, value in dict(variables, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
         clean_env.setenv(name, value)
     ran = []
     start = time.monotonic()
-    with pytest.raises(RendezvousError, match=rf"Rank 1 of 2 .* at 127\.0\.0\.1:{port} within the timeout of 2 s"):
+    expected = rf"Rank {rank} of 2 .* at 127\.0\.0\.1:{port} within the timeout of 2 s"
+    with pytest.raises(RendezvousError, match=expected):
         launch(lambda: ran.append(1), 1, timeout=datetime.timedelta(seconds=2))
     assert not ran and time.monotonic() - start < 60

@@ -296,6 +296,9 @@ _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"  # or "RepeatFactorTrainingSampl
 # REPEAT_SQRT uses sqrt(threshold / frequency) as the repeat factor.
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 _C.DATALOADER.REPEAT_SQRT = True
+# detlib: one weight per DATASETS.TRAIN entry; each training image comes from dataset i with probability
+# weight_i / sum(weights). Empty: the datasets are concatenated (each sampled in proportion to its size).
+_C.DATALOADER.SAMPLING_RATIOS = ()
 # Drop training images that have no annotation left after filtering.
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # detlib: log and count samples that fail to load or map, and skip them, instead of failing.

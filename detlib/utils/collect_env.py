@@ -5,7 +5,6 @@ import platform
 import sys
 from typing import List, Tuple
 
-import numpy as np
 import torch
 
 __all__ = ["collect_env_info"]
@@ -62,6 +61,5 @@ def collect_env_info() -> str:
     rows.append(("torch threads", str(torch.get_num_threads())))
     rows += _extension_rows()
     rows += [(name, _version(name)) for name in _LIBRARIES if _version(name)]
-    rows.append(("numpy (imported)", np.__version__))
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)

@@ -92,7 +92,8 @@ def nvcc_version() -> str:
 def cuda_arch_names() -> str:
     """The GPU code the kernels are compiled for, e.g. "sm_80,sm_90,compute_90" (compute_* is PTX)."""
     flags = torch.utils.cpp_extension._get_cuda_arch_flags()
-    return ",".join(sorted({code for flag in flags for code in re.findall(r"code=\[?([\w,]+)\]?", flag)}))
+    codes = {code for flag in flags for group in re.findall(r"\bcode=\[?([\w,]+)", flag) for code in group.split(",")}
+    return ",".join(sorted(codes))
 
 
 def make_extension():

@@ -42,10 +42,12 @@ void check_kernel_dtype(const at::Tensor& t, const char* op, const char* name) {
               " (supported: float32, float64", t.is_cuda() ? ", float16, bfloat16)" : ")");
 }
 
+#ifndef WITH_CUDA
 [[noreturn]] void no_cuda(const char* op) {
   TORCH_CHECK(false, op, ": got CUDA tensors but detlib._C was built without CUDA. Rebuild with "
               "`FORCE_CUDA=1 pip install -e .` on a machine with nvcc.");
 }
+#endif
 
 at::Tensor nms(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
   TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "nms: boxes must be Tensor[N, 4] (x1, y1, x2, y2), got shape ",

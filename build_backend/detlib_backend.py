@@ -43,19 +43,24 @@ def _use_target_torch() -> bool:
 
 
 def _torch_requirement() -> list:
+    """
+    The build requirements beyond pyproject.toml's: torch when the target environment lacks it. setuptools'
+    own get_requires_* hooks are not consulted: they would execute setup.py, which imports torch, and
+    setup.py declares no setup_requires for them to add.
+    """
     return [] if _use_target_torch() else ["torch"]
 
 
 def get_requires_for_build_wheel(config_settings=None):
-    return _setuptools.get_requires_for_build_wheel(config_settings) + _torch_requirement()
+    return _torch_requirement()
 
 
 def get_requires_for_build_editable(config_settings=None):
-    return _setuptools.get_requires_for_build_editable(config_settings) + _torch_requirement()
+    return _torch_requirement()
 
 
 def get_requires_for_build_sdist(config_settings=None):
-    return _setuptools.get_requires_for_build_sdist(config_settings) + _torch_requirement()
+    return _torch_requirement()
 
 
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):

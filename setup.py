@@ -142,7 +142,8 @@ class BuildPyWithConfigs(build_py):
     def run(self):
         super().run()
         source = os.path.join(HERE, "configs")
-        if os.path.isdir(source):
+        # An editable install finds the checkout's configs/ itself.
+        if os.path.isdir(source) and not getattr(self, "editable_mode", False):
             target = os.path.join(self.build_lib, "detlib", "model_zoo", "configs")
             shutil.copytree(source, target, dirs_exist_ok=True)
 

@@ -152,7 +152,7 @@ _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_WEIGHTS = []
 _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE = "cross_entropy"
 _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_PARAMS = CN(new_allowed=True)
 
-# Cascade box heads (not implemented by detlib) ----------------------------------------------------
+# Cascade box heads (CascadeROIHeads): one stage per entry of both ----------------------------------
 _C.MODEL.ROI_BOX_CASCADE_HEAD = CN()
 _C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = (
     (10.0, 10.0, 5.0, 5.0),
@@ -296,6 +296,9 @@ _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"  # or "RepeatFactorTrainingSampl
 # REPEAT_SQRT uses sqrt(threshold / frequency) as the repeat factor.
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 _C.DATALOADER.REPEAT_SQRT = True
+# detlib: one weight per DATASETS.TRAIN entry; each training image comes from dataset i with probability
+# weight_i / sum(weights). Empty: the datasets are concatenated (each sampled in proportion to its size).
+_C.DATALOADER.SAMPLING_RATIOS = ()
 # Drop training images that have no annotation left after filtering.
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # detlib: log and count samples that fail to load or map, and skip them, instead of failing.

@@ -1,5 +1,6 @@
 """Second-stage heads: box head and predictor, mask and keypoint heads, and the RoI heads that run them."""
 from .box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead, build_box_head
+from .cascade_rcnn import CascadeROIHeads
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
 from .keypoint_head import (
     ROI_KEYPOINT_HEAD_REGISTRY,
@@ -42,6 +43,7 @@ __all__ = [
     "ROI_HEADS_REGISTRY",
     "ROIHeads",
     "StandardROIHeads",
+    "CascadeROIHeads",
     "build_roi_heads",
     "select_foreground_proposals",
 ]

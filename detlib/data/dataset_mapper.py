@@ -114,18 +114,31 @@ class DatasetMapper:
         if not self.is_train or annos is None:
             return dataset_dict
 
+        annos = [self._strip(obj) for obj in annos if obj.get("iscrowd", 0) == 0]
+        if self.use_keypoint:
+            self._check_keypoint_counts(dataset_dict, annos)
         annos = [
             utils.transform_instance_annotations(
-                self._strip(obj), transforms, image_size, keypoint_hflip_indices=self.keypoint_hflip_indices
+                obj, transforms, image_size, keypoint_hflip_indices=self.keypoint_hflip_indices
             )
             for obj in annos
-            if obj.get("iscrowd", 0) == 0
         ]
         instances = utils.annotations_to_instances(annos, image_size, mask_format=self.instance_mask_format)
         if self.recompute_boxes:
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict
+
+    def _check_keypoint_counts(self, dataset_dict: dict, annos: List[dict]) -> None:
+        """Every annotation of the image has keypoints, as many as the flip indices name (if any)."""
+        counts = sorted({np.size(a["keypoints"]) // 3 if "keypoints" in a else 0 for a in annos})
+        expected = len(self.keypoint_hflip_indices) if self.keypoint_hflip_indices is not None else None
+        if len(counts) > 1 or (expected is not None and counts and counts != [expected]):
+            raise BadSampleError(
+                f"{dataset_dict.get('file_name')}, image id {dataset_dict.get('image_id')}: field 'keypoints' "
+                f"holds {counts} keypoints per annotation; every annotation needs "
+                f"{expected if expected is not None else 'the same number'}."
+            )
 
     def _strip(self, obj: dict) -> dict:
         if not self.use_instance_mask:

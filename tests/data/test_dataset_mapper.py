@@ -172,3 +172,16 @@ def test_from_config_reads_keypoint_flip_indices_from_the_training_sets():
     assert mapper.use_keypoint
     # nose stays; left_eye (1) <-> right_eye (2), ..., left_ankle (15) <-> right_ankle (16)
     assert mapper.keypoint_hflip_indices == [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+
+
+def test_keypoint_counts_that_disagree_are_rejected_naming_file_image_and_field(tiny_coco):
+    records = {r["image_id"]: r for r in load_coco_json(str(tiny_coco / "annotations.json"), str(tiny_coco))}
+    record = records[11]
+    record["annotations"][0]["keypoints"] = [5.5, 10.5, 2, 20.5, 30.5, 1]  # 2 keypoints, the metadata names 3
+    mapper = DatasetMapper(
+        True, augmentations=[], image_format="BGR", use_keypoint=True, keypoint_hflip_indices=[1, 0, 2]
+    )
+    with pytest.raises(BadSampleError) as e:
+        mapper(record)
+    msg = str(e.value)
+    assert "11.png" in msg and "image id 11" in msg and "field 'keypoints'" in msg and "[2]" in msg

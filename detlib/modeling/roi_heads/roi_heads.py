@@ -1,6 +1,6 @@
 """
 The second stage of R-CNN: label and sample the proposals against the gt, pool their features,
-and run the box (and mask) heads, which compute their own losses in training.
+and run the box (and mask, keypoint) heads, which compute their own losses in training.
 """
 import inspect
 from typing import Dict, List, Optional, Tuple
@@ -293,16 +293,15 @@ class StandardROIHeads(ROIHeads):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         head = cfg.MODEL.ROI_KEYPOINT_HEAD
         scales, pooled_shape = cls._pooled_shape(input_shape, in_features, head.POOLER_RESOLUTION, "ROI_KEYPOINT_HEAD")
-        if not head.POOLER_TYPE:
-            return {
-                "keypoint_in_features": in_features,
-                "keypoint_pooler": None,
-                "keypoint_head": build_keypoint_head(cfg, {f: input_shape[f] for f in in_features}),
-            }
+        if not head.POOLER_TYPE:  # the head pools for itself, from the feature dict
+            pooler, head_input = None, {f: input_shape[f] for f in in_features}
+        else:
+            pooler = ROIPooler(head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE)
+            head_input = pooled_shape
         return {
             "keypoint_in_features": in_features,
-            "keypoint_pooler": ROIPooler(head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE),
-            "keypoint_head": build_keypoint_head(cfg, pooled_shape),
+            "keypoint_pooler": pooler,
+            "keypoint_head": build_keypoint_head(cfg, head_input),
         }
 
     def forward(

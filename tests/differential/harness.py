@@ -94,11 +94,13 @@ SHRINK: List[Any] = [
     "MODEL.RESNETS.DEPTH", 18,
     "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
     "MODEL.FPN.OUT_CHANNELS", 64,
-    "MODEL.ROI_HEADS.NUM_CLASSES", 3,
+    "MODEL.ROI_HEADS.NUM_CLASSES", 3,  # the ground truth uses classes 0..2
+    "MODEL.RETINANET.NUM_CLASSES", 3,
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 1000000,
     "MODEL.ROI_BOX_HEAD.FC_DIM", 128,
     "MODEL.ROI_BOX_HEAD.CONV_DIM", 64,
     "MODEL.ROI_MASK_HEAD.CONV_DIM", 64,
+    "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", (64, 64, 64, 64),
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 1000000,
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 400,
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", 200,
@@ -174,7 +176,7 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 
 
 def _is_norm(name: str) -> bool:
-    return bool(re.search(r"(^|\.)(norm|bn\d*|gn|shortcut\.norm)(\.|$)", name))
+    return bool(re.search(r"(^|\.)(norm|bn\d*|gn)(\.|$)", name))
 
 
 def _first_match(patterns: Mapping[str, float], name: str) -> Optional[float]:
@@ -251,7 +253,8 @@ class SyntheticImage:
 
 
 def synthetic_batch(seed: int, num_classes: int, num_keypoints: int = 0) -> List[SyntheticImage]:
-    """Seeded images: smooth noise with a few filled shapes, and their ground truth."""
+    """Seeded images: blocky noise with a few tinted rectangles, each holding one ground-truth
+    instance (an 8-vertex polygon touching its box's edges, a class, keypoints inside the box)."""
     rng = np.random.default_rng([seed, 7])
     batch = []
     for height, width in IMAGE_HW:
@@ -307,7 +310,6 @@ class _Library:
     """The few names that differ between detlib and Detectron2."""
 
     def __init__(self, package: str):
-        self.package = package
         modeling = importlib.import_module(f"{package}.modeling")
         checkpoint = importlib.import_module(f"{package}.checkpoint")
         structures = importlib.import_module(f"{package}.structures")
@@ -329,7 +331,11 @@ class _Library:
 
 def run_library(package: str, cfg, weights_file: Path, batch: Sequence[SyntheticImage], seed: int):
     """Build `cfg` in `package` ("detlib" or "detectron2"), load `weights_file` with its own
-    checkpointer, run inference per image and one training forward. Returns (arrays, model)."""
+    checkpointer, run inference per image and one training forward.
+
+    Returns:
+        the outputs as flat arrays (`instances_to_arrays` per image, `loss__<name>` scalars), the
+        model and its checkpointer (for the keys the load reported)."""
     lib = _Library(package)
     torch.manual_seed(seed)
     model = lib.build_model(cfg)

@@ -3,8 +3,7 @@ RetinaNet with its default head (no norm) against Detectron2. Not named test_ret
 directories are not packages, so pytest needs basenames unique across them (tests/modeling has one).
 """
 
-import pytest
-from harness import Case, check_live, check_recorded
+from harness import Case, case_tests
 
 CASE = Case(
     name="retinanet",
@@ -14,13 +13,4 @@ CASE = Case(
     bias_offset={r"cls_score\.bias$": -2.0},
 )
 
-
-@pytest.mark.parametrize("seed", CASE.seeds)
-def test_matches_recorded_detectron2(seed, tmp_path):
-    check_recorded(CASE, seed, tmp_path)
-
-
-@pytest.mark.parametrize("seed", CASE.seeds)
-def test_matches_live_detectron2(seed, tmp_path):
-    pytest.importorskip("detectron2")
-    check_live(CASE, seed, tmp_path)
+test_matches_recorded_detectron2, test_matches_live_detectron2 = case_tests(CASE)

@@ -1,7 +1,6 @@
 """RetinaNet with GroupNorm in its head's subnets (shared by the levels) against Detectron2."""
 
-import pytest
-from harness import Case, check_live, check_recorded
+from harness import Case, case_tests
 
 CASE = Case(
     name="retinanet_gn",
@@ -11,13 +10,4 @@ CASE = Case(
     bias_offset={r"cls_score\.bias$": -2.5},
 )
 
-
-@pytest.mark.parametrize("seed", CASE.seeds)
-def test_matches_recorded_detectron2(seed, tmp_path):
-    check_recorded(CASE, seed, tmp_path)
-
-
-@pytest.mark.parametrize("seed", CASE.seeds)
-def test_matches_live_detectron2(seed, tmp_path):
-    pytest.importorskip("detectron2")
-    check_live(CASE, seed, tmp_path)
+test_matches_recorded_detectron2, test_matches_live_detectron2 = case_tests(CASE)

@@ -145,22 +145,19 @@ class ROIHeads(nn.Module):
 
         sampled_proposals, fg_bg_counts = [], []
         for per_image, target in zip(proposals, targets):
-            has_gt = len(target) > 0
             iou = pairwise_iou(target.gt_boxes, per_image.proposal_boxes)
             matched_idxs, matched_labels = self.proposal_matcher(iou)
             sampled_idxs, gt_classes = self._sample_proposals(matched_idxs, matched_labels, target.gt_classes)
-
-            per_image = per_image[sampled_idxs]
-            per_image.gt_classes = gt_classes
-            if has_gt:
-                sampled_targets = matched_idxs[sampled_idxs]
-                for name, value in target.get_fields().items():
-                    if name.startswith("gt_") and not per_image.has(name):
-                        per_image.set(name, value[sampled_targets])
-            # Without gt nothing is known to fill gt_boxes / gt_masks with; such proposals are all
-            # background, which the heads handle.
-
-            sampled_proposals.append(per_image)
+            sampled = per_image[sampled_idxs]
+            sampled.gt_classes = gt_classes
+            # The matched gt's other fields (boxes, masks, keypoints) ride along. Without gt there is
+            # nothing to fill them with; such proposals are all background, which the heads handle.
+            if len(target) > 0:
+                gt_of_sample = matched_idxs[sampled_idxs]
+                carried = {k: v for k, v in target.get_fields().items() if k.startswith("gt_") and not sampled.has(k)}
+                for name, value in carried.items():
+                    sampled.set(name, value[gt_of_sample])
+            sampled_proposals.append(sampled)
             background = int((gt_classes == self.num_classes).sum())
             fg_bg_counts.append((gt_classes.numel() - background, background))
 
@@ -193,10 +190,10 @@ class StandardROIHeads(ROIHeads):
         box_predictor: nn.Module,
         box_in_features: List[str],
         box_pooler: ROIPooler,
-        train_on_pred_boxes: bool = False,
         mask_in_features: Optional[List[str]] = None,
         mask_pooler: Optional[ROIPooler] = None,
         mask_head: Optional[nn.Module] = None,
+        train_on_pred_boxes: bool = False,
         keypoint_in_features: Optional[List[str]] = None,
         keypoint_pooler: Optional[ROIPooler] = None,
         keypoint_head: Optional[nn.Module] = None,
@@ -209,10 +206,10 @@ class StandardROIHeads(ROIHeads):
                 (e.g. `FastRCNNOutputLayers`).
             box_in_features: feature maps the box branch pools from, finest first.
             box_pooler: pools the box features of each proposal.
-            train_on_pred_boxes: train the mask branch on the box branch's refined boxes instead of
-                the proposals.
             mask_in_features, mask_pooler, mask_head: the mask branch; absent when masks are off.
                 Without a pooler, the mask head gets the feature dict itself.
+            train_on_pred_boxes: train the mask branch on the box branch's refined boxes instead of
+                the proposals.
             keypoint_in_features, keypoint_pooler, keypoint_head: the keypoint branch, likewise.
             kwargs: the arguments of `ROIHeads`.
         """

@@ -1,9 +1,7 @@
-"""Non-maximum suppression over XYXY boxes in absolute pixels, backed by `detlib._C`."""
+"""Non-maximum suppression over XYXY boxes in absolute pixels: torch.ops.detlib.nms (or torchvision's)."""
 import torch
 
-from ._extension import load_extension
-
-_C = load_extension()
+from ._extension import KERNELS
 
 __all__ = ["nms", "batched_nms"]
 
@@ -20,7 +18,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     Returns:
         int64 Tensor of the kept boxes' indices, by decreasing score.
     """
-    return _C.nms(boxes, scores, float(iou_threshold))
+    return KERNELS.ops.nms(boxes, scores, float(iou_threshold))
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:

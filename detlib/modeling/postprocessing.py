@@ -35,7 +35,7 @@ def _paste_windows(
     # Pixel centers in the grid's [-1, 1] box coordinates: K x width and K x height.
     gx = (xs - bx0[:, None]) / (bx1 - bx0)[:, None] * 2 - 1
     gy = (ys - by0[:, None]) / (by1 - by0)[:, None] * 2 - 1
-    num = len(boxes)
+    num = boxes.shape[0]
     grid = torch.stack(
         (gx[:, None, :].expand(num, height, width), gy[:, :, None].expand(num, height, width)), dim=3
     )
@@ -66,6 +66,13 @@ def paste_masks_in_image(
         raise ValueError(f"paste_masks_in_image: masks must be N x M x M, got shape {tuple(masks.shape)}")
     if isinstance(boxes, Boxes):
         boxes = boxes.tensor
+    if torch.compiler.is_compiling():
+        # The windows' sizes depend on the boxes, which a traced program cannot branch on: sample each mask
+        # over the whole image. Beyond its window a mask interpolates below 0.5, so for thresholds >= 0.5
+        # the result is the same, at the memory cost of N x height x width samples.
+        zeros = torch.zeros_like(boxes[:, 0], dtype=torch.int64)
+        img_h, img_w = image_shape
+        return _paste_windows(masks, boxes, zeros, zeros, img_h, img_w) >= threshold
     if len(boxes) != len(masks):
         raise ValueError(f"paste_masks_in_image: {len(boxes)} boxes for {len(masks)} masks")
     img_h, img_w = int(image_shape[0]), int(image_shape[1])

@@ -67,7 +67,8 @@ class ImageList:
                     f"from image 0's {tuple(tensors[0].shape)}"
                 )
 
-        image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+        # Sizes as the shapes give them: ints, or symbolic sizes while exporting with dynamic height and width.
+        image_sizes = [(t.shape[-2], t.shape[-1]) for t in tensors]
         max_h = max(h for h, _ in image_sizes)
         max_w = max(w for _, w in image_sizes)
         if padding_constraints is not None:

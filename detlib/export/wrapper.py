@@ -1,4 +1,5 @@
 """The model as one function of one image tensor, with plain tensors out: what torch.export and ONNX trace."""
+
 from typing import Tuple
 
 import torch

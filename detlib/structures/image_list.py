@@ -82,8 +82,9 @@ class ImageList:
                 max_h = max_w = square_size
             size_divisibility = padding_constraints.get("size_divisibility", size_divisibility)
         if size_divisibility > 1:
-            max_h = -(-max_h // size_divisibility) * size_divisibility
-            max_w = -(-max_w // size_divisibility) * size_divisibility
+            # Rounded up without floor division of negatives, which ONNX's integer Div (truncating) gets wrong.
+            max_h = (max_h + size_divisibility - 1) // size_divisibility * size_divisibility
+            max_w = (max_w + size_divisibility - 1) // size_divisibility * size_divisibility
 
         if len(tensors) == 1:
             # One image: a single pad op, no need for an intermediate full-size buffer.

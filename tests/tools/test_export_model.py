@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from detlib.checkpoint import DetectionCheckpointer
+from detlib.export.inputs import load_test_image
 from detlib.modeling import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def test_pt2_from_config_and_weights(d2_case, tmp_path):
     cfg = tool.get_cfg()
     cfg.merge_from_file(str(d2_case / "config.yaml"))
     cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", "112", "INPUT.MAX_SIZE_TEST", "200"])
-    image = tool.sample_tensor(cfg, str(d2_case / "images" / "img2_640x427.png"))
+    image = load_test_image(cfg, str(d2_case / "images" / "img2_640x427.png"))
     assert image.shape[1:] == (168, 112)
     cfg.MODEL.MASK_ON = False
     model = build_model(cfg).eval()

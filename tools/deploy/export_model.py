@@ -23,9 +23,8 @@ import torch
 
 from detlib.checkpoint import DetectionCheckpointer
 from detlib.config import get_cfg
-from detlib.data import transforms as T
-from detlib.data.detection_utils import read_image
 from detlib.export import ExportableDetector, export_program
+from detlib.export.inputs import load_test_image
 from detlib.modeling import build_model
 
 logger = logging.getLogger("detlib.export")
@@ -40,16 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sample-image", required=True, help="an image file to trace the model with")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config KEY VALUE pairs")
     return parser.parse_args(argv)
-
-
-def sample_tensor(cfg, path: str) -> torch.Tensor:
-    """The image at `path` as the test loader gives it to the model: INPUT.FORMAT, resized, uint8 (C, H, W)."""
-    image = read_image(path, format=cfg.INPUT.FORMAT)
-    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    image = resize.get_transform(image).apply_image(image)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    return torch.as_tensor(image.transpose(2, 0, 1).copy())
 
 
 def write_atomically(path: Path, write) -> None:
@@ -76,7 +65,7 @@ def main(argv=None) -> Path:
         raise ValueError("MODEL.WEIGHTS is empty: pass the weights to export, e.g. MODEL.WEIGHTS model_final.pth")
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
-    image = sample_tensor(cfg, args.sample_image).to(model.device)
+    image = load_test_image(cfg, args.sample_image).to(model.device)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
 

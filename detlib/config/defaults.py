@@ -152,7 +152,7 @@ _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_WEIGHTS = []
 _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE = "cross_entropy"
 _C.MODEL.ROI_BOX_HEAD.CLS_LOSS_PARAMS = CN(new_allowed=True)
 
-# Cascade box heads (not implemented by detlib) ----------------------------------------------------
+# Cascade box heads (CascadeROIHeads): one stage per entry of both ----------------------------------
 _C.MODEL.ROI_BOX_CASCADE_HEAD = CN()
 _C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = (
     (10.0, 10.0, 5.0, 5.0),
@@ -275,6 +275,8 @@ _C.INPUT.MASK_FORMAT = "polygon"
 _C.DATASETS = CN()
 _C.DATASETS.TRAIN = ()
 _C.DATASETS.TEST = ()
+# Held-out datasets whose training losses are recorded every TEST.VAL_LOSS_PERIOD iterations.
+_C.DATASETS.VAL = ()
 # Precomputed proposals, one file per dataset above (with MODEL.LOAD_PROPOSALS), and how many of
 # them to keep per image.
 _C.DATASETS.PROPOSAL_FILES_TRAIN = ()
@@ -294,6 +296,9 @@ _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"  # or "RepeatFactorTrainingSampl
 # REPEAT_SQRT uses sqrt(threshold / frequency) as the repeat factor.
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 _C.DATALOADER.REPEAT_SQRT = True
+# detlib: one weight per DATASETS.TRAIN entry; each training image comes from dataset i with probability
+# weight_i / sum(weights). Empty: the datasets are concatenated (each sampled in proportion to its size).
+_C.DATALOADER.SAMPLING_RATIOS = ()
 # Drop training images that have no annotation left after filtering.
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # detlib: log and count samples that fail to load or map, and skip them, instead of failing.
@@ -353,6 +358,8 @@ _C.TEST = CN()
 # Sanity checks after evaluation: [["bbox", "AP", 38.5, 0.2], ...] = (task, metric, value, tolerance).
 _C.TEST.EXPECTED_RESULTS = []
 _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
+# Iterations between validation losses (the model's losses on DATASETS.VAL, as val/<loss>); 0 = off.
+_C.TEST.VAL_LOSS_PERIOD = 0
 # Keypoint OKS sigmas for COCO keypoint evaluation; empty = COCO's.
 _C.TEST.KEYPOINT_OKS_SIGMAS = []
 _C.TEST.DETECTIONS_PER_IMAGE = 100

@@ -6,11 +6,12 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
 from detlib.checkpoint import DetectionCheckpointer
+from detlib.evaluation.validation_loss import loss_on_dataset
 from detlib.utils import comm
 from detlib.utils.env import get_rng_state, set_rng_state
 from detlib.utils.events import EventWriter
@@ -25,6 +26,7 @@ __all__ = [
     "EvalHook",
     "PeriodicWriter",
     "BestCheckpointer",
+    "ValidationLoss",
 ]
 
 logger = logging.getLogger(__name__)
@@ -289,3 +291,31 @@ class BestCheckpointer(HookBase):
     def after_train(self) -> None:
         if self.trainer.iter >= self.trainer.max_iter:
             self._check()
+
+
+class ValidationLoss(HookBase):
+    """Every `period` iterations, the model's own losses on a held-out loader, recorded as
+    `val/<loss>` scalars (and `val/total_loss`), so that metrics.json and TensorBoard show them
+    next to the training losses.
+
+    The model runs in training mode (its own sampling) without gradients; its buffers and the
+    random generators are restored afterwards, so training is the same with or without this hook.
+    Collective in distributed runs: every rank computes on its shard of the loader.
+    """
+
+    def __init__(self, period: int, model: torch.nn.Module, data_loader: Iterable):
+        self._period = period
+        self._model = model
+        self._loader = data_loader
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        if self._period <= 0 or next_iter % self._period != 0:
+            return
+        rng_state = get_rng_state()
+        try:
+            losses = loss_on_dataset(self._model, self._loader)
+        finally:
+            set_rng_state(rng_state)
+        scalars = {f"val/{name}": value for name, value in losses.items()}
+        self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)

@@ -1,8 +1,4 @@
-"""COCO-style box and mask AP with pycocotools."""
-import contextlib
-import copy
-import io
-import itertools
+"""COCO-style box and mask AP, with predictions streamed to disk."""
 import json
 import logging
 import os
@@ -12,32 +8,32 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
-import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
+from detlib.checkpoint.detection_checkpoint import atomic_write
 from detlib.data import MetadataCatalog
 from detlib.data.datasets.coco import convert_to_coco_json
 from detlib.structures import BoxMode, Instances
-from detlib.utils import comm
 
+from .cocoeval_backend import evaluate_predictions_on_coco, load_coco_json
 from .evaluator import DatasetEvaluator
+from .prediction_stream import PredictionStream
 
 logger = logging.getLogger(__name__)
 
-_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _SUPPORTED_TASKS = ("bbox", "segm")
 
 
 class COCOEvaluator(DatasetEvaluator):
     """
-    Evaluates instance detection ("bbox") and segmentation ("segm") with pycocotools' COCOeval.
+    Evaluates instance detection ("bbox") and segmentation ("segm") with COCOeval.
 
-    Predictions are converted to COCO results (XYWH boxes, RLE masks, the dataset's own category
-    ids), written to `output_dir/coco_instances_results.json`, and scored against the dataset's
-    COCO json (`MetadataCatalog.get(name).json_file`; for a dataset registered without one, a COCO
-    json is written from its records into `output_dir`). Metrics are in percent.
+    `process()` converts each image's predictions to COCO results (XYWH boxes, RLE masks, the
+    dataset's own category ids) and appends them to this rank's file under `output_dir`, so memory
+    stays flat however many images are processed. `evaluate()` merges the ranks' files on the main
+    process, writes `output_dir/coco_instances_results.json` (atomically) and scores it against the
+    dataset's COCO json (`MetadataCatalog.get(name).json_file`; for a dataset registered without
+    one, a COCO json is written from its records into `output_dir`). Metrics are in percent.
     """
 
     def __init__(
@@ -48,15 +44,18 @@ class COCOEvaluator(DatasetEvaluator):
         output_dir: Optional[str] = None,
         *,
         max_dets_per_image: int = 100,
+        use_fast_impl: bool = True,
     ):
         """
         Args:
             dataset_name: a name registered in DatasetCatalog / MetadataCatalog.
             tasks: subset of ("bbox", "segm"); by default inferred from the predictions.
-            distributed: gather predictions from all ranks and evaluate on the main process.
-            output_dir: where results (and a generated COCO json) are written; None writes nothing
-                but a generated json, which then goes to a temporary file.
+            distributed: merge predictions from all ranks and evaluate on the main process.
+            output_dir: where results (and a generated COCO json) are written; None writes
+                predictions to a temporary directory and keeps no result file.
             max_dets_per_image: detections per image that COCOeval considers (COCO's is 100).
+            use_fast_impl: faster-coco-eval's C++ COCOeval; False: pycocotools' reference one.
+                Both give the same numbers.
         """
         unknown = set(tasks or ()) - set(_SUPPORTED_TASKS)
         if unknown:
@@ -65,6 +64,7 @@ class COCOEvaluator(DatasetEvaluator):
         self._distributed = distributed
         self._output_dir = output_dir
         self._max_dets = max_dets_per_image
+        self._use_fast_impl = use_fast_impl
         self._metadata = MetadataCatalog.get(dataset_name)
 
         json_file = getattr(self._metadata, "json_file", None)
@@ -74,82 +74,99 @@ class COCOEvaluator(DatasetEvaluator):
             logger.info("Dataset '%s' has no COCO json; writing one to %s", dataset_name, json_file)
             convert_to_coco_json(dataset_name, json_file)
             self._metadata.json_file = json_file
-        with contextlib.redirect_stdout(io.StringIO()):
-            self._coco_api = COCO(json_file)
+        self._coco_api = load_coco_json(json_file, use_fast_impl)
+        self._dataset_ids = self._contiguous_to_dataset_ids()
+        self._stream = PredictionStream(output_dir, "coco_predictions")
         self.reset()
 
-    def reset(self) -> None:
-        self._predictions: List[dict] = []
-
-    def process(self, inputs: List[dict], outputs: List[dict]) -> None:
-        for inp, out in zip(inputs, outputs):
-            prediction = {"image_id": inp["image_id"]}
-            if "instances" in out:
-                instances = out["instances"].to("cpu")
-                prediction["instances"] = instances_to_coco_json(instances, inp["image_id"])
-            self._predictions.append(prediction)
-
-    def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
-        predictions = self._predictions
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
-            if not comm.is_main_process():
-                return None
-        if not predictions:
-            logger.warning("COCOEvaluator received no predictions: was the dataset empty?")
-
-        coco_results = list(itertools.chain(*[p.get("instances", []) for p in predictions]))
-        self._map_to_dataset_ids(coco_results)
-        if self._output_dir:
-            os.makedirs(self._output_dir, exist_ok=True)
-            path = os.path.join(self._output_dir, "coco_instances_results.json")
-            logger.info("Saving results to %s", path)
-            with open(path, "w") as f:
-                json.dump(coco_results, f)
-
-        tasks = self._tasks or _tasks_from_results(coco_results)
-        image_ids = sorted({p["image_id"] for p in predictions}) or None
-        results: Dict[str, Dict[str, float]] = OrderedDict()
-        for task in tasks:
-            coco_eval = evaluate_predictions_on_coco(
-                self._coco_api, coco_results, task, image_ids=image_ids, max_dets=self._max_dets
-            )
-            results[task] = self._derive_metrics(coco_eval, task)
-        return copy.deepcopy(results)
-
-    def _map_to_dataset_ids(self, coco_results: List[dict]) -> None:
+    def _contiguous_to_dataset_ids(self) -> np.ndarray:
         mapping = getattr(self._metadata, "thing_dataset_id_to_contiguous_id", None)
         if mapping is None:
             # The dataset was not loaded in this process; the loader's rule is category-id order.
             mapping = {cat_id: k for k, cat_id in enumerate(sorted(self._coco_api.getCatIds()))}
-        reverse = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+        dataset_ids = np.full(max(mapping.values(), default=-1) + 1, -1, dtype=np.int64)
+        for dataset_id, contiguous in mapping.items():
+            dataset_ids[contiguous] = dataset_id
+        return dataset_ids
+
+    def reset(self) -> None:
+        self._stream.reset()
+
+    def process(self, inputs: List[dict], outputs: List[dict]) -> None:
+        for inp, out in zip(inputs, outputs):
+            results = []
+            if "instances" in out:
+                instances = out["instances"].to("cpu")
+                results = instances_to_coco_json(instances, inp["image_id"])
+                self._map_to_dataset_ids(results, inp["image_id"])
+            self._stream.append(inp["image_id"], json.dumps(results))
+
+    def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
+        merged = self._stream.merge(self._distributed)
+        if merged is None:
+            return None
+        image_ids, results_json = merged
+        if not image_ids:
+            logger.warning("COCOEvaluator received no predictions: was the dataset empty?")
+        if self._output_dir:
+            path = os.path.join(self._output_dir, "coco_instances_results.json")
+            logger.info("Saving results to %s", path)
+            atomic_write(path, lambda f: f.write(results_json.encode("utf-8")))
+
+        coco_results = json.loads(results_json)
+        tasks = self._tasks or _tasks_from_results(coco_results)
+        results: Dict[str, Dict[str, float]] = OrderedDict()
+        for index, task in enumerate(tasks):
+            if index > 0:  # COCO's loadRes adds fields to the dicts it is given; start afresh
+                coco_results = json.loads(results_json)
+            coco_eval = evaluate_predictions_on_coco(
+                self._coco_api, coco_results, task, image_ids=sorted(image_ids) or None,
+                max_dets=self._max_dets, use_fast_impl=self._use_fast_impl,
+            )
+            results[task] = self._derive_metrics(coco_eval, task)
+        return results
+
+    def _map_to_dataset_ids(self, coco_results: List[dict], image_id: int) -> None:
         for result in coco_results:
             category = result["category_id"]
-            if category not in reverse:
+            if not 0 <= category < len(self._dataset_ids) or self._dataset_ids[category] < 0:
                 raise ValueError(
-                    f"A prediction has class {category}, but dataset '{self._metadata.name}' has only "
-                    f"{len(reverse)} classes (contiguous ids 0..{len(reverse) - 1})."
+                    f"A prediction for image {image_id} has class {category}, but dataset "
+                    f"'{self._metadata.name}' has only {len(self._dataset_ids)} classes "
+                    f"(contiguous ids 0..{len(self._dataset_ids) - 1})."
                 )
-            result["category_id"] = reverse[category]
+            result["category_id"] = int(self._dataset_ids[category])
 
-    def _derive_metrics(self, coco_eval: COCOeval, task: str) -> Dict[str, float]:
-        """AP metrics in percent (NaN where COCOeval has no ground truth), plus AP per category."""
-        stats = coco_eval.stats[: len(_METRIC_NAMES)]
-        metrics = {name: float(s * 100) if s >= 0 else float("nan") for name, s in zip(_METRIC_NAMES, stats)}
+    def _derive_metrics(self, coco_eval, task: str) -> Dict[str, float]:
+        """AP metrics in percent (NaN where there is no ground truth), plus AP per category, all at
+        the largest max-detections (pycocotools' summary reads AP at 100 detections only)."""
+        # precision: [IoU thresholds, recall thresholds, categories, area ranges, max dets]
+        precision = coco_eval.eval["precision"][..., -1]
+        iou_thresholds = list(np.round(coco_eval.params.iouThrs, 2))
+        overall = {
+            "AP": precision[..., 0],
+            "AP50": precision[iou_thresholds.index(0.5), ..., 0],
+            "AP75": precision[iou_thresholds.index(0.75), ..., 0],
+            "APs": precision[..., 1],
+            "APm": precision[..., 2],
+            "APl": precision[..., 3],
+        }
+        metrics = {name: _mean_precision(p) for name, p in overall.items()}
         logger.info("Evaluation results for %s:\n%s", task, _table(metrics.items(), ["metric", "value"]))
 
-        # precision: [IoU thresholds, recall thresholds, categories, area ranges, max dets]
-        precision = coco_eval.eval["precision"]
-        per_category = []
-        for k, cat_id in enumerate(coco_eval.params.catIds):
-            p = precision[:, :, k, 0, -1]
-            p = p[p > -1]
-            ap = float(np.mean(p) * 100) if p.size else float("nan")
-            per_category.append((self._coco_api.cats[cat_id]["name"], ap))
+        per_category = [
+            (self._coco_api.cats[cat_id]["name"], _mean_precision(precision[:, :, k, 0]))
+            for k, cat_id in enumerate(coco_eval.params.catIds)
+        ]
         logger.info("Per-category %s AP:\n%s", task, _table(per_category, ["category", "AP"]))
         metrics.update({f"AP-{name}": ap for name, ap in per_category})
         return metrics
+
+
+def _mean_precision(precision: np.ndarray) -> float:
+    """Mean precision in percent over the entries COCOeval filled (-1 marks no ground truth)."""
+    valid = precision[precision > -1]
+    return float(np.mean(valid) * 100) if valid.size else float("nan")
 
 
 def instances_to_coco_json(instances: Instances, image_id: int) -> List[dict]:
@@ -182,46 +199,6 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> List[dict]:
             result["segmentation"] = rles[k]
         results.append(result)
     return results
-
-
-def evaluate_predictions_on_coco(
-    coco_gt: COCO,
-    coco_results: List[dict],
-    iou_type: str,
-    image_ids: Optional[List[int]] = None,
-    max_dets: int = 100,
-) -> COCOeval:
-    """Runs COCOeval for `iou_type` ("bbox" or "segm"); an empty result list scores 0 AP."""
-    coco_results = copy.deepcopy(coco_results)
-    if iou_type == "segm":
-        # Segmentation AP scores masks only; COCOeval would otherwise take bbox areas from results.
-        for result in coco_results:
-            result.pop("bbox", None)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(coco_results) if coco_results else _empty_results(coco_gt)
-        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
-        coco_eval.params.maxDets = [1, 10, max_dets]
-        if image_ids is not None:
-            coco_eval.params.imgIds = image_ids
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-    summary = io.StringIO()
-    with contextlib.redirect_stdout(summary):
-        coco_eval.summarize()
-    logger.info("COCOeval %s:\n%s", iou_type, summary.getvalue())
-    return coco_eval
-
-
-def _empty_results(coco_gt: COCO) -> COCO:
-    """A results COCO object with no detections (pycocotools' loadRes rejects an empty list)."""
-    coco_dt = COCO()
-    coco_dt.dataset = {
-        "images": list(coco_gt.dataset["images"]),
-        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
-        "annotations": [],
-    }
-    coco_dt.createIndex()
-    return coco_dt
 
 
 def _tasks_from_results(coco_results: List[dict]) -> tuple:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -10,7 +11,8 @@ from torch import nn
 
 from detlib.data import DatasetCatalog, MetadataCatalog
 from detlib.data.datasets import register_coco_instances
-from detlib.evaluation import COCOEvaluator, inference_on_dataset
+from detlib.engine import launch
+from detlib.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
 from detlib.structures import Boxes, Instances
 
 # Category ids are deliberately not contiguous: predictions use 0..K-1 and must be mapped back.
@@ -144,9 +146,8 @@ def test_rejects_class_ids_outside_the_dataset(tmp_path):
     inst = _predictions_from(anns, 1)
     inst.pred_classes = torch.full_like(inst.pred_classes, 5)
     evaluator = COCOEvaluator("eval_bad_class", distributed=False)
-    evaluator.process([{"image_id": 1}], [{"instances": inst}])
-    with pytest.raises(ValueError, match="class 5"):
-        evaluator.evaluate()
+    with pytest.raises(ValueError, match="image 1 has class 5"):
+        evaluator.process([{"image_id": 1}], [{"instances": inst}])
 
 
 class _OracleModel(nn.Module):
@@ -190,3 +191,153 @@ def test_dataset_without_coco_json_gets_one_written(tmp_path):
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["segm"]["AP"] == pytest.approx(100.0)
+
+
+def _degraded_outputs(anns):
+    """Per image: imperfect predictions (shifted boxes, a swapped class), so AP is strictly between 0 and 100."""
+    return {
+        1: _predictions_from(anns, 1, shift=3.0),
+        2: _predictions_from(anns, 2, flip_class_of=(1,)),
+        3: _predictions_from(anns, 3),
+    }
+
+
+@pytest.mark.parametrize("output_dir", [True, False])
+def test_fast_and_reference_backends_agree(tmp_path, output_dir):
+    _, anns = _write_dataset(tmp_path, "eval_backends")
+    results = {}
+    for use_fast_impl in (True, False):
+        out = str(tmp_path / f"out_{use_fast_impl}") if output_dir else None
+        evaluator = COCOEvaluator("eval_backends", output_dir=out, use_fast_impl=use_fast_impl)
+        for image_id, instances in _degraded_outputs(anns).items():
+            evaluator.process([{"image_id": image_id}], [{"instances": instances}])
+        results[use_fast_impl] = evaluator.evaluate()
+    assert 0 < results[False]["segm"]["AP"] < 100
+    for task in ("bbox", "segm"):
+        assert results[True][task].keys() == results[False][task].keys()
+        for name, value in results[False][task].items():
+            assert results[True][task][name] == pytest.approx(value, abs=0.01, nan_ok=True), (task, name)
+
+
+def test_process_streams_each_image_to_the_rank_file(tmp_path):
+    _, anns = _write_dataset(tmp_path, "eval_stream")
+    out = tmp_path / "out"
+    evaluator = COCOEvaluator("eval_stream", output_dir=str(out))
+    stream_file = out / os.path.basename(evaluator._stream.path)
+    assert stream_file.name.startswith("coco_predictions.rank0.") and stream_file.name.endswith(".partial")
+    for count, (image_id, instances) in enumerate(_degraded_outputs(anns).items(), start=1):
+        evaluator.process([{"image_id": image_id}], [{"instances": instances}])
+        evaluator._stream._file.flush()
+        lines = stream_file.read_text().splitlines()
+        assert len(lines) == count
+        image, payload = lines[-1].split("\t")
+        assert int(image) == image_id
+        encoded = json.loads(payload)
+        assert len(encoded) == len(instances)
+        assert all(r["category_id"] in (3, 7) and len(r["bbox"]) == 4 and "counts" in r["segmentation"] for r in encoded)
+    assert not (out / "coco_instances_results.json").exists()  # written by evaluate() only
+    evaluator.evaluate()
+    assert len(json.load(open(out / "coco_instances_results.json"))) == len(anns)
+
+
+def test_an_interrupted_run_leaves_nothing_a_later_run_reads(tmp_path):
+    _, anns = _write_dataset(tmp_path, "eval_crash")
+    out = tmp_path / "out"
+    crashed = COCOEvaluator("eval_crash", output_dir=str(out))
+    for image_id in (1, 2):
+        crashed.process([{"image_id": image_id}], [{"instances": _predictions_from(anns, image_id)}])
+    crashed._stream._file.flush()  # as if the process died here, its stream file on disk
+    assert not (out / "coco_instances_results.json").exists()
+
+    later = COCOEvaluator("eval_crash", output_dir=str(out))
+    later.process([{"image_id": 3}], [{"instances": _predictions_from(anns, 3)}])
+    later.evaluate()
+    assert json.load(open(out / "coco_instances_results.json")) == []  # image 3 has no objects
+    leftover = os.path.basename(crashed._stream.path)
+    assert {p.name for p in out.iterdir()} == {"coco_instances_results.json", leftover, os.path.basename(later._stream.path)}
+    del crashed, later  # a stream's file goes with it
+    assert [p.name for p in out.iterdir()] == ["coco_instances_results.json"]
+
+
+def test_evaluators_sharing_an_output_dir_keep_their_own_predictions(tmp_path):
+    _, anns = _write_dataset(tmp_path, "eval_shared_dir")
+    out = str(tmp_path / "out")
+    together = DatasetEvaluators([
+        COCOEvaluator("eval_shared_dir", tasks=("bbox",), output_dir=out),
+        COCOEvaluator("eval_shared_dir", tasks=("segm",), output_dir=out),
+    ])
+    alone = COCOEvaluator("eval_shared_dir", output_dir=str(tmp_path / "alone"))
+    for image_id, instances in _degraded_outputs(anns).items():
+        together.process([{"image_id": image_id}], [{"instances": instances}])
+        alone.process([{"image_id": image_id}], [{"instances": instances}])
+    shared, expected = together.evaluate(), alone.evaluate()
+    assert list(shared) == ["bbox", "segm"]
+    for task in ("bbox", "segm"):
+        assert shared[task] == pytest.approx(expected[task], nan_ok=True), task
+
+
+def test_a_failed_write_keeps_the_previous_result_file(tmp_path, monkeypatch):
+    _, anns = _write_dataset(tmp_path, "eval_fsync")
+    out = tmp_path / "out"
+    evaluator = COCOEvaluator("eval_fsync", output_dir=str(out))
+    evaluator.process([{"image_id": 1}], [{"instances": _predictions_from(anns, 1)}])
+    evaluator.evaluate()
+    before = (out / "coco_instances_results.json").read_bytes()
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    evaluator.reset()
+    for image_id in (1, 2):
+        evaluator.process([{"image_id": image_id}], [{"instances": _predictions_from(anns, image_id)}])
+    monkeypatch.setattr("os.fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        evaluator.evaluate()
+    assert (out / "coco_instances_results.json").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _evaluate_on_two_ranks(json_file, output_dir, result_file):
+    from detlib.utils import comm
+
+    name = "eval_two_ranks"
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, json_file, os.path.dirname(json_file))
+    anns = json.load(open(json_file))["annotations"]
+    outputs = _degraded_outputs(anns)
+    rank = comm.get_rank()
+    results = {}
+    for label, out in (("shared_dir", output_dir), ("temp_dir_other_host", None)):
+        if label == "temp_dir_other_host" and rank == 1:
+            # Rank 1 claims another host: its file's content must travel to rank 0.
+            import detlib.evaluation.prediction_stream as prediction_stream
+
+            prediction_stream.socket.gethostname = lambda: "another-host"
+        evaluator = COCOEvaluator(name, output_dir=out)
+        for image_id in sorted(outputs)[rank::2]:
+            evaluator.process([{"image_id": image_id}], [{"instances": outputs[image_id]}])
+        results[label] = evaluator.evaluate()
+    with open(f"{result_file}.{rank}", "w") as f:
+        json.dump(results, f)
+
+
+def test_two_process_evaluation_equals_one_process(tmp_path):
+    json_file, anns = _write_dataset(tmp_path, "eval_one_rank")
+    single = COCOEvaluator("eval_one_rank", output_dir=str(tmp_path / "single"))
+    for image_id, instances in _degraded_outputs(anns).items():
+        single.process([{"image_id": image_id}], [{"instances": instances}])
+    expected = single.evaluate()
+
+    result_file = str(tmp_path / "metrics")
+    launch(_evaluate_on_two_ranks, num_gpus_per_machine=2, args=(json_file, str(tmp_path / "two"), result_file))
+    on_main = json.load(open(f"{result_file}.0"))
+    assert json.load(open(f"{result_file}.1")) == {"shared_dir": None, "temp_dir_other_host": None}
+    for label in ("shared_dir", "temp_dir_other_host"):
+        for task in ("bbox", "segm"):
+            assert on_main[label][task] == pytest.approx(expected[task], nan_ok=True), (label, task)
+    def by_image(path):
+        return sorted(json.load(open(path)), key=lambda r: (r["image_id"], -r["score"]))
+
+    assert by_image(tmp_path / "two" / "coco_instances_results.json") == by_image(
+        tmp_path / "single" / "coco_instances_results.json"
+    )

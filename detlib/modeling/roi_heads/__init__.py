@@ -1,5 +1,6 @@
 """Second-stage heads: box head and predictor, mask head, and the RoI heads that run them."""
 from .box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead, build_box_head
+from .cascade_rcnn import CascadeROIHeads
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
 from .mask_head import (
     ROI_MASK_HEAD_REGISTRY,
@@ -26,6 +27,7 @@ __all__ = [
     "ROI_HEADS_REGISTRY",
     "ROIHeads",
     "StandardROIHeads",
+    "CascadeROIHeads",
     "build_roi_heads",
     "select_foreground_proposals",
 ]

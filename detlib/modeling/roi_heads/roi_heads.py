@@ -294,7 +294,7 @@ class StandardROIHeads(ROIHeads):
         del images
         if self.training:
             proposals = self.label_and_sample_proposals(proposals, targets)
-            losses = self._forward_box(features, proposals)
+            losses = self._forward_box(features, proposals, targets)
             losses.update(self._forward_mask(features, proposals))
             return proposals, losses
         pred_instances = self._forward_box(features, proposals)
@@ -317,8 +317,14 @@ class StandardROIHeads(ROIHeads):
             raise ValueError("forward_with_given_boxes: every Instances needs pred_boxes and pred_classes")
         return self._forward_mask(features, instances)
 
-    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
-        """Training: the box losses. Inference: the detections."""
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances], targets: TargetList = None):
+        """
+        Training: the box losses. Inference: the detections.
+
+        `targets` (training only) are not needed here, where `proposals` carry their matched gt; a
+        subclass that labels boxes of its own (e.g. `CascadeROIHeads`'s later stages) matches them.
+        """
+        del targets
         box_features = self.box_pooler(
             [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
         )

@@ -1,0 +1,116 @@
+"""Per-image predictions streamed to one file per rank and merged on the main rank.
+
+Each line of a rank's file is `image_id<TAB>payload`, the payload one image's encoded results as
+a JSON array. Holding predictions on disk keeps a rank's memory flat in the number of images; the
+main rank reads the other ranks' files directly where it shares their file system (same host) and
+receives their content otherwise, so no rank ever holds every rank's results as Python objects.
+"""
+import logging
+import os
+import socket
+import tempfile
+import uuid
+import weakref
+from typing import IO, Iterator, List, Optional, Tuple
+
+from detlib.utils import comm
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionStream:
+    """An append-only file of per-image JSON payloads for this rank."""
+
+    def __init__(self, directory: Optional[str], name: str):
+        """
+        Args:
+            directory: where this rank's file lives; None: a temporary directory.
+            name: the file's stem. The rank, a name unique to this stream (evaluators sharing a
+                directory must not share a file) and `.partial` are appended, so that the file is
+                never taken for a finished result. The file is removed with the stream.
+        """
+        self._tmpdir = None
+        if directory is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="detlib_eval_")
+            directory = self._tmpdir.name
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, f"{name}.rank{comm.get_rank()}.{uuid.uuid4().hex[:12]}.partial")
+        self._file: Optional[IO[str]] = None
+        weakref.finalize(self, _remove, self.path)
+
+    def reset(self) -> None:
+        """Start an empty file (a previous run's file, complete or not, is discarded)."""
+        self.close()
+        self._file = open(self.path, "w", encoding="utf-8")
+
+    def append(self, image_id: int, payload: str) -> None:
+        """Add one image's results; `payload` is a JSON array on one line."""
+        if self._file is None:
+            self.reset()
+        self._file.write(f"{int(image_id)}\t{payload}\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def merge(self, distributed: bool) -> Optional[Tuple[List[int], str]]:
+        """
+        Returns `(image_ids, results_json)` on the main rank (None on the others): the image ids
+        in the order processed, and one JSON array of every image's results. With `distributed`
+        this is collective and covers every rank's file; otherwise this rank's only. An image
+        that appears more than once is counted once, with a warning.
+        """
+        if self._file is None:
+            self.reset()
+        self._file.flush()
+        if not (distributed and comm.get_world_size() > 1):
+            return _concatenate(_read_lines(self.path))
+        host = socket.gethostname()
+        everyone = comm.all_gather((host, self.path))
+        # Content travels only from ranks on other hosts, whose files rank 0 cannot open.
+        local_to_main = everyone[0][0] == host
+        if not local_to_main:
+            with open(self.path, encoding="utf-8") as f:
+                content = f.read()
+        received = comm.gather(None if local_to_main else content, dst=0)
+        merged = None
+        if comm.is_main_process():
+            lines: List[Iterator[str]] = []
+            for (_, path), content in zip(everyone, received):
+                lines.append(iter(content.splitlines()) if content is not None else _read_lines(path))
+            merged = _concatenate(*lines)
+        # The other ranks' files must outlive the main rank's reading of them.
+        comm.synchronize()
+        return merged
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def _read_lines(path: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        yield from f
+
+
+def _concatenate(*sources: Iterator[str]) -> Tuple[List[int], str]:
+    image_ids: List[int] = []
+    seen = set()
+    parts = []
+    duplicates = 0
+    for source in sources:
+        for line in source:
+            image_id, payload = line.rstrip("\n").split("\t", 1)
+            image_id = int(image_id)
+            if image_id in seen:
+                duplicates += 1
+                continue
+            seen.add(image_id)
+            image_ids.append(image_id)
+            if payload != "[]":
+                parts.append(payload[1:-1])
+    if duplicates:
+        logger.warning("%d images were processed more than once; each is evaluated once", duplicates)
+    return image_ids, "[" + ",".join(parts) + "]"

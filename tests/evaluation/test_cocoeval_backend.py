@@ -1,0 +1,141 @@
+"""faster-coco-eval against pycocotools' COCOeval, the reference, on sets built to hit every rule."""
+import copy
+import json
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detlib.evaluation.cocoeval_backend import evaluate_predictions_on_coco, load_coco_json
+
+CATEGORY_IDS = [1, 2, 5, 11, 90]  # gaps, like COCO's
+SIZE = 256  # large objects (area > 96^2) fit
+
+
+def _box_polygon(x, y, w, h, rng):
+    """A quadrilateral inside the box, so masks and boxes differ."""
+    dx, dy = rng.uniform(0, 0.3) * w, rng.uniform(0, 0.3) * h
+    return [x + dx, y, x + w, y + dy, x + w - dx, y + h, x, y + h - dy]
+
+
+def _random_box(rng, scale):
+    w, h = rng.uniform(0.5, 1.5, size=2) * scale
+    x, y = rng.uniform(0, SIZE - w), rng.uniform(0, SIZE - h)
+    return float(x), float(y), float(w), float(h)
+
+
+def _synthetic_set(seed):
+    """Ground truth with crowd regions, objects of every area range, images without objects; and
+    predictions that hit, miss, duplicate, mislabel or are missing on some images."""
+    rng = np.random.default_rng(seed)
+    images, annotations, results = [], [], []
+    for image_id in range(1, 41):
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": SIZE, "width": SIZE})
+        num_objects = 0 if image_id % 7 == 0 else int(rng.integers(1, 9))
+        for _ in range(num_objects):
+            scale = float(rng.choice([12.0, 50.0, 140.0]))  # small, medium, large
+            x, y, w, h = _random_box(rng, scale)
+            polygon = _box_polygon(x, y, w, h, rng)
+            rle = mask_util.merge(mask_util.frPyObjects([polygon], SIZE, SIZE))
+            crowd = int(rng.random() < 0.1)
+            segmentation = [polygon]
+            if crowd:  # COCO stores crowd regions as uncompressed RLE
+                mask = mask_util.decode(rle)
+                counts, previous, run = [], 0, 0
+                for value in mask.ravel(order="F"):
+                    if value != previous:
+                        counts.append(run)
+                        previous, run = value, 0
+                    run += 1
+                counts.append(run)
+                segmentation = {"size": [SIZE, SIZE], "counts": counts}
+            category = int(rng.choice(CATEGORY_IDS))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": category,
+                "bbox": [x, y, w, h], "area": float(mask_util.area(rle)), "iscrowd": crowd,
+                "segmentation": segmentation,
+            })
+            if image_id % 5 == 0:
+                continue  # an image whose objects are all missed
+            for _ in range(int(rng.integers(0, 3))):  # hits, near misses and duplicates
+                jitter = rng.normal(0, 0.12, size=4) * np.array([w, h, w, h])
+                px, py, pw, ph = x + jitter[0], y + jitter[1], max(w + jitter[2], 1.0), max(h + jitter[3], 1.0)
+                label = category if rng.random() < 0.85 else int(rng.choice(CATEGORY_IDS))
+                results.append(_result(image_id, label, (px, py, pw, ph), rng))
+        for _ in range(int(rng.integers(0, 4))):  # false positives, also on images without objects
+            box = _random_box(rng, float(rng.choice([12.0, 50.0, 140.0])))
+            results.append(_result(image_id, int(rng.choice(CATEGORY_IDS)), box, rng))
+    categories = [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS]
+    return {"images": images, "annotations": annotations, "categories": categories}, results
+
+
+def _result(image_id, category, box, rng):
+    x, y, w, h = (float(v) for v in box)
+    x, y = min(max(x, 0.0), SIZE - 1.0), min(max(y, 0.0), SIZE - 1.0)
+    rle = mask_util.merge(mask_util.frPyObjects([_box_polygon(x, y, w, h, rng)], SIZE, SIZE))
+    rle["counts"] = rle["counts"].decode("ascii")
+    score = float(np.round(rng.random(), 2))  # ties in score, as real detectors produce
+    return {"image_id": image_id, "category_id": category, "bbox": [x, y, w, h], "score": score,
+            "segmentation": rle}
+
+
+def _reference(json_file, results, iou_type, image_ids, max_dets):
+    gt = COCO(json_file)
+    results = copy.deepcopy(results)
+    if iou_type == "segm":
+        for r in results:
+            r.pop("bbox")
+    ev = COCOeval(gt, gt.loadRes(results), iou_type)
+    ev.params.maxDets = [1, 10, max_dets]
+    if image_ids is not None:
+        ev.params.imgIds = image_ids
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return ev
+
+
+def _mean_valid(p):
+    return p[p > -1].mean() if (p > -1).any() else -1.0
+
+
+def _precision_metrics(coco_eval):
+    """AP, AP50, AP75, APs/m/l at the largest max-detections, then AP per category, in percent."""
+    precision = coco_eval.eval["precision"][..., -1]  # [IoU, recall, category, area]
+    summary = [_mean_valid(precision[..., 0]), _mean_valid(precision[0, ..., 0]), _mean_valid(precision[5, ..., 0])]
+    summary += [_mean_valid(precision[..., a]) for a in (1, 2, 3)]
+    per_category = [_mean_valid(precision[:, :, k, 0]) for k in range(precision.shape[2])]
+    return np.array(summary + per_category) * 100
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+@pytest.mark.parametrize("use_fast_impl", [True, False])
+@pytest.mark.parametrize("seed,image_ids,max_dets", [(0, None, 100), (1, list(range(3, 30)), 100), (3, None, 2)])
+def test_backend_equals_pycocotools(tmp_path, iou_type, use_fast_impl, seed, image_ids, max_dets):
+    dataset, results = _synthetic_set(seed)
+    assert any(a["iscrowd"] for a in dataset["annotations"])
+    json_file = str(tmp_path / "gt.json")
+    with open(json_file, "w") as f:
+        json.dump(dataset, f)
+    expected = _reference(json_file, results, iou_type, image_ids, max_dets)
+    ours = evaluate_predictions_on_coco(
+        load_coco_json(json_file, use_fast_impl), copy.deepcopy(results), iou_type,
+        image_ids=image_ids, max_dets=max_dets, use_fast_impl=use_fast_impl,
+    )
+    reference = _precision_metrics(expected)
+    assert (reference[:6] > 0).all()  # every area range has matches
+    np.testing.assert_allclose(_precision_metrics(ours), reference, atol=0.01)
+    if max_dets == 100:  # pycocotools' summary reads its AP at 100 detections only
+        np.testing.assert_allclose(np.asarray(ours.stats[:12]) * 100, np.asarray(expected.stats) * 100, atol=0.01)
+
+
+@pytest.mark.parametrize("use_fast_impl", [True, False])
+def test_no_predictions_score_zero(tmp_path, use_fast_impl):
+    dataset, _ = _synthetic_set(2)
+    json_file = str(tmp_path / "gt.json")
+    with open(json_file, "w") as f:
+        json.dump(dataset, f)
+    ours = evaluate_predictions_on_coco(load_coco_json(json_file, use_fast_impl), [], "bbox", use_fast_impl=use_fast_impl)
+    assert ours.stats[0] == 0.0 and ours.stats[1] == 0.0

@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def write_atomically(path: Path, write) -> None:
     """Call `write(temporary_path)`, then move the complete file to `path`."""
-    partial = path.with_name(path.name + ".partial")
+    # Same suffix: AOTInductor insists on writing to a .pt2 path.
+    partial = path.with_name(path.stem + ".partial" + path.suffix)
     write(partial)
     with open(partial, "rb") as f:
         os.fsync(f.fileno())

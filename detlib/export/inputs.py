@@ -1,4 +1,5 @@
 """The input an exported detector takes, made from an image file as the test-time pipeline would."""
+
 import os
 
 import torch
@@ -15,7 +16,8 @@ def load_test_image(cfg, path: str) -> torch.Tensor:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image {path} does not exist")
     image = read_image(path, format=cfg.INPUT.FORMAT)
-    image = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST).get_transform(image).apply_image(image)
+    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    image = resize.get_transform(image).apply_image(image)
     if image.ndim == 2:
         image = image[:, :, None]
     return torch.as_tensor(image.transpose(2, 0, 1).copy())

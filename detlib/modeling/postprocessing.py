@@ -43,6 +43,25 @@ def _paste_windows(
     return pasted[:, 0]
 
 
+def _paste_separable(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """
+    `_paste_windows` on the whole height x width image, computed as two batched matrix products: bilinear
+    sampling with zero padding is separable, the weight of mask cell c for a pixel at (cell-unit) position p
+    being max(0, 1 - |p - c|) along each axis. Far cheaper than materializing a sampling grid per pixel.
+    """
+    side = masks.shape[-1]
+    cells = torch.arange(side, device=boxes.device, dtype=torch.float32)
+    x0, y0, x1, y1 = boxes.to(torch.float32).unbind(dim=1)
+
+    def weights(start: torch.Tensor, end: torch.Tensor, size: int) -> torch.Tensor:
+        centers = torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5
+        # Pixel centers in mask cells, whose centers are at 0, 1, ... (grid_sample with align_corners=False).
+        position = (centers[None, :] - start[:, None]) / (end - start)[:, None] * side - 0.5
+        return (1 - (position[:, :, None] - cells).abs()).clamp(min=0)  # K x size x side
+
+    return weights(y0, y1, height) @ masks.to(torch.float32) @ weights(x0, x1, width).transpose(1, 2)
+
+
 def paste_masks_in_image(
     masks: torch.Tensor, boxes: Union[Boxes, torch.Tensor], image_shape: Tuple[int, int], threshold: float = 0.5
 ) -> torch.Tensor:
@@ -67,12 +86,10 @@ def paste_masks_in_image(
     if isinstance(boxes, Boxes):
         boxes = boxes.tensor
     if torch.compiler.is_compiling():
-        # The windows' sizes depend on the boxes, which a traced program cannot branch on: sample each mask
-        # over the whole image. Beyond its window a mask interpolates below 0.5, so for thresholds >= 0.5
-        # the result is the same, at the memory cost of N x height x width samples.
-        zeros = torch.zeros_like(boxes[:, 0], dtype=torch.int64)
-        img_h, img_w = image_shape
-        return _paste_windows(masks, boxes, zeros, zeros, img_h, img_w) >= threshold
+        # The windows' sizes depend on the boxes, which a traced program cannot branch on: each mask is
+        # interpolated over the whole image instead. Beyond its window a mask interpolates below 0.5, so for
+        # thresholds >= 0.5 the result is the same.
+        return _paste_separable(masks, boxes, image_shape[0], image_shape[1]) >= threshold
     if len(boxes) != len(masks):
         raise ValueError(f"paste_masks_in_image: {len(boxes)} boxes for {len(masks)} masks")
     img_h, img_w = int(image_shape[0]), int(image_shape[1])

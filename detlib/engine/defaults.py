@@ -342,8 +342,12 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str) -> DatasetEvaluator:
-        """COCO box (and mask, when predicted) AP, with results in OUTPUT_DIR/inference/NAME."""
-        return COCOEvaluator(dataset_name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name))
+        """COCO box (and mask and keypoint, when predicted) AP, with results in OUTPUT_DIR/inference/NAME."""
+        return COCOEvaluator(
+            dataset_name,
+            output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
+            kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS,
+        )
 
     @classmethod
     def test(

@@ -130,7 +130,7 @@ def detector_postprocess(
     Rescale the predictions of one image from the size the model saw (`results.image_size`) to
     `output_height` x `output_width` (usually the original image size): boxes are scaled, clipped
     and the empty ones dropped; `pred_masks` (N x 1 x M x M probabilities) become N x H x W bool
-    masks pasted at the output size.
+    masks pasted at the output size; `pred_keypoints` (N x K x 3: x, y, score) are scaled.
 
     Returns a new `Instances` of size (output_height, output_width); the boxes of `results` are
     rescaled in place.
@@ -156,4 +156,7 @@ def detector_postprocess(
         results.pred_masks = paste_masks_in_image(
             mask_probs, results.pred_boxes, (output_height, output_width), threshold=mask_threshold
         )
+    if results.has("pred_keypoints"):
+        scale = results.pred_keypoints.new_tensor([scale_x, scale_y, 1.0])
+        results.pred_keypoints = results.pred_keypoints * scale
     return results

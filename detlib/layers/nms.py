@@ -51,6 +51,11 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         boxes = boxes.float()
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()
+    if torch.compiler.is_compiling():
+        # A traced program runs on any number of boxes, zero included, and cannot branch on it: the offset
+        # strategy always (as torchvision when tracing), its extent defined for zero boxes too.
+        extent = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max() + 1
+        return nms(boxes + (idxs.to(boxes) * extent)[:, None], scores, iou_threshold)
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if boxes.numel() <= (4000 if boxes.device.type == "cpu" else 20000):

@@ -1,7 +1,8 @@
 # The two entry points of detlib. Both set everything up from a fresh clone:
 #   make train   train and evaluate Mask R-CNN on the built-in synthetic dataset
-#   make test    run the test suite
+#   make test    run the test suite (DETLIB_REQUIRE_EXT=1: the compiled ops must load, no torchvision fallback)
 #   make lint    ruff: lint rules and formatting, as configured in pyproject.toml (checks only)
+#   make wheel-check  build the wheel and test it installed in a fresh virtualenv outside the source tree
 # The virtualenv lives in .venv; the extension is rebuilt whenever csrc/ or setup.py changes.
 # CUDA kernels are compiled whenever nvcc is present (FORCE_CUDA=1), even without a GPU.
 
@@ -11,7 +12,7 @@ NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 FORCE_CUDA ?= $(if $(NVCC),1,0)
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: train test setup lint
+.PHONY: train test setup lint wheel-check
 
 setup: $(VENV)/.built
 
@@ -28,10 +29,13 @@ train: setup
 	$(PY) tools/train_net.py --config-file configs/Shapes/mask_rcnn_shapes.yaml $(ARGS)
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	DETLIB_REQUIRE_EXT=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # Needs the dependencies only, not the compiled extension. To fix what it reports:
 #   $(PY) -m ruff check --fix . && $(PY) -m ruff format .
 lint: $(VENV)/.deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+wheel-check: setup
+	PY=$(PY) .ci/check_wheel

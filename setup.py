@@ -1,19 +1,26 @@
 """Build and install detlib with its compiled ops, `detlib._C` (NMS and ROIAlign, csrc/).
 
-    pip install --no-build-isolation -e .                 # C++; CUDA too when a GPU is visible
-    FORCE_CUDA=1 pip install --no-build-isolation -e .    # also compile the CUDA kernels without a GPU
-    FORCE_CUDA=0 pip install --no-build-isolation -e .    # C++ only, even with a GPU (quick local builds)
+    pip install .                  # or -e; C++ always, CUDA too when nvcc is found
+    FORCE_CUDA=1 pip install .     # CUDA required: fail when nvcc is missing
+    FORCE_CUDA=0 pip install .     # C++ only, even with nvcc (quick local builds)
+    python -m build --wheel --no-isolation
 
+Build isolation (pip's default) builds against the torch already installed in the target environment
+(build_backend/detlib_backend.py explains why); --no-build-isolation does the same without the detour.
 CUDA needs nvcc (CUDA_HOME or nvcc on PATH). Without a visible GPU the kernels are compiled for
-TORCH_CUDA_ARCH_LIST, "9.0" by default. MAX_JOBS bounds the parallel compile jobs.
+TORCH_CUDA_ARCH_LIST, "9.0" by default. MAX_JOBS bounds the parallel compile jobs. The repository's
+configs/ is copied into the package as detlib/model_zoo/configs when it is built.
 """
 import glob
 import importlib.util
 import os
+import re
 import shutil
+import subprocess
 
 import torch
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -55,19 +62,38 @@ def cuda_requested() -> bool:
         raise SystemExit(f"FORCE_CUDA must be 0 or 1, got {force!r}")
     if force == "0":
         return False
-    wanted = force == "1" or torch.cuda.is_available()
-    if wanted and CUDA_HOME is None:
-        message = "CUDA build requested but nvcc was not found: set CUDA_HOME or put nvcc on PATH"
-        if force == "1":
-            raise SystemExit(message)
-        print(f"detlib setup: {message}; building the C++ ops only")
-        return False
-    return wanted
+    missing = None
+    if torch.version.cuda is None:
+        missing = f"torch {torch.__version__} is a CPU-only build"
+    elif CUDA_HOME is None:
+        missing = "nvcc was not found: set CUDA_HOME or put nvcc on PATH"
+    if missing and force == "1":
+        raise SystemExit(f"FORCE_CUDA=1 but {missing}")
+    if missing:
+        print(f"detlib setup: {missing}; building the C++ ops only")
+    # Without FORCE_CUDA, nvcc's presence decides: a GPU-less build machine still makes CUDA builds.
+    return missing is None
 
 
 def sources(pattern: str) -> list:
     paths = glob.glob(os.path.join(HERE, "csrc", "**", pattern), recursive=True)
     return sorted(os.path.relpath(p, HERE) for p in paths)
+
+
+def nvcc_version() -> str:
+    """"13.0" from `nvcc --version`, recorded in the build for collect_env."""
+    output = subprocess.run(
+        [os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"release (\d+\.\d+)", output)
+    return match.group(1) if match else "unknown"
+
+
+def cuda_arch_names() -> str:
+    """The GPU code the kernels are compiled for, e.g. "sm_80,sm_90,compute_90" (compute_* is PTX)."""
+    flags = torch.utils.cpp_extension._get_cuda_arch_flags()
+    codes = {code for flag in flags for group in re.findall(r"\bcode=\[?([\w,]+)", flag) for code in group.split(",")}
+    return ",".join(sorted(codes))
 
 
 def make_extension():
@@ -80,7 +106,11 @@ def make_extension():
     if cuda_sources:
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
-        define_macros.append(("WITH_CUDA", None))
+        define_macros += [
+            ("WITH_CUDA", None),
+            ("DETLIB_CUDA_VERSION", f'"{nvcc_version()}"'),
+            ("DETLIB_CUDA_ARCHS", f'"{cuda_arch_names()}"'),
+        ]
         compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
         include_dirs += nvidia_wheel_include_dirs()
         extension = CUDAExtension
@@ -96,6 +126,28 @@ def make_extension():
     )
 
 
+def runtime_requirements() -> list:
+    """requirements.txt's runtime section, with torch and torchvision left unpinned: the extension is built
+    against, and must run with, the torch already installed, whichever release that is."""
+    with open(os.path.join(HERE, "requirements.txt")) as f:
+        section = f.read().split("# Build and test.")[0]
+    lines = [line.strip() for line in section.splitlines() if line.strip() and not line.startswith("#")]
+    return [re.split(r"[=<>]", line)[0] if line.startswith("torch") else line for line in lines]
+
+
+class BuildPyWithConfigs(build_py):
+    """Ships the repository's configs/ in the package as detlib/model_zoo/configs, so that an installed
+    wheel resolves model_zoo.get_config_file; the repository keeps the only copy in git."""
+
+    def run(self):
+        super().run()
+        source = os.path.join(HERE, "configs")
+        # An editable install finds the checkout's configs/ itself.
+        if os.path.isdir(source) and not getattr(self, "editable_mode", False):
+            target = os.path.join(self.build_lib, "detlib", "model_zoo", "configs")
+            shutil.copytree(source, target, dirs_exist_ok=True)
+
+
 setup(
     name="detlib",
     version="0.1.0",
@@ -103,6 +155,7 @@ setup(
     packages=find_packages(exclude=("tests", "tests.*", "tools", "configs")),
     python_requires=">=3.9",
     ext_modules=[make_extension()],
-    cmdclass={"build_ext": BuildExtension},
+    install_requires=runtime_requirements(),
+    cmdclass={"build_ext": BuildExtension, "build_py": BuildPyWithConfigs},
     zip_safe=False,
 )

@@ -1,13 +1,13 @@
-// Kernels behind detlib._C. The bindings validate every input (shape, dtype, device) and make it
+// Kernels behind torch.ops.detlib.*. register_ops.cpp validates every input (shape, dtype, device) and makes it
 // contiguous before calling these, so the kernels assume well-formed contiguous tensors.
 // Boxes are XYXY in absolute pixels; rois are [K, 5] rows of (batch index, x1, y1, x2, y2).
 #pragma once
 
 #include <ATen/ATen.h>
 
-// Bumped whenever the Python-visible interface of _C changes; detlib/layers/_extension.py refuses
-// to load a `_C` built with another value (a stale build) and says how to rebuild.
-#define DETLIB_C_ABI_VERSION 1
+// Bumped whenever the interface of _C changes (2: ops registered as torch.ops.detlib.*);
+// detlib/layers/_extension.py does not use a `_C` built with another value (a stale build).
+#define DETLIB_C_ABI_VERSION 2
 
 namespace detlib {
 

@@ -4,15 +4,18 @@
     python tools/benchmark.py ops [--quick] [--device cpu|cuda] [--repeats N]
     python tools/benchmark.py eval [--images N] [--segm-images N] [--repeats N]
     python tools/benchmark.py model [--device cpu|cuda] [--quick] [--repeats N] [--threads N] [--opts KEY VALUE ...]
+    python tools/benchmark.py export --config-file CFG --image IMG [--repeats N] [KEY VALUE ...]
 
 Subcommands:
-    ops   detlib.layers.{nms, batched_nms, roi_align} against torchvision.ops on proposal-like
-          boxes in a 1333x800 image and (2, 256, 200, 304) stride-4 features.
-    eval  COCOEvaluator.evaluate() against pycocotools' COCOeval and (when importable) Detectron2's
-          COCOEvaluator on a synthetic COCO-scale set, bbox and segm; and the memory process() adds.
-    model Mask R-CNN R50-FPN inference (one 800x1216 image, 100 detections with masks) and a training
-          step (2 images of 512x640) against Detectron2 on the weights Detectron2 made (outputs checked
-          equal first), or against torchvision's maskrcnn_resnet50_fpn (time only); peak memory per system.
+    ops     detlib.layers.{nms, batched_nms, roi_align} against torchvision.ops on proposal-like
+            boxes in a 1333x800 image and (2, 256, 200, 304) stride-4 features.
+    eval    COCOEvaluator.evaluate() against pycocotools' COCOeval and (when importable) Detectron2's
+            COCOEvaluator on a synthetic COCO-scale set, bbox and segm; and the memory process() adds.
+    export  one image through the model in eager mode, its torch.export program (.pt2, loaded back) and
+            its ONNX export in ONNX Runtime, on the CPU; the exports are traced at another image size.
+    model   Mask R-CNN R50-FPN inference (one 800x1216 image, 100 detections with masks) and a training
+            step (2 images of 512x640) against Detectron2 on the weights Detectron2 made (outputs checked
+            equal first), or against torchvision's maskrcnn_resnet50_fpn (time only); peak memory per system.
 """
 import argparse
 import contextlib
@@ -856,6 +859,76 @@ def run_model(args: argparse.Namespace) -> None:
         rows.append([f"peak memory MB, {phase}", peer_mb, ours_mb, ours_mb / peer_mb])
     print(tabulate(rows, headers=["", peer.name, "detlib", f"detlib/{peer.name}"], tablefmt="github",
                    floatfmt=".3f"))
+def same_detections(expected, actual) -> float:
+    """The fraction of the eager detections that `actual` has too: same class, IoU > 0.99, score within 1e-3."""
+    from detlib.structures import Boxes, pairwise_iou
+
+    boxes, scores, classes = expected[:3]
+    got_boxes, got_scores, got_classes = (torch.as_tensor(a) for a in actual[:3])
+    if len(boxes) == 0:
+        return float(len(got_boxes) == 0)
+    close = pairwise_iou(Boxes(boxes), Boxes(got_boxes)) > 0.99
+    close &= (classes[:, None] == got_classes[None, :]) & ((scores[:, None] - got_scores[None, :]).abs() < 1e-3)
+    return close.any(dim=1).float().mean().item() * min(1.0, len(got_boxes) / len(boxes))
+
+
+def run_export(args: argparse.Namespace) -> None:
+    import tempfile
+
+    import onnxruntime
+
+    from detlib.checkpoint import DetectionCheckpointer
+    from detlib.config import get_cfg
+    from detlib.export import ExportableDetector, export_program
+    from detlib.export.inputs import load_test_image
+    from detlib.export.onnx_export import export_onnx
+    from detlib.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts + ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    image = load_test_image(cfg, args.image)
+    eager = ExportableDetector(model)
+    sample = torch.nn.functional.interpolate(image[None].float(), scale_factor=0.75)[0].to(torch.uint8)
+    print(f"exporting with a {tuple(sample.shape[1:])} sample, timing on {tuple(image.shape[1:])}", file=sys.stderr)
+    program = export_program(model, sample)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.export.save(program, f"{tmp}/model.pt2")
+        pt2 = torch.export.load(f"{tmp}/model.pt2").module()
+        export_onnx(program, (sample,), f"{tmp}/model.onnx", eager.output_names)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(f"{tmp}/model.onnx", options, providers=["CPUExecutionProvider"])
+    runtimes = {
+        "eager": lambda: eager(image),
+        "torch.export (.pt2)": lambda: pt2(image),
+        "ONNX Runtime": lambda: session.run(None, {"image": image.numpy()}),
+    }
+    with torch.no_grad():
+        expected = eager(image)
+        checks = {name: same_detections(expected, run()) for name, run in runtimes.items()}
+        bad = {name: check for name, check in checks.items() if check < 0.98}
+        if bad:
+            raise SystemExit(f"Outputs differ from eager (fraction of detections matched): {bad}; not timing")
+        times = {name: [] for name in runtimes}
+        for _ in range(args.repeats):  # interleaved: a change in the machine's load hits every runtime alike
+            for name, run in runtimes.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(1e3 * (time.perf_counter() - start))
+    base = statistics.median(times["eager"])
+    rows = [
+        [name, statistics.median(t), base / statistics.median(t), f"{100 * checks[name]:.0f}% matched"]
+        for name, t in times.items()
+    ]
+    print(f"command: python tools/benchmark.py {' '.join(sys.argv[1:])}")
+    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    print(f"cpu: {platform.processor() or platform.machine()}; torch {torch.__version__}, onnxruntime "
+          f"{onnxruntime.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus{load}")
+    print(f"{len(expected[0])} detections; median of {args.repeats} interleaved calls after one warm-up\n")
+    print(tabulate(rows, headers=["runtime", "ms", "speed vs eager", "check"], tablefmt="github", floatfmt=".2f"))
 
 
 def main(argv=None) -> None:
@@ -887,6 +960,13 @@ def main(argv=None) -> None:
     model_parser.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     model_parser.add_argument("--weights", default="", help=argparse.SUPPRESS)
     model_parser.set_defaults(run=run_model)
+
+    export_parser = subcommands.add_parser("export", help="exported programs (.pt2, ONNX) against eager, CPU")
+    export_parser.add_argument("--config-file", required=True)
+    export_parser.add_argument("--image", required=True, help="image file, resized as at test time")
+    export_parser.add_argument("--repeats", type=int, default=10, help="timed calls per runtime (median reported)")
+    export_parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config KEY VALUE pairs")
+    export_parser.set_defaults(run=run_export)
 
     args = parser.parse_args(argv)
     args.run(args)

@@ -5,11 +5,16 @@
     tools/train_net.py --config-file X.yaml --resume                       # continue a killed run
     tools/train_net.py --config-file X.yaml --eval-only MODEL.WEIGHTS model_final.pth
     tools/train_net.py --config-file X.yaml --num-gpus 2                   # DDP (gloo on CPU)
+    torchrun --nproc_per_node 8 tools/train_net.py --config-file X.yaml   # or srun: joins their world
+
+A run preempted by SIGTERM/SIGUSR1 saves a checkpoint and exits with code 75 (requeue, then --resume);
+see docs/cluster.md.
 
 Trailing `KEY VALUE` pairs override the config. Everything a run produces goes to OUTPUT_DIR:
 log.txt, config.yaml, checkpoints, metrics.json, TensorBoard events, evaluation results and
 training-curve plots.
 """
+import datetime
 import logging
 import math
 import os
@@ -25,7 +30,6 @@ from detlib.engine import DefaultTrainer, default_argument_parser, default_setup
 from detlib.engine.defaults import verify_results
 from detlib.evaluation import write_prediction_grid
 from detlib.utils import comm
-from detlib.utils.training_report import write_training_curves
 
 logger = logging.getLogger("detlib.tools.train_net")
 
@@ -68,6 +72,10 @@ def main(args, trainer_class=DefaultTrainer):
 def write_training_report(cfg, model: nn.Module) -> List[str]:
     """Loss, lr and AP curves from OUTPUT_DIR/metrics.json, and the model's detections on the first
     images of the first test set (`predictions.png`). Returns the paths written."""
+    # Imported here: matplotlib takes a second to import, in every process, and only the main
+    # process needs it, once training is over.
+    from detlib.utils.training_report import write_training_curves
+
     written = []
     metrics_file = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
     if os.path.exists(metrics_file):
@@ -100,5 +108,6 @@ if __name__ == "__main__":
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
+        timeout=datetime.timedelta(seconds=args.dist_timeout),
         args=(args,),
     )

@@ -209,7 +209,7 @@ _C.MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH = 0.5
 _C.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 4096
 _C.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.5
 
-# RetinaNet (not implemented by detlib) ------------------------------------------------------------
+# RetinaNet ------------------------------------------------------------------------------------------
 _C.MODEL.RETINANET = CN()
 _C.MODEL.RETINANET.NUM_CLASSES = 80
 _C.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
@@ -225,7 +225,14 @@ _C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 _C.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 2.0
 _C.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.25
 _C.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = 0.1
+# Box regression loss: "smooth_l1", "l1", "giou", "diou", "ciou" (or a name registered by the user).
 _C.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"
+# detlib: parameters of the box regression loss by name (beta defaults to SMOOTH_L1_LOSS_BETA).
+_C.MODEL.RETINANET.BBOX_REG_LOSS_PARAMS = CN(new_allowed=True)
+# detlib: classification loss, a name in CLS_LOSS_REGISTRY used in its binary form (one sigmoid per
+# anchor and class), and its parameters by name; alpha and gamma default to FOCAL_LOSS_ALPHA / _GAMMA.
+_C.MODEL.RETINANET.CLS_LOSS_TYPE = "focal"
+_C.MODEL.RETINANET.CLS_LOSS_PARAMS = CN(new_allowed=True)
 _C.MODEL.RETINANET.NORM = ""
 
 # ResNet -------------------------------------------------------------------------------------------
@@ -298,6 +305,9 @@ _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"  # or "RepeatFactorTrainingSampl
 # REPEAT_SQRT uses sqrt(threshold / frequency) as the repeat factor.
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 _C.DATALOADER.REPEAT_SQRT = True
+# detlib: one weight per DATASETS.TRAIN entry; each training image comes from dataset i with probability
+# weight_i / sum(weights). Empty: the datasets are concatenated (each sampled in proportion to its size).
+_C.DATALOADER.SAMPLING_RATIOS = ()
 # Drop training images that have no annotation left after filtering.
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # detlib: log and count samples that fail to load or map, and skip them, instead of failing.

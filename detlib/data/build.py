@@ -1,7 +1,8 @@
 """Training and test data loaders: registered datasets -> batches of model input dicts."""
+import functools
 import logging
 import operator
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -14,11 +15,25 @@ from detlib.utils.env import seed_all_rng
 
 from . import bad_samples
 from .catalog import DatasetCatalog, MetadataCatalog
-from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, MapIterableDataset, ToIterableDataset
+from .common import (
+    AspectRatioGroupedDataset,
+    DatasetFromList,
+    MapDataset,
+    MapIterableDataset,
+    ResumableLoader,
+    ToIterableDataset,
+)
 from .dataset_mapper import DatasetMapper
-from .samplers import InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
+from .samplers import (
+    DatasetMixSampler,
+    EpochStreamSampler,
+    InferenceSampler,
+    RepeatFactorTrainingSampler,
+    TrainingSampler,
+)
 
 __all__ = [
+    "load_dataset_parts",
     "get_detection_dataset_dicts",
     "build_batch_data_loader",
     "build_detection_train_loader",
@@ -48,15 +63,16 @@ def print_instances_class_histogram(dataset_dicts: List[dict], class_names: Sequ
     logger.info("Instances per category:\n%s", tabulate(rows, headers=["category", "#instances"], tablefmt="pipe"))
 
 
-def get_detection_dataset_dicts(
+def load_dataset_parts(
     names: Union[str, Sequence[str]],
     filter_empty: bool = True,
     check_consistency: bool = True,
     *,
     skip_bad_samples: bool = False,
-) -> List[dict]:
+) -> List[List[dict]]:
     """
-    Loads and concatenates registered datasets.
+    Loads registered datasets, one list of records per name (what a per-dataset sampling mix
+    needs); `get_detection_dataset_dicts` is their concatenation.
 
     Args:
         names: dataset name(s) in DatasetCatalog.
@@ -68,27 +84,40 @@ def get_detection_dataset_dicts(
         names = [names]
     if not names:
         raise ValueError("get_detection_dataset_dicts needs at least one dataset name.")
-    all_dicts = []
+    parts = []
     for name in names:
         with bad_samples.skip_bad_samples(skip_bad_samples):
             dicts = DatasetCatalog.get(name)
         if not dicts:
             raise ValueError(f"Dataset '{name}' is empty.")
-        all_dicts.append(dicts)
-    dataset_dicts = [d for dicts in all_dicts for d in dicts]
+        parts.append(dicts)
 
-    has_instances = any("annotations" in d for d in dataset_dicts)
-    if filter_empty and has_instances:
-        dataset_dicts = filter_images_with_only_crowd_annotations(dataset_dicts)
-    if has_instances:
-        classes = [MetadataCatalog.get(n).get("thing_classes") for n in names]
-        if check_consistency and any(c != classes[0] for c in classes):
-            raise ValueError(f"Datasets {list(names)} have different thing_classes: {classes}")
-        if classes[0] is not None:
-            print_instances_class_histogram(dataset_dicts, classes[0])
-    if not dataset_dicts:
-        raise ValueError(f"No images left in datasets {list(names)} after filtering.")
-    return dataset_dicts
+    has_instances = any("annotations" in d for dicts in parts for d in dicts)
+    if not has_instances:
+        return parts
+    if filter_empty:
+        parts = [filter_images_with_only_crowd_annotations(dicts) for dicts in parts]
+        for name, dicts in zip(names, parts):
+            if not dicts:
+                raise ValueError(f"No images left in dataset '{name}' after filtering.")
+    classes = [MetadataCatalog.get(n).get("thing_classes") for n in names]
+    if check_consistency and any(c != classes[0] for c in classes):
+        raise ValueError(f"Datasets {list(names)} have different thing_classes: {classes}")
+    if classes[0] is not None:
+        print_instances_class_histogram([d for dicts in parts for d in dicts], classes[0])
+    return parts
+
+
+def get_detection_dataset_dicts(
+    names: Union[str, Sequence[str]],
+    filter_empty: bool = True,
+    check_consistency: bool = True,
+    *,
+    skip_bad_samples: bool = False,
+) -> List[dict]:
+    """Loads and concatenates registered datasets; arguments as for `load_dataset_parts`."""
+    parts = load_dataset_parts(names, filter_empty, check_consistency, skip_bad_samples=skip_bad_samples)
+    return [d for dicts in parts for d in dicts]
 
 
 def trivial_batch_collator(batch: List) -> List:
@@ -101,6 +130,58 @@ def worker_init_reset_seed(worker_id: int) -> None:
     seed_all_rng((torch.initial_seed() + worker_id) % 2**31)
 
 
+class _BatchCollator:
+    """Makes a batch of items with `collate_fn`; with `with_ordinals`, the items are
+    `(ordinals, item)` pairs and the batch is `(all their ordinals, batch)`."""
+
+    def __init__(self, collate_fn: Callable, with_ordinals: bool):
+        self.collate_fn = collate_fn
+        self.with_ordinals = with_ordinals
+
+    def __call__(self, items: List) -> Any:
+        if not self.with_ordinals:
+            return self.collate_fn(items)
+        ordinals = [o for item_ordinals, _ in items for o in item_ordinals]
+        return ordinals, self.collate_fn([item for _, item in items])
+
+
+def _batches(
+    dataset: data.Dataset,
+    sampler: data.Sampler,
+    batch_size: int,
+    *,
+    aspect_ratio_grouping: bool,
+    num_workers: int,
+    collate_fn: Callable,
+    skip_bad_samples: bool,
+    with_ordinals: bool,
+) -> Iterable:
+    """Endless batches of `batch_size` items of `dataset` in sampler order."""
+    collator = _BatchCollator(collate_fn, with_ordinals)
+    # A positioned stream seeds its workers from its own seed, not from the global generator: a
+    # resumed run then starts its loader without drawing from the random state it restored.
+    generator = torch.Generator().manual_seed(sampler.seed) if with_ordinals else None
+    if not aspect_ratio_grouping:
+        # Workers take batch-sized runs of the stream in turn, so batches come in stream order.
+        items = ToIterableDataset(
+            dataset, sampler, skip_bad_samples, chunk=batch_size, track_positions=with_ordinals
+        )
+        return data.DataLoader(
+            items, batch_size=batch_size, drop_last=True, num_workers=num_workers,
+            collate_fn=collator, worker_init_fn=worker_init_reset_seed, generator=generator,
+        )
+    # Grouping needs every item's shape, so items leave the workers one at a time.
+    items = data.DataLoader(
+        ToIterableDataset(dataset, sampler, skip_bad_samples, track_positions=with_ordinals),
+        num_workers=num_workers,
+        collate_fn=operator.itemgetter(0),
+        worker_init_fn=worker_init_reset_seed,
+        generator=generator,
+    )
+    grouped = AspectRatioGroupedDataset(items, batch_size, operator.itemgetter(1) if with_ordinals else None)
+    return MapIterableDataset(grouped, collator)
+
+
 def build_batch_data_loader(
     dataset: data.Dataset,
     sampler: data.Sampler,
@@ -110,71 +191,84 @@ def build_batch_data_loader(
     num_workers: int = 0,
     collate_fn: Optional[Callable] = None,
     skip_bad_samples: bool = False,
-) -> Union[data.DataLoader, AspectRatioGroupedDataset]:
+) -> Iterable:
     """
     Batches a map-style dataset in sampler order. `total_batch_size` is over all ranks; each rank
-    yields `total_batch_size / world_size` items per batch.
+    yields `total_batch_size / world_size` items per batch. Over an `EpochStreamSampler` the
+    loader is a `ResumableLoader`: its position can be saved and restored in constant time.
     """
-    world_size = comm.get_world_size()
-    if total_batch_size <= 0 or total_batch_size % world_size != 0:
+    ranks = comm.get_world_size()
+    per_rank, remainder = divmod(total_batch_size, ranks)
+    if per_rank <= 0 or remainder:
         raise ValueError(
-            f"Total batch size ({total_batch_size}) must be a positive multiple of the number of ranks ({world_size})."
+            f"SOLVER.IMS_PER_BATCH={total_batch_size} must be a positive multiple of the {ranks} ranks."
         )
-    batch_size = total_batch_size // world_size
-    iterable = ToIterableDataset(dataset, sampler, skip_bad_samples=skip_bad_samples)
-    if aspect_ratio_grouping:
-        loader = data.DataLoader(
-            iterable,
-            num_workers=num_workers,
-            collate_fn=operator.itemgetter(0),  # one item at a time; grouping makes the batches
-            worker_init_fn=worker_init_reset_seed,
-        )
-        grouped = AspectRatioGroupedDataset(loader, batch_size)
-        if collate_fn is None:
-            return grouped
-        return MapIterableDataset(grouped, collate_fn)
-    return data.DataLoader(
-        iterable,
-        batch_size=batch_size,
-        drop_last=True,
+    make_batches = functools.partial(
+        _batches,
+        dataset,
+        sampler,
+        per_rank,
+        aspect_ratio_grouping=aspect_ratio_grouping,
         num_workers=num_workers,
-        collate_fn=trivial_batch_collator if collate_fn is None else collate_fn,
-        worker_init_fn=worker_init_reset_seed,
+        collate_fn=collate_fn or trivial_batch_collator,
+        skip_bad_samples=skip_bad_samples,
+    )
+    if isinstance(sampler, EpochStreamSampler):
+        return ResumableLoader(sampler, functools.partial(make_batches, with_ordinals=True))
+    return make_batches(with_ordinals=False)
+
+
+def _training_sampler(cfg, dataset: Sequence, part_sizes: List[int]) -> data.Sampler:
+    """The sampler DATALOADER.SAMPLER_TRAIN names, or a mix of the datasets at
+    DATALOADER.SAMPLING_RATIOS."""
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    ratios = list(cfg.DATALOADER.SAMPLING_RATIOS)
+    if ratios:
+        if name != "TrainingSampler":
+            raise ValueError(
+                f"DATALOADER.SAMPLING_RATIOS cannot be combined with DATALOADER.SAMPLER_TRAIN '{name}'."
+            )
+        logger.info("Sampling datasets %s at ratios %s.", list(cfg.DATASETS.TRAIN), ratios)
+        return DatasetMixSampler(part_sizes, ratios)
+    logger.info("Using training sampler %s.", name)
+    if name == "TrainingSampler":
+        return TrainingSampler(len(dataset))
+    if name == "RepeatFactorTrainingSampler":
+        return RepeatFactorTrainingSampler(
+            RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+            )
+        )
+    raise ValueError(
+        f"DATALOADER.SAMPLER_TRAIN '{name}' is unknown; use 'TrainingSampler' or 'RepeatFactorTrainingSampler'."
     )
 
 
 def _train_loader_from_config(cfg, mapper=None, *, dataset=None, sampler=None) -> dict:
     if dataset is None:
-        dataset = get_detection_dataset_dicts(
+        parts = load_dataset_parts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             skip_bad_samples=cfg.DATALOADER.SKIP_BAD_SAMPLES,
         )
-    if mapper is None:
-        mapper = DatasetMapper(cfg, True)
-    if sampler is None:
-        name = cfg.DATALOADER.SAMPLER_TRAIN
-        logger.info("Using training sampler %s.", name)
-        if name == "TrainingSampler":
-            sampler = TrainingSampler(len(dataset))
-        elif name == "RepeatFactorTrainingSampler":
-            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-                dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
-            )
-            sampler = RepeatFactorTrainingSampler(factors)
-        else:
-            raise ValueError(
-                f"DATALOADER.SAMPLER_TRAIN '{name}' is unknown; use 'TrainingSampler' or 'RepeatFactorTrainingSampler'."
-            )
-    return {
-        "dataset": dataset,
-        "sampler": sampler,
-        "mapper": mapper,
-        "total_batch_size": cfg.SOLVER.IMS_PER_BATCH,
-        "aspect_ratio_grouping": cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        "num_workers": cfg.DATALOADER.NUM_WORKERS,
-        "skip_bad_samples": cfg.DATALOADER.SKIP_BAD_SAMPLES,
-    }
+        dataset = [d for dicts in parts for d in dicts]
+    else:
+        parts = [dataset]
+    return dict(
+        dataset=dataset,
+        mapper=DatasetMapper(cfg, True) if mapper is None else mapper,
+        sampler=_training_sampler(cfg, dataset, [len(p) for p in parts]) if sampler is None else sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        skip_bad_samples=cfg.DATALOADER.SKIP_BAD_SAMPLES,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+    )
+
+
+def _mapped(dataset: Union[List[dict], data.Dataset], mapper: Optional[Callable]) -> data.Dataset:
+    """A map-style dataset over a list of records (or a dataset), with `mapper` applied to items."""
+    items = DatasetFromList(dataset, copy=False) if isinstance(dataset, list) else dataset
+    return items if mapper is None else MapDataset(items, mapper)
 
 
 @configurable(from_config=_train_loader_from_config)
@@ -196,22 +290,18 @@ def build_detection_train_loader(
     explicit arguments. `dataset` is a list of records or a map-style dataset; `mapper` maps a
     record to the model's input dict (None: use items as they are); `sampler` yields indices
     (default: `TrainingSampler`). With `skip_bad_samples` (DATALOADER.SKIP_BAD_SAMPLES), records
-    whose mapping raises `BadSampleError` are skipped with a counted warning.
+    whose mapping raises `BadSampleError` are skipped with a counted warning. Over the default
+    sampler (any `EpochStreamSampler`) the loader is a `ResumableLoader`.
     """
-    if isinstance(dataset, list):
-        dataset = DatasetFromList(dataset, copy=False)
-    if mapper is not None:
-        dataset = MapDataset(dataset, mapper)
-    if sampler is None:
-        sampler = TrainingSampler(len(dataset))
+    items = _mapped(dataset, mapper)
     return build_batch_data_loader(
-        dataset,
-        sampler,
+        items,
+        TrainingSampler(len(items)) if sampler is None else sampler,
         total_batch_size,
-        aspect_ratio_grouping=aspect_ratio_grouping,
         num_workers=num_workers,
-        collate_fn=collate_fn,
         skip_bad_samples=skip_bad_samples,
+        aspect_ratio_grouping=aspect_ratio_grouping,
+        collate_fn=collate_fn,
     )
 
 
@@ -246,14 +336,9 @@ def build_detection_test_loader(
     arguments. With `skip_bad_samples`, unreadable images are skipped with a counted warning (and
     so get no prediction); otherwise they raise.
     """
-    if isinstance(dataset, list):
-        dataset = DatasetFromList(dataset, copy=False)
-    if mapper is not None:
-        dataset = MapDataset(dataset, mapper)
-    if sampler is None:
-        sampler = InferenceSampler(len(dataset))
+    items = _mapped(dataset, mapper)
     return data.DataLoader(
-        ToIterableDataset(dataset, sampler, skip_bad_samples=skip_bad_samples),
+        ToIterableDataset(items, InferenceSampler(len(items)) if sampler is None else sampler, skip_bad_samples),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=trivial_batch_collator if collate_fn is None else collate_fn,

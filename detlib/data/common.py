@@ -1,15 +1,25 @@
 """Dataset wrappers the loaders compose: list -> mapped -> iterated by a sampler -> grouped."""
 import logging
 import pickle
-from typing import Callable, Iterable, Iterator, List
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch.utils.data as data
 from torch.utils.data.sampler import Sampler
 
-from .bad_samples import BadSampleError, SkipCounter
+from detlib.utils.env import seed_all_rng
 
-__all__ = ["DatasetFromList", "MapDataset", "MapIterableDataset", "ToIterableDataset", "AspectRatioGroupedDataset"]
+from .bad_samples import BadSampleError, SkipCounter
+from .samplers import ConsumedStream, EpochStreamSampler
+
+__all__ = [
+    "DatasetFromList",
+    "MapDataset",
+    "MapIterableDataset",
+    "ToIterableDataset",
+    "AspectRatioGroupedDataset",
+    "ResumableLoader",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,39 +79,70 @@ class MapIterableDataset(data.IterableDataset):
             yield self._map_func(item)
 
 
-def _worker_shard(iterable: Iterable) -> Iterator:
-    """Inside a DataLoader worker, the share of `iterable` that this worker should produce."""
+def _worker_shard(iterable: Iterable, chunk: int = 1) -> Iterator:
+    """Inside a DataLoader worker, the share of `iterable` that this worker should produce: runs of
+    `chunk` consecutive items, dealt to the workers in turn (a batch-sized chunk keeps each batch a
+    run of the stream)."""
     info = data.get_worker_info()
     if info is None or info.num_workers == 1:
         yield from iterable
         return
     for i, item in enumerate(iterable):
-        if i % info.num_workers == info.id:
+        if (i // chunk) % info.num_workers == info.id:
             yield item
 
 
 class ToIterableDataset(data.IterableDataset):
     """
-    Iterates a map-style dataset in the order of `sampler`, split among data-loader workers.
+    Iterates a map-style dataset in the order of `sampler`, split among data-loader workers in runs
+    of `chunk` items.
 
     With `skip_bad_samples`, an item that raises `BadSampleError` is left out with a warning that
     carries the running count of skipped items (per worker process); otherwise the error propagates.
+    With `track_positions` (the sampler must be an `EpochStreamSampler`), it yields
+    `(ordinals, item)`: the stream ordinals the item accounts for, its own and those of the bad
+    items skipped just before it. Inside a data-loader worker, each item is then mapped with the
+    random generators seeded by its place in the stream: a resumed run, whose workers start
+    afresh, maps every item as the interrupted run would have.
     """
 
-    def __init__(self, dataset: data.Dataset, sampler: Sampler, skip_bad_samples: bool = False):
+    def __init__(
+        self,
+        dataset: data.Dataset,
+        sampler: Sampler,
+        skip_bad_samples: bool = False,
+        *,
+        chunk: int = 1,
+        track_positions: bool = False,
+    ):
         self.dataset = dataset
         self.sampler = sampler
         self.skip_bad_samples = skip_bad_samples
+        self.chunk = chunk
+        self.track_positions = track_positions
 
     def __iter__(self) -> Iterator:
         skipped = SkipCounter("image")
-        for idx in _worker_shard(self.sampler):
+        stream = self.sampler.positions() if self.track_positions else enumerate(self.sampler)
+        skipped_ordinals: List[int] = []
+        in_worker = data.get_worker_info() is not None
+        for position, idx in _worker_shard(stream, self.chunk):
+            if self.track_positions and in_worker:
+                seed_all_rng(self.sampler.item_seed(position.ordinal))
             try:
-                yield self.dataset[idx]
+                item = self.dataset[idx]
             except BadSampleError as e:
                 if not self.skip_bad_samples:
                     raise
                 skipped.skip(e)
+                if self.track_positions:
+                    skipped_ordinals.append(position.ordinal)
+                continue
+            if self.track_positions:
+                yield skipped_ordinals + [position.ordinal], item
+                skipped_ordinals = []
+            else:
+                yield item
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -113,15 +154,51 @@ class AspectRatioGroupedDataset(data.IterableDataset):
     portrait images, which keeps padding small. Yields lists of `batch_size` items.
     """
 
-    def __init__(self, dataset: Iterable[dict], batch_size: int):
+    def __init__(self, dataset: Iterable, batch_size: int, record_of: Optional[Callable[[Any], dict]] = None):
+        """`record_of(item)` is the dict with the item's `width` and `height` (default: the item)."""
         self.dataset = dataset
         self.batch_size = batch_size
+        self.record_of = record_of
 
-    def __iter__(self) -> Iterator[List[dict]]:
-        buckets: List[List[dict]] = [[], []]
+    def __iter__(self) -> Iterator[List]:
+        buckets: List[List] = [[], []]
         for d in self.dataset:
-            bucket = buckets[0 if d["width"] > d["height"] else 1]
+            record = d if self.record_of is None else self.record_of(d)
+            bucket = buckets[0 if record["width"] > record["height"] else 1]
             bucket.append(d)
             if len(bucket) == self.batch_size:
                 yield bucket[:]
                 del bucket[:]
+
+
+class ResumableLoader:
+    """
+    An endless training loader that records how far its consumer got in the sampler's stream, and
+    can start again there in constant time: `state_dict()` after any number of batches,
+    `load_state_dict()` before iterating, and the batches that follow are those that would have
+    followed, without drawing or decoding the skipped items.
+
+    Args:
+        sampler: the stream the batches are made from.
+        make_batches: builds a fresh iterable of `(ordinals, batch)`, the stream ordinals each batch
+            accounts for with it; called at every `iter`, so it sees the sampler's restored start.
+    """
+
+    def __init__(self, sampler: EpochStreamSampler, make_batches: Callable[[], Iterable[Tuple[List[int], Any]]]):
+        self.sampler = sampler
+        self._make_batches = make_batches
+        self._consumed = ConsumedStream(sampler)
+
+    def __iter__(self) -> Iterator:
+        for ordinals, batch in self._make_batches():
+            self._consumed.consume(ordinals)
+            yield batch
+
+    def state_dict(self) -> Dict:
+        """This rank's position: ints and a list of ints (what `torch.load(weights_only=True)` admits)."""
+        return self._consumed.state_dict()
+
+    def load_state_dict(self, state: Dict) -> None:
+        """Continue from `state`; iterators made before this call keep their old position."""
+        self.sampler.resume(state)
+        self._consumed = ConsumedStream(self.sampler)

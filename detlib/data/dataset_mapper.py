@@ -1,7 +1,7 @@
 """DatasetMapper: one dataset record -> one model input dict."""
 import copy
 import logging
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ class DatasetMapper:
     Reads a record's image, augments it, and returns the model's input dict:
     `image` (uint8 C x H x W tensor in `image_format`, after the transforms), the record's other
     fields (`file_name`, `image_id`, original `height`/`width`), and in training `instances`
-    (`gt_boxes` XYXY pixels in the transformed image, `gt_classes`, `gt_masks`).
+    (`gt_boxes` XYXY pixels in the transformed image, `gt_classes`, `gt_masks`, `gt_keypoints`).
 
     Crowd annotations are dropped. Masks follow `annotations_to_instances`: "polygon" keeps
     polygons where the whole image has them and uses bitmasks otherwise, so a dataset mixing
@@ -42,6 +42,8 @@ class DatasetMapper:
         use_instance_mask: bool = False,
         instance_mask_format: str = "polygon",
         recompute_boxes: bool = False,
+        use_keypoint: bool = False,
+        keypoint_hflip_indices: Optional[Sequence[int]] = None,
     ):
         """
         Args:
@@ -52,6 +54,9 @@ class DatasetMapper:
             instance_mask_format: "polygon" or "bitmask".
             recompute_boxes: replace boxes by the masks' tight boxes (after a crop, the clipped
                 original box no longer fits the object).
+            use_keypoint: produce `gt_keypoints`.
+            keypoint_hflip_indices: each keypoint's mirror image, for horizontal flips (see
+                `detection_utils.create_keypoint_hflip_indices`).
         """
         if recompute_boxes and not use_instance_mask:
             raise ValueError("recompute_boxes needs use_instance_mask: boxes are recomputed from masks.")
@@ -61,6 +66,9 @@ class DatasetMapper:
         self.use_instance_mask = use_instance_mask
         self.instance_mask_format = instance_mask_format
         self.recompute_boxes = recompute_boxes
+        # Only needed (and only checked) when a flip meets an annotation with keypoints.
+        self.keypoint_hflip_indices = list(keypoint_hflip_indices) if keypoint_hflip_indices is not None else None
+        self.use_keypoint = use_keypoint
         logger.info("DatasetMapper (%s) augmentations: %s", "train" if is_train else "inference", augmentations)
 
     @classmethod
@@ -69,7 +77,10 @@ class DatasetMapper:
         crop = is_train and cfg.INPUT.CROP.ENABLED
         if crop:
             augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+        keypoint_on = cfg.MODEL.KEYPOINT_ON
         return {
+            "use_keypoint": keypoint_on,
+            "keypoint_hflip_indices": utils.create_keypoint_hflip_indices(cfg.DATASETS.TRAIN) if keypoint_on else None,
             "is_train": is_train,
             "augmentations": augs,
             "image_format": cfg.INPUT.FORMAT,
@@ -103,10 +114,14 @@ class DatasetMapper:
         if not self.is_train or annos is None:
             return dataset_dict
 
+        annos = [self._strip(obj) for obj in annos if obj.get("iscrowd", 0) == 0]
+        if self.use_keypoint:
+            self._check_keypoint_counts(dataset_dict, annos)
         annos = [
-            utils.transform_instance_annotations(self._strip(obj), transforms, image_size)
+            utils.transform_instance_annotations(
+                obj, transforms, image_size, keypoint_hflip_indices=self.keypoint_hflip_indices
+            )
             for obj in annos
-            if obj.get("iscrowd", 0) == 0
         ]
         instances = utils.annotations_to_instances(annos, image_size, mask_format=self.instance_mask_format)
         if self.recompute_boxes:
@@ -114,7 +129,20 @@ class DatasetMapper:
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict
 
+    def _check_keypoint_counts(self, dataset_dict: dict, annos: List[dict]) -> None:
+        """Every annotation of the image has keypoints, as many as the flip indices name (if any)."""
+        counts = sorted({np.size(a["keypoints"]) // 3 if "keypoints" in a else 0 for a in annos})
+        expected = len(self.keypoint_hflip_indices) if self.keypoint_hflip_indices is not None else None
+        if len(counts) > 1 or (expected is not None and counts and counts != [expected]):
+            raise BadSampleError(
+                f"{dataset_dict.get('file_name')}, image id {dataset_dict.get('image_id')}: field 'keypoints' "
+                f"holds {counts} keypoints per annotation; every annotation needs "
+                f"{expected if expected is not None else 'the same number'}."
+            )
+
     def _strip(self, obj: dict) -> dict:
         if not self.use_instance_mask:
             obj.pop("segmentation", None)
+        if not self.use_keypoint:
+            obj.pop("keypoints", None)
         return obj

@@ -1,21 +1,24 @@
 """Helpers that turn a dataset record into model inputs: image reading, annotation transforms."""
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from PIL import Image, ImageOps
 
-from detlib.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks, polygons_to_bitmask
+from detlib.structures import BitMasks, Boxes, BoxMode, Instances, Keypoints, PolygonMasks, polygons_to_bitmask
 
 from . import transforms as T
 from .bad_samples import BadSampleError
+from .catalog import MetadataCatalog
 
 __all__ = [
     "read_image",
     "convert_PIL_to_numpy",
     "check_image_size",
     "transform_instance_annotations",
+    "transform_keypoint_annotations",
+    "create_keypoint_hflip_indices",
     "annotations_to_instances",
     "filter_empty_instances",
     "build_augmentation",
@@ -75,13 +78,20 @@ def _boxes_xyxy(annos: List[dict]) -> np.ndarray:
     return np.concatenate(boxes) if boxes else np.zeros((0, 4))
 
 
-def transform_instance_annotations(annotation: dict, transforms: T.Transform, image_size: Tuple[int, int]) -> dict:
+def transform_instance_annotations(
+    annotation: dict,
+    transforms: T.Transform,
+    image_size: Tuple[int, int],
+    *,
+    keypoint_hflip_indices: Optional[Sequence[int]] = None,
+) -> dict:
     """
     Applies `transforms` to one annotation of a record, in place, and returns it.
 
     `bbox` becomes XYXY absolute (`bbox_mode` updated), clipped to `image_size` (h, w). Polygons
     are transformed as coordinates (exact). An RLE `segmentation` is decoded and transformed as a
-    mask image, becoming an H x W uint8 array.
+    mask image, becoming an H x W uint8 array. `keypoints` become a K x 3 array (see
+    `transform_keypoint_annotations`, which `keypoint_hflip_indices` is passed to).
     """
     if isinstance(transforms, (list, tuple)):
         transforms = T.TransformList(transforms)
@@ -99,7 +109,79 @@ def transform_instance_annotations(annotation: dict, transforms: T.Transform, im
         annotation["segmentation"] = transforms.apply_segmentation(mask_util.decode(rle))
     elif segm is not None:
         raise ValueError(f"Cannot transform a segmentation of type {type(segm).__name__}; expected polygons or RLE.")
+    if "keypoints" in annotation:
+        annotation["keypoints"] = transform_keypoint_annotations(
+            annotation["keypoints"], transforms, image_size, keypoint_hflip_indices
+        )
     return annotation
+
+
+def transform_keypoint_annotations(
+    keypoints: Union[Sequence[float], np.ndarray],
+    transforms: T.Transform,
+    image_size: Tuple[int, int],
+    keypoint_hflip_indices: Optional[Sequence[int]] = None,
+) -> np.ndarray:
+    """
+    One instance's keypoints (flat [x, y, v, ...] or K x 3) in the transformed image, as a K x 3
+    float64 array. A keypoint that lands outside the image (h, w) = `image_size` (edges included
+    as inside) becomes unlabeled; unlabeled keypoints are (0, 0, 0). An odd number of horizontal
+    flips swaps each keypoint with its mirror image by `keypoint_hflip_indices` (a left wrist
+    becomes a right wrist), which is then required.
+    """
+    if isinstance(transforms, (list, tuple)):
+        transforms = T.TransformList(transforms)
+    keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, 3).copy()
+    keypoints[:, :2] = transforms.apply_coords(keypoints[:, :2].copy())
+    h, w = image_size
+    x, y = keypoints[:, 0], keypoints[:, 1]
+    keypoints[~((x >= 0) & (x <= w) & (y >= 0) & (y <= h)), 2] = 0
+
+    parts = transforms.transforms if isinstance(transforms, T.TransformList) else [transforms]
+    if sum(isinstance(t, T.HFlipTransform) for t in parts) % 2 == 1:
+        if keypoint_hflip_indices is None:
+            raise ValueError("Keypoints were flipped horizontally, but no keypoint_hflip_indices were given.")
+        if len(keypoint_hflip_indices) != len(keypoints):
+            raise ValueError(
+                f"The annotation has {len(keypoints)} keypoints, but the flip indices name {len(keypoint_hflip_indices)}."
+            )
+        keypoints = keypoints[np.asarray(keypoint_hflip_indices, dtype=np.int64)]
+    keypoints[keypoints[:, 2] == 0] = 0
+    return keypoints
+
+
+def _as_tuples(items: Sequence) -> list:
+    return [tuple(v) if isinstance(v, (list, tuple)) else v for v in items]
+
+
+def create_keypoint_hflip_indices(dataset_names: Union[str, Sequence[str]]) -> List[int]:
+    """
+    For each keypoint, the index of its mirror image under a horizontal flip, from the datasets'
+    metadata: `keypoint_names` and `keypoint_flip_map` (pairs of names; a keypoint in no pair is its
+    own mirror image). Every dataset must have the same two.
+    """
+    names_list = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    if not names_list:
+        raise ValueError("create_keypoint_hflip_indices needs at least one dataset name.")
+    metas = [MetadataCatalog.get(name) for name in names_list]
+    for key in ("keypoint_names", "keypoint_flip_map"):
+        # Pairs may be lists or tuples (YAML / JSON give lists); compare them as tuples.
+        values = [meta.get(key) for meta in metas]
+        for name, value in zip(names_list, values):
+            if value is None:
+                raise ValueError(f"Dataset '{name}' has no '{key}' metadata, which keypoint training with flips needs.")
+            if _as_tuples(value) != _as_tuples(values[0]):
+                raise ValueError(f"Datasets '{names_list[0]}' and '{name}' have different '{key}' metadata.")
+    names = list(metas[0].keypoint_names)
+    mirror = {}
+    for pair in metas[0].keypoint_flip_map:
+        left, right = pair
+        if left not in names or right not in names:
+            raise ValueError(
+                f"Dataset '{names_list[0]}': keypoint_flip_map pair {tuple(pair)} names an unknown keypoint."
+            )
+        mirror[left], mirror[right] = right, left
+    return [names.index(mirror.get(name, name)) for name in names]
 
 
 def _segmentation_to_bitmask(segm, height: int, width: int) -> np.ndarray:
@@ -117,8 +199,9 @@ def _segmentation_to_bitmask(segm, height: int, width: int) -> np.ndarray:
 
 def annotations_to_instances(annos: List[dict], image_size: Tuple[int, int], mask_format: str = "polygon") -> Instances:
     """
-    Builds the `Instances` (gt_boxes, gt_classes, and gt_masks when annotations have a
-    `segmentation`) of one image from annotations already in its (transformed) frame.
+    Builds the `Instances` (gt_boxes, gt_classes, gt_masks when annotations have a `segmentation`,
+    gt_keypoints when they have `keypoints`) of one image from annotations already in its
+    (transformed) frame.
 
     Masks: with `mask_format="bitmask"` every mask is a raster (`BitMasks`). With "polygon" an
     image whose masks are all polygons keeps them as `PolygonMasks`, which the mask head
@@ -142,6 +225,10 @@ def annotations_to_instances(annos: List[dict], image_size: Tuple[int, int], mas
         else:
             masks = [torch.from_numpy(np.ascontiguousarray(_segmentation_to_bitmask(s, h, w))) for s in segms]
             instances.gt_masks = BitMasks(torch.stack(masks))
+    if annos and "keypoints" in annos[0]:
+        instances.gt_keypoints = Keypoints(
+            np.stack([np.asarray(a["keypoints"], np.float32).reshape(-1, 3) for a in annos])
+        )
     return instances
 
 

@@ -2,6 +2,7 @@
 from .defaults import (
     DefaultPredictor,
     DefaultTrainer,
+    TrainingCheckpointer,
     create_ddp_model,
     default_argument_parser,
     default_setup,
@@ -16,13 +17,15 @@ from .hooks import (
     PeriodicCheckpointer,
     PeriodicWriter,
 )
-from .launch import launch
+from .launch import RendezvousError, launch
 from .model_with_loss import ModelWithLoss
+from .preemption import PREEMPTED_EXIT_CODE, PreemptionCheckpointer, TrainingPreempted
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 
 __all__ = [
     "DefaultPredictor",
     "DefaultTrainer",
+    "TrainingCheckpointer",
     "create_ddp_model",
     "default_argument_parser",
     "default_setup",
@@ -35,6 +38,10 @@ __all__ = [
     "PeriodicCheckpointer",
     "PeriodicWriter",
     "launch",
+    "RendezvousError",
+    "PREEMPTED_EXIT_CODE",
+    "PreemptionCheckpointer",
+    "TrainingPreempted",
     "ModelWithLoss",
     "AMPTrainer",
     "HookBase",

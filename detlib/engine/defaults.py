@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -26,6 +25,7 @@ from detlib.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, Te
 from detlib.utils.logger import setup_logger
 
 from . import hooks
+from .preemption import PreemptionCheckpointer
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "create_ddp_model",
     "DefaultTrainer",
     "DefaultPredictor",
+    "TrainingCheckpointer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
             "  resume:   tools/train_net.py --config-file cfg.yaml --resume\n"
             "  evaluate: tools/train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS model.pth\n"
             "  2 GPUs (or 2 CPU processes): tools/train_net.py --config-file cfg.yaml --num-gpus 2\n"
+            "  torchrun / SLURM (srun, one task per GPU): the same command; the launcher's variables\n"
+            "    place the process, e.g. torchrun --nproc_per_node 8 tools/train_net.py --config-file cfg.yaml\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -64,6 +67,13 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         "--dist-url",
         default="auto",
         help="tcp://HOST:PORT of machine 0 for multi-machine runs; 'auto' picks a free local port",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="how long joining the process group and each collective may take before the run fails",
     )
     parser.add_argument(
         "opts",
@@ -129,10 +139,9 @@ def _scale_to_world_size(cfg, world_size: int):
     """Adapt a config tuned for SOLVER.REFERENCE_WORLD_SIZE processes to `world_size`: the batch
     and lr scale with the number of processes, iteration counts inversely (linear scaling rule)."""
     reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
-    if reference == 0 or reference == world_size:
+    if reference in (0, world_size):
         return cfg
-    cfg = cfg.clone()
-    frozen = cfg.is_frozen()
+    frozen, cfg = cfg.is_frozen(), cfg.clone()
     cfg.defrost()
     scale = world_size / reference
     solver = cfg.SOLVER
@@ -152,6 +161,20 @@ def _scale_to_world_size(cfg, world_size: int):
     if frozen:
         cfg.freeze()
     return cfg
+
+
+class TrainingCheckpointer(DetectionCheckpointer):
+    """A `DetectionCheckpointer` that also saves every rank's data position (`data_positions`, the
+    training loader's `state_dict()` per rank), so that a resumed run continues the data stream
+    without replaying it. Saving is collective, as for the random states."""
+
+    def __init__(self, model: nn.Module, save_dir: str = "", *, data_loader, **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self._data_loader = data_loader
+
+    def save(self, name: str, **extra) -> None:
+        position = self._data_loader.state_dict() if hasattr(self._data_loader, "state_dict") else None
+        super().save(name, data_positions=comm.all_gather(position), **extra)
 
 
 class DefaultTrainer(TrainerBase):
@@ -186,7 +209,7 @@ class DefaultTrainer(TrainerBase):
         checkpointables = {"optimizer": optimizer, "scheduler": self.scheduler}
         if getattr(self._trainer, "grad_scaler", None) is not None:
             checkpointables["grad_scaler"] = self._trainer.grad_scaler
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
+        self.checkpointer = TrainingCheckpointer(model, cfg.OUTPUT_DIR, data_loader=data_loader, **checkpointables)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -215,15 +238,7 @@ class DefaultTrainer(TrainerBase):
         if "iteration" not in checkpoint:
             raise ValueError(f"{self.checkpointer.get_checkpoint_file()} has no 'iteration'; it cannot be resumed from")
         self.start_iter = checkpoint["iteration"] + 1
-        # The loader restarts from the beginning of its (seeded) stream; replaying the batches the
-        # interrupted run consumed puts it where that run was. This runs before the random state
-        # is restored, so the replay's own random draws do not matter.
-        start = time.perf_counter()
-        self._trainer.skip_batches(self.start_iter)
-        logger.info(
-            "Resuming at iteration %d: replayed %d batches in %.1f s to restore the data position",
-            self.start_iter, self.start_iter, time.perf_counter() - start,
-        )
+        self._restore_data_position(checkpoint.get("data_positions"))
         rng_states = checkpoint.get("rng_states")
         if rng_states:
             if len(rng_states) != comm.get_world_size():
@@ -232,6 +247,29 @@ class DefaultTrainer(TrainerBase):
                     "run will not repeat the original one exactly", len(rng_states), comm.get_world_size(),
                 )
             set_rng_state(rng_states[comm.get_rank() % len(rng_states)])
+
+    def _restore_data_position(self, positions: Optional[List[Optional[dict]]]) -> None:
+        """Put the loader where the checkpointed run was, without reading the batches it consumed."""
+        if not hasattr(self.data_loader, "load_state_dict"):
+            logger.warning(
+                "Resuming at iteration %d: the training loader (%s) cannot restore its position, so the "
+                "data starts from the beginning of its stream", self.start_iter, type(self.data_loader).__name__,
+            )
+            return
+        if not positions or positions[0] is None:
+            logger.warning(
+                "Resuming at iteration %d: the checkpoint holds no data position, so the data starts from "
+                "the beginning of its stream", self.start_iter,
+            )
+            return
+        rank, world_size = comm.get_rank(), comm.get_world_size()
+        # With another number of ranks, every rank restarts where the slowest saved rank was.
+        position = positions[rank] if len(positions) == world_size else min(positions, key=lambda p: p["epoch"])
+        self.data_loader.load_state_dict(position)
+        logger.info(
+            "Resuming at iteration %d: data position epoch %d, item %d of this rank's stream",
+            self.start_iter, position["epoch"], position["ordinal"],
+        )
 
     def build_hooks(self) -> List[Optional[HookBase]]:
         cfg = self.cfg
@@ -246,6 +284,7 @@ class DefaultTrainer(TrainerBase):
             # Checkpointing is collective (every rank's random state is saved), so every rank
             # runs it; only the main process writes.
             hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER),
+            PreemptionCheckpointer(self.checkpointer),
             hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_keep_results),
             hooks.ValidationLoss(cfg.TEST.VAL_LOSS_PERIOD, self.model, self.build_val_loader(cfg))
             if cfg.TEST.VAL_LOSS_PERIOD > 0
@@ -303,8 +342,12 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str) -> DatasetEvaluator:
-        """COCO box (and mask, when predicted) AP, with results in OUTPUT_DIR/inference/NAME."""
-        return COCOEvaluator(dataset_name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name))
+        """COCO box (and mask and keypoint, when predicted) AP, with results in OUTPUT_DIR/inference/NAME."""
+        return COCOEvaluator(
+            dataset_name,
+            output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
+            kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS,
+        )
 
     @classmethod
     def test(

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import weakref
-from typing import ContextManager, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, ContextManager, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -59,10 +59,8 @@ class TrainerBase:
     """
 
     def __init__(self) -> None:
+        self.iter = self.start_iter = self.max_iter = 0
         self._hooks: List[HookBase] = []
-        self.iter: int = 0
-        self.start_iter: int = 0
-        self.max_iter: int = 0
         self.storage: EventStorage
 
     def register_hooks(self, hooks: Iterable[Optional[HookBase]]) -> None:
@@ -83,10 +81,9 @@ class TrainerBase:
         with EventStorage(start_iter) as self.storage:
             try:
                 self.before_train()
-                for self.iter in range(start_iter, max_iter):
-                    self.before_step()
-                    self.run_step()
-                    self.after_step()
+                while self.iter < max_iter:
+                    self._one_iteration()
+                    self.iter += 1
                 # iter >= max_iter tells after_train hooks that training completed.
                 self.iter = max(start_iter, max_iter)
             except Exception:
@@ -94,6 +91,11 @@ class TrainerBase:
                 raise
             finally:
                 self.after_train()
+
+    def _one_iteration(self) -> None:
+        self.before_step()
+        self.run_step()
+        self.after_step()
 
     def before_train(self) -> None:
         for hook in self._hooks:
@@ -163,13 +165,12 @@ class SimpleTrainer(TrainerBase):
         zero_grad_before_forward: bool = False,
     ):
         super().__init__()
-        model.train()
-        self.model = model
+        self.model, self.optimizer = model, optimizer
+        self.model.train()
+        self.zero_grad_before_forward = zero_grad_before_forward
+        self.gather_metric_period = gather_metric_period
         self.data_loader = data_loader
         self._data_loader_iter_obj = None
-        self.optimizer = optimizer
-        self.gather_metric_period = gather_metric_period
-        self.zero_grad_before_forward = zero_grad_before_forward
 
     @property
     def _data_loader_iter(self):
@@ -178,17 +179,15 @@ class SimpleTrainer(TrainerBase):
             self._data_loader_iter_obj = iter(self.data_loader)
         return self._data_loader_iter_obj
 
-    def skip_batches(self, num_batches: int) -> None:
-        """Draw and discard `num_batches` batches: the data position of a resumed run."""
-        for _ in range(num_batches):
-            next(self._data_loader_iter)
+    def _next_batch(self) -> Tuple[Any, float]:
+        """The next batch, and the seconds spent waiting for it."""
+        began = time.perf_counter()
+        batch = next(self._data_loader_iter)
+        return batch, time.perf_counter() - began
 
     def run_step(self) -> None:
         assert self.model.training, f"{type(self).__name__}: the model was switched to eval mode and not back"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-
+        data, data_time = self._next_batch()
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         with self._forward_context():

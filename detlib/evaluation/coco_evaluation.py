@@ -1,4 +1,4 @@
-"""COCO-style box and mask AP, with predictions streamed to disk."""
+"""COCO-style box, mask and keypoint AP, with predictions streamed to disk."""
 import json
 import logging
 import os
@@ -21,15 +21,19 @@ from .prediction_stream import PredictionStream
 
 logger = logging.getLogger(__name__)
 
-_SUPPORTED_TASKS = ("bbox", "segm")
+_SUPPORTED_TASKS = ("bbox", "segm", "keypoints")
+# COCOeval's area ranges, as indexed in its precision array: keypoints have no "small" range.
+_AREA_RANGES = {"keypoints": ("all", "m", "l")}
+_DEFAULT_AREA_RANGES = ("all", "s", "m", "l")
 
 
 class COCOEvaluator(DatasetEvaluator):
     """
-    Evaluates instance detection ("bbox") and segmentation ("segm") with COCOeval.
+    Evaluates instance detection ("bbox"), segmentation ("segm") and keypoints ("keypoints", by
+    OKS) with COCOeval.
 
-    `process()` converts each image's predictions to COCO results (XYWH boxes, RLE masks, the
-    dataset's own category ids) and appends them to this rank's file under `output_dir`, so memory
+    `process()` converts each image's predictions to COCO results (XYWH boxes, RLE masks,
+    keypoints, the dataset's own category ids) and appends them to this rank's file under `output_dir`, so memory
     stays flat however many images are processed. `evaluate()` merges the ranks' files on the main
     process, writes `output_dir/coco_instances_results.json` (atomically) and scores it against the
     dataset's COCO json (`MetadataCatalog.get(name).json_file`; for a dataset registered without
@@ -45,17 +49,20 @@ class COCOEvaluator(DatasetEvaluator):
         *,
         max_dets_per_image: int = 100,
         use_fast_impl: bool = True,
+        kpt_oks_sigmas: Sequence[float] = (),
     ):
         """
         Args:
             dataset_name: a name registered in DatasetCatalog / MetadataCatalog.
-            tasks: subset of ("bbox", "segm"); by default inferred from the predictions.
+            tasks: subset of ("bbox", "segm", "keypoints"); by default inferred from the predictions.
             distributed: merge predictions from all ranks and evaluate on the main process.
             output_dir: where results (and a generated COCO json) are written; None writes
                 predictions to a temporary directory and keeps no result file.
             max_dets_per_image: detections per image that COCOeval considers (COCO's is 100).
             use_fast_impl: faster-coco-eval's C++ COCOeval; False: pycocotools' reference one.
                 Both give the same numbers.
+            kpt_oks_sigmas: the OKS sigma of each keypoint (TEST.KEYPOINT_OKS_SIGMAS); empty: COCO's
+                17 person keypoints'.
         """
         unknown = set(tasks or ()) - set(_SUPPORTED_TASKS)
         if unknown:
@@ -65,6 +72,7 @@ class COCOEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._max_dets = max_dets_per_image
         self._use_fast_impl = use_fast_impl
+        self._kpt_oks_sigmas = tuple(kpt_oks_sigmas)
         self._metadata = MetadataCatalog.get(dataset_name)
 
         json_file = getattr(self._metadata, "json_file", None)
@@ -121,7 +129,7 @@ class COCOEvaluator(DatasetEvaluator):
                 coco_results = json.loads(results_json)
             coco_eval = evaluate_predictions_on_coco(
                 self._coco_api, coco_results, task, image_ids=sorted(image_ids) or None,
-                max_dets=self._max_dets, use_fast_impl=self._use_fast_impl,
+                max_dets=self._max_dets, use_fast_impl=self._use_fast_impl, kpt_oks_sigmas=self._kpt_oks_sigmas,
             )
             results[task] = self._derive_metrics(coco_eval, task)
         return results
@@ -147,10 +155,9 @@ class COCOEvaluator(DatasetEvaluator):
             "AP": precision[..., 0],
             "AP50": precision[iou_thresholds.index(0.5), ..., 0],
             "AP75": precision[iou_thresholds.index(0.75), ..., 0],
-            "APs": precision[..., 1],
-            "APm": precision[..., 2],
-            "APl": precision[..., 3],
         }
+        for index, area in enumerate(_AREA_RANGES.get(task, _DEFAULT_AREA_RANGES)[1:], start=1):
+            overall[f"AP{area}"] = precision[..., index]
         metrics = {name: _mean_precision(p) for name, p in overall.items()}
         logger.info("Evaluation results for %s:\n%s", task, _table(metrics.items(), ["metric", "value"]))
 
@@ -174,7 +181,9 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> List[dict]:
     Converts one image's predictions to COCO result dicts.
 
     `instances` holds `pred_boxes` (XYXY absolute), `scores`, `pred_classes` (contiguous ids) and,
-    optionally, `pred_masks` (N x H x W, bool or 0/1). Boxes become XYWH, masks compressed RLE.
+    optionally, `pred_masks` (N x H x W, bool or 0/1) and `pred_keypoints` (N x K x 3: x, y,
+    score). Boxes become XYWH, masks compressed RLE, keypoints flat [x, y, score, ...] lists in
+    COCO's pixel-index convention (x, y - 0.5, the inverse of the loader's shift).
     """
     num = len(instances)
     if num == 0:
@@ -192,19 +201,30 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> List[dict]:
             # json cannot hold bytes; COCO tools accept the counts as a str.
             rle["counts"] = rle["counts"].decode("utf-8")
 
+    keypoints = None
+    if instances.has("pred_keypoints"):
+        keypoints = instances.pred_keypoints.clone()
+        keypoints[..., :2] -= 0.5
+        keypoints = keypoints.flatten(1).tolist()
+
     results = []
     for k in range(num):
         result = {"image_id": image_id, "category_id": classes[k], "bbox": boxes[k], "score": scores[k]}
         if rles is not None:
             result["segmentation"] = rles[k]
+        if keypoints is not None:
+            result["keypoints"] = keypoints[k]
         results.append(result)
     return results
 
 
 def _tasks_from_results(coco_results: List[dict]) -> tuple:
+    tasks = ["bbox"]
     if any("segmentation" in r for r in coco_results):
-        return ("bbox", "segm")
-    return ("bbox",)
+        tasks.append("segm")
+    if any("keypoints" in r for r in coco_results):
+        tasks.append("keypoints")
+    return tuple(tasks)
 
 
 def _table(rows, headers) -> str:

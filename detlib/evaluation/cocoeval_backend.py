@@ -7,9 +7,10 @@ import contextlib
 import copy
 import io
 import logging
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import faster_coco_eval
+import numpy as np
 import pycocotools.coco
 import pycocotools.cocoeval
 
@@ -33,9 +34,14 @@ def evaluate_predictions_on_coco(
     image_ids: Optional[List[int]] = None,
     max_dets: int = 100,
     use_fast_impl: bool = True,
+    kpt_oks_sigmas: Sequence[float] = (),
 ):
     """
-    Runs COCOeval for `iou_type` ("bbox" or "segm") and returns it after `summarize()`.
+    Runs COCOeval for `iou_type` ("bbox", "segm" or "keypoints") and returns it after `summarize()`.
+
+    Keypoints are scored by OKS with `kpt_oks_sigmas`, one per keypoint (empty: COCO's 17 person
+    sigmas), over COCO's keypoint detection limit (20 per image) and area ranges (all, medium,
+    large); `max_dets` applies to boxes and masks.
 
     `coco_results` (COCO result dicts with dataset category ids) is consumed: the COCO API adds
     fields to the dicts. `coco_gt` must come from `load_coco_json` with the same `use_fast_impl`.
@@ -54,7 +60,10 @@ def evaluate_predictions_on_coco(
         else:
             coco_dt = coco_gt.loadRes(coco_results) if coco_results else _empty_results(coco_gt)
             coco_eval = pycocotools.cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
-        coco_eval.params.maxDets = [1, 10, max_dets]
+        if iou_type == "keypoints":
+            _set_oks_sigmas(coco_eval, coco_gt, coco_results, kpt_oks_sigmas)
+        else:
+            coco_eval.params.maxDets = [1, 10, max_dets]
         if image_ids is not None:
             coco_eval.params.imgIds = image_ids
         coco_eval.evaluate()
@@ -66,6 +75,24 @@ def evaluate_predictions_on_coco(
     summary_text = summary.getvalue() + "\n".join(messages)
     logger.info("COCOeval %s (%s):\n%s", iou_type, "fast" if use_fast_impl else "pycocotools", summary_text)
     return coco_eval
+
+
+def _set_oks_sigmas(coco_eval, coco_gt: COCOApi, coco_results: List[dict], sigmas: Sequence[float]) -> None:
+    """Use `sigmas` (if given) for OKS, after checking that they, the predictions and the ground
+    truth count the same keypoints: COCOeval would otherwise broadcast or fail obscurely."""
+    if len(sigmas):
+        coco_eval.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+    expected = len(coco_eval.params.kpt_oks_sigmas)
+    gt_with_keypoints = next((a for a in coco_gt.anns.values() if "keypoints" in a), None)
+    counts = {"ground truth": len(gt_with_keypoints["keypoints"]) // 3 if gt_with_keypoints else expected}
+    if coco_results:
+        counts["predictions"] = len(coco_results[0]["keypoints"]) // 3
+    wrong = {name: count for name, count in counts.items() if count != expected}
+    if wrong:
+        raise ValueError(
+            f"Keypoint evaluation has {expected} OKS sigmas (TEST.KEYPOINT_OKS_SIGMAS), but the keypoints per "
+            f"instance are {wrong}; set one sigma per keypoint."
+        )
 
 
 def _empty_results(coco_gt: pycocotools.coco.COCO) -> pycocotools.coco.COCO:

@@ -156,18 +156,18 @@ def build_classification_loss(name: str, **params: Any) -> ClassificationLoss:
     return _build(CLS_LOSS_REGISTRY, "classification loss", ClassificationLoss, name, params)
 
 
-def box_loss_from_config(node, path: str) -> BoxLoss:
+def box_loss_from_config(node, path: str, beta_key: str = "SMOOTH_L1_BETA") -> BoxLoss:
     """
     The box loss of a head's config node (`path`, e.g. "MODEL.RPN"): `BBOX_REG_LOSS_TYPE` built with
-    `BBOX_REG_LOSS_PARAMS`. Detectron2's `SMOOTH_L1_BETA` is the one place a loss's `beta` is set;
-    `BBOX_REG_LOSS_PARAMS` may not set it too.
+    `BBOX_REG_LOSS_PARAMS`. Detectron2's `SMOOTH_L1_BETA` (`beta_key`: RetinaNet names it
+    `SMOOTH_L1_LOSS_BETA`) is the one place a loss's `beta` is set; `BBOX_REG_LOSS_PARAMS` may not set it too.
     """
     params = dict(node.BBOX_REG_LOSS_PARAMS)
     if "beta" in params:
-        raise ValueError(f"{path}.BBOX_REG_LOSS_PARAMS sets beta; set it with {path}.SMOOTH_L1_BETA instead")
+        raise ValueError(f"{path}.BBOX_REG_LOSS_PARAMS sets beta; set it with {path}.{beta_key} instead")
     name = node.BBOX_REG_LOSS_TYPE
     if name in BOX_LOSS_REGISTRY and "beta" in inspect.signature(BOX_LOSS_REGISTRY.get(name)).parameters:
-        params["beta"] = node.SMOOTH_L1_BETA
+        params["beta"] = node[beta_key]
     return build_box_loss(name, **params)
 
 

@@ -1,9 +1,7 @@
-"""Non-maximum suppression over XYXY boxes in absolute pixels, backed by `detlib._C`."""
+"""Non-maximum suppression over XYXY boxes in absolute pixels: torch.ops.detlib.nms (or torchvision's)."""
 import torch
 
-from ._extension import load_extension
-
-_C = load_extension()
+from ._extension import KERNELS
 
 __all__ = ["nms", "batched_nms"]
 
@@ -20,7 +18,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     Returns:
         int64 Tensor of the kept boxes' indices, by decreasing score.
     """
-    return _C.nms(boxes, scores, float(iou_threshold))
+    return KERNELS.ops.nms(boxes, scores, float(iou_threshold))
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -53,6 +51,11 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         boxes = boxes.float()
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()
+    if torch.compiler.is_compiling():
+        # A traced program runs on any number of boxes, zero included, and cannot branch on it: the offset
+        # strategy always (as torchvision when tracing), its extent defined for zero boxes too.
+        extent = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max() + 1
+        return nms(boxes + (idxs.to(boxes) * extent)[:, None], scores, iou_threshold)
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if boxes.numel() <= (4000 if boxes.device.type == "cpu" else 20000):

@@ -1,13 +1,10 @@
-"""ROIAlign: bilinear crop-and-resize of regions of a feature map, backed by `detlib._C`."""
+"""ROIAlign: bilinear crop-and-resize of regions of a feature map: torch.ops.detlib.roi_align (or torchvision's)."""
 from typing import List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from ._extension import load_extension
-
-_C = load_extension()
+from ._extension import KERNELS
 
 __all__ = ["roi_align", "ROIAlign"]
 
@@ -51,24 +48,6 @@ def _rois_tensor(rois: RoisType, input: torch.Tensor) -> torch.Tensor:
     return rois.to(dtype=input.dtype)
 
 
-class _ROIAlignFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
-        ctx.save_for_backward(rois)
-        ctx.args = (output_size, spatial_scale, sampling_ratio, aligned, input.shape)
-        return _C.roi_align_forward(input, rois, spatial_scale, *output_size, sampling_ratio, aligned)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        output_size, spatial_scale, sampling_ratio, aligned, input_shape = ctx.args
-        grad_input = _C.roi_align_backward(
-            grad_output, rois, spatial_scale, *output_size, *input_shape, sampling_ratio, aligned
-        )
-        return grad_input, None, None, None, None, None
-
-
 def roi_align(
     input: torch.Tensor,
     rois: RoisType,
@@ -96,12 +75,12 @@ def roi_align(
     if not isinstance(input, torch.Tensor) or input.dim() != 4:
         shape = list(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
         raise ValueError(f"roi_align: input must be a Tensor[N, C, H, W] feature map, got {shape}")
-    args = (_pair(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned))
+    args = (float(spatial_scale), *_pair(output_size), int(sampling_ratio), bool(aligned))
     if input.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(input.device.type):
         # As torchvision under autocast: pool in float32 (half-precision rois lose whole pixels at
         # image scale), return the input's dtype.
-        return _ROIAlignFunction.apply(input.float(), _rois_tensor(rois, input.float()), *args).to(input.dtype)
-    return _ROIAlignFunction.apply(input, _rois_tensor(rois, input), *args)
+        return KERNELS.ops.roi_align(input.float(), _rois_tensor(rois, input.float()), *args).to(input.dtype)
+    return KERNELS.ops.roi_align(input, _rois_tensor(rois, input), *args)
 
 
 class ROIAlign(nn.Module):

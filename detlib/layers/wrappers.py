@@ -53,10 +53,10 @@ class Conv2d(nn.Conv2d):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == 0 and self.training and isinstance(self.norm, nn.SyncBatchNorm):
-            raise ValueError(
-                f"SyncBatchNorm cannot normalize an empty batch; this Conv2d got input of shape {tuple(x.shape)}."
-            )
+        # The batch size is tested last: while exporting it can be data-dependent (and training is off).
+        if self.training and isinstance(self.norm, nn.SyncBatchNorm) and x.numel() == 0:
+            raise ValueError("SyncBatchNorm cannot normalize an empty batch; this Conv2d got input of shape "
+                             f"{tuple(x.shape)}.")
         if self._folds_norm(x):
             x = self._conv_forward(x, *self.norm.fold_into(self.weight, self.bias))
         else:

@@ -9,8 +9,18 @@ from detlib.checkpoint import DetectionCheckpointer
 from detlib.config import get_cfg
 from detlib.modeling import build_model
 
-# configs/ sits beside the package in a source checkout (the way detlib is installed: `pip install -e .`).
-_CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+def _config_root() -> Path:
+    """
+    Where the configs are: inside the package in an installed wheel (setup.py copies the repository's
+    configs/ there at build time), else the repository's configs/ beside the package (a source checkout or
+    `pip install -e .`).
+    """
+    packaged = Path(__file__).resolve().parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+_CONFIG_ROOT = _config_root()
 
 
 def get_config_file(config_path: str) -> str:

@@ -27,13 +27,16 @@ from .postprocessing import detector_postprocess
 from .roi_heads import (
     ROI_BOX_HEAD_REGISTRY,
     ROI_HEADS_REGISTRY,
+    ROI_KEYPOINT_HEAD_REGISTRY,
     ROI_MASK_HEAD_REGISTRY,
     FastRCNNConvFCHead,
     FastRCNNOutputLayers,
+    KRCNNConvDeconvUpsampleHead,
     MaskRCNNConvUpsampleHead,
     ROIHeads,
     StandardROIHeads,
     build_box_head,
+    build_keypoint_head,
     build_mask_head,
     build_roi_heads,
 )

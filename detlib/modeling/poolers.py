@@ -38,10 +38,10 @@ def convert_boxes_to_pooler_format(box_lists: List[Boxes]) -> torch.Tensor:
     """
     Stack per-image boxes into the M x 5 "rois" of ROIAlign: rows (image index, x0, y0, x1, y1).
     """
-    boxes = torch.cat([b.tensor for b in box_lists], dim=0)
-    sizes = torch.tensor([len(b) for b in box_lists], device=boxes.device)
-    image_index = torch.repeat_interleave(torch.arange(len(box_lists), device=boxes.device), sizes)
-    return torch.cat([image_index[:, None].to(boxes.dtype), boxes], dim=1)
+    # Built from each image's own tensor shape, not len(): while exporting the box counts are symbolic.
+    return torch.cat(
+        [torch.cat([b.tensor.new_full((b.tensor.shape[0], 1), i), b.tensor], dim=1) for i, b in enumerate(box_lists)]
+    )
 
 
 def _level_of_scale(scale: float) -> int:
@@ -124,7 +124,7 @@ class ROIPooler(nn.Module):
         levels = assign_boxes_to_levels(
             box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
         )
-        output = x[0].new_zeros((len(rois), num_channels) + self.output_size)
+        output = x[0].new_zeros((rois.shape[0], num_channels) + self.output_size)
         for level, pooler in enumerate(self.level_poolers):
             inds = torch.nonzero(levels == level, as_tuple=True)[0]
             output.index_put_((inds,), pooler(x[level], rois[inds]))

@@ -35,12 +35,31 @@ def _paste_windows(
     # Pixel centers in the grid's [-1, 1] box coordinates: K x width and K x height.
     gx = (xs - bx0[:, None]) / (bx1 - bx0)[:, None] * 2 - 1
     gy = (ys - by0[:, None]) / (by1 - by0)[:, None] * 2 - 1
-    num = len(boxes)
+    num = boxes.shape[0]
     grid = torch.stack(
         (gx[:, None, :].expand(num, height, width), gy[:, :, None].expand(num, height, width)), dim=3
     )
     pasted = F.grid_sample(masks[:, None].to(torch.float32), grid, mode="bilinear", align_corners=False)
     return pasted[:, 0]
+
+
+def _paste_separable(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """
+    `_paste_windows` on the whole height x width image, computed as two batched matrix products: bilinear
+    sampling with zero padding is separable, the weight of mask cell c for a pixel at (cell-unit) position p
+    being max(0, 1 - |p - c|) along each axis. Far cheaper than materializing a sampling grid per pixel.
+    """
+    side = masks.shape[-1]
+    cells = torch.arange(side, device=boxes.device, dtype=torch.float32)
+    x0, y0, x1, y1 = boxes.to(torch.float32).unbind(dim=1)
+
+    def weights(start: torch.Tensor, end: torch.Tensor, size: int) -> torch.Tensor:
+        centers = torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5
+        # Pixel centers in mask cells, whose centers are at 0, 1, ... (grid_sample with align_corners=False).
+        position = (centers[None, :] - start[:, None]) / (end - start)[:, None] * side - 0.5
+        return (1 - (position[:, :, None] - cells).abs()).clamp(min=0)  # K x size x side
+
+    return weights(y0, y1, height) @ masks.to(torch.float32) @ weights(x0, x1, width).transpose(1, 2)
 
 
 def paste_masks_in_image(
@@ -66,6 +85,11 @@ def paste_masks_in_image(
         raise ValueError(f"paste_masks_in_image: masks must be N x M x M, got shape {tuple(masks.shape)}")
     if isinstance(boxes, Boxes):
         boxes = boxes.tensor
+    if torch.compiler.is_compiling():
+        # The windows' sizes depend on the boxes, which a traced program cannot branch on: each mask is
+        # interpolated over the whole image instead. Beyond its window a mask interpolates below 0.5, so for
+        # thresholds >= 0.5 the result is the same.
+        return _paste_separable(masks, boxes, image_shape[0], image_shape[1]) >= threshold
     if len(boxes) != len(masks):
         raise ValueError(f"paste_masks_in_image: {len(boxes)} boxes for {len(masks)} masks")
     img_h, img_w = int(image_shape[0]), int(image_shape[1])
@@ -106,7 +130,7 @@ def detector_postprocess(
     Rescale the predictions of one image from the size the model saw (`results.image_size`) to
     `output_height` x `output_width` (usually the original image size): boxes are scaled, clipped
     and the empty ones dropped; `pred_masks` (N x 1 x M x M probabilities) become N x H x W bool
-    masks pasted at the output size.
+    masks pasted at the output size; `pred_keypoints` (N x K x 3: x, y, score) are scaled.
 
     Returns a new `Instances` of size (output_height, output_width); the boxes of `results` are
     rescaled in place.
@@ -132,4 +156,7 @@ def detector_postprocess(
         results.pred_masks = paste_masks_in_image(
             mask_probs, results.pred_boxes, (output_height, output_width), threshold=mask_threshold
         )
+    if results.has("pred_keypoints"):
+        scale = results.pred_keypoints.new_tensor([scale_x, scale_y, 1.0])
+        results.pred_keypoints = results.pred_keypoints * scale
     return results

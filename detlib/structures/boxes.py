@@ -123,11 +123,12 @@ class Boxes:
             tensor = torch.as_tensor(tensor, dtype=torch.float32, device=torch.device("cpu"))
         else:
             tensor = tensor.to(torch.float32)
-        if tensor.numel() == 0:
-            # Empty input of any shape (e.g. [] or (0,)) becomes 0x4, keeping dtype and device.
-            tensor = tensor.reshape((-1, 4))
         if tensor.dim() != 2 or tensor.shape[-1] != 4:
-            raise ValueError(f"Boxes need an Nx4 tensor, got shape {tuple(tensor.shape)}")
+            # Empty input of any other shape (e.g. [] or (0,)) becomes 0x4, keeping dtype and device.
+            # Checked only then: an Nx4 tensor's N may be data-dependent while exporting.
+            if tensor.numel() != 0:
+                raise ValueError(f"Boxes need an Nx4 tensor, got shape {tuple(tensor.shape)}")
+            tensor = tensor.reshape((-1, 4))
         self.tensor = tensor
 
     def clone(self) -> "Boxes":
@@ -148,7 +149,8 @@ class Boxes:
 
     def clip(self, box_size: Tuple[int, int]) -> None:
         """Clip the boxes in place to an image of `box_size` = (height, width)."""
-        if not torch.isfinite(self.tensor).all():
+        # A traced program cannot raise on values; the inference paths drop non-finite boxes before clipping.
+        if not torch.compiler.is_compiling() and not torch.isfinite(self.tensor).all():
             raise ValueError("Boxes.clip: the boxes contain infinite or NaN coordinates")
         h, w = box_size
         x0 = self.tensor[:, 0].clamp(min=0, max=w)

@@ -67,7 +67,8 @@ class ImageList:
                     f"from image 0's {tuple(tensors[0].shape)}"
                 )
 
-        image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+        # Sizes as the shapes give them: ints, or symbolic sizes while exporting with dynamic height and width.
+        image_sizes = [(t.shape[-2], t.shape[-1]) for t in tensors]
         max_h = max(h for h, _ in image_sizes)
         max_w = max(w for _, w in image_sizes)
         if padding_constraints is not None:
@@ -81,8 +82,9 @@ class ImageList:
                 max_h = max_w = square_size
             size_divisibility = padding_constraints.get("size_divisibility", size_divisibility)
         if size_divisibility > 1:
-            max_h = -(-max_h // size_divisibility) * size_divisibility
-            max_w = -(-max_w // size_divisibility) * size_divisibility
+            # Rounded up without floor division of negatives, which ONNX's integer Div (truncating) gets wrong.
+            max_h = (max_h + size_divisibility - 1) // size_divisibility * size_divisibility
+            max_w = (max_w + size_divisibility - 1) // size_divisibility * size_divisibility
 
         if len(tensors) == 1:
             # One image: a single pad op, no need for an intermediate full-size buffer.

@@ -9,6 +9,18 @@ from .list_indexing import index_list
 __all__ = ["Instances"]
 
 
+def _as_size(value: Any):
+    """An int, except a symbolic size (an image size while exporting with dynamic shapes), kept symbolic."""
+    return value if isinstance(value, torch.SymInt) else int(value)
+
+
+def _num_entries(value: Any):
+    """`len(value)`, except that a tensor's (or a tensor-backed structure's) first dimension is returned as is:
+    while exporting it can be a symbolic, data-dependent size, which `len` cannot return."""
+    tensor = value if isinstance(value, torch.Tensor) else getattr(value, "tensor", None)
+    return tensor.shape[0] if isinstance(tensor, torch.Tensor) else len(value)
+
+
 class Instances:
     """
     The instances (objects) of one image: named fields that all have one entry per instance, such
@@ -26,7 +38,7 @@ class Instances:
             image_size: (height, width) of the image the instances belong to.
             fields: initial fields, e.g. `Instances((h, w), gt_boxes=boxes, gt_classes=classes)`.
         """
-        self._image_size = (int(image_size[0]), int(image_size[1]))
+        self._image_size = (_as_size(image_size[0]), _as_size(image_size[1]))
         self._fields: Dict[str, Any] = {}
         for name, value in fields.items():
             self.set(name, value)
@@ -52,8 +64,8 @@ class Instances:
 
     def set(self, name: str, value: Any) -> None:
         """Set field `name`, which must have as many entries as the other fields."""
-        length = len(value)
-        others = {k: len(v) for k, v in self._fields.items() if k != name}
+        length = _num_entries(value)
+        others = {k: _num_entries(v) for k, v in self._fields.items() if k != name}
         if others:
             expected = next(iter(others.values()))
             if length != expected:
@@ -108,6 +120,12 @@ class Instances:
         for value in self._fields.values():
             return len(value)
         raise NotImplementedError("len() of an Instances without fields is undefined: its length comes from its fields")
+
+    def num_instances(self):
+        """`len(self)`, except that while exporting it is the fields' symbolic size, which `len` cannot return."""
+        for value in self._fields.values():
+            return _num_entries(value)
+        return len(self)
 
     def __iter__(self):
         raise NotImplementedError("Instances is not iterable; index it (inst[i]) or iterate over one of its fields")

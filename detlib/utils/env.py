@@ -1,16 +1,15 @@
 """Reproducibility and environment reporting."""
 from __future__ import annotations
 
-import importlib
 import os
-import platform
 import random
-import sys
 from datetime import datetime
 from typing import Optional
 
 import numpy as np
 import torch
+
+from .collect_env import collect_env_info
 
 __all__ = ["seed_all_rng", "collect_env_info", "get_rng_state", "set_rng_state"]
 
@@ -29,34 +28,6 @@ def seed_all_rng(seed: Optional[int] = None) -> int:
     random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return seed
-
-
-def collect_env_info() -> str:
-    """A short table of the software and hardware this run uses, for the top of the log."""
-    import torchvision
-
-    rows = [
-        ("sys.platform", sys.platform),
-        ("Python", sys.version.replace("\n", " ")),
-        ("numpy", np.__version__),
-        ("PyTorch", f"{torch.__version__} @ {os.path.dirname(torch.__file__)}"),
-        ("torchvision", torchvision.__version__),
-        ("PyTorch CUDA build", str(torch.version.cuda)),
-        ("CUDA available", str(torch.cuda.is_available())),
-    ]
-    try:
-        importlib.import_module("detlib._C")
-        rows.append(("detlib._C", "compiled"))
-    except ImportError as error:
-        rows.append(("detlib._C", f"not importable ({error})"))
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
-            rows.append((f"GPU {index}", torch.cuda.get_device_name(index)))
-    else:
-        rows.append(("CPU", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"))
-    rows.append(("torch threads", str(torch.get_num_threads())))
-    width = max(len(key) for key, _ in rows)
-    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
 
 
 def get_rng_state() -> dict:

@@ -1,4 +1,4 @@
-"""Draws detections or ground truth (boxes, masks, class names, scores) onto an image with OpenCV."""
+"""Draws detections or ground truth (boxes, masks, keypoints, class names, scores) onto an image with OpenCV."""
 from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
@@ -21,6 +21,10 @@ _PALETTE = np.array(
 )
 
 Mask = Union[np.ndarray, List[Sequence[float]], dict]  # raster, polygons or RLE
+
+# Keypoints are drawn above this visibility (ground truth: 1 or 2) or score (predictions: the
+# softmax probability of the heatmap peak, which is low where the head finds no keypoint).
+_KEYPOINT_THRESHOLD = 0.05
 
 
 class Visualizer:
@@ -68,7 +72,8 @@ class Visualizer:
     def draw_instance_predictions(self, predictions) -> np.ndarray:
         """
         Draws an `Instances` of predictions: `pred_boxes` (Boxes, XYXY pixels of the image),
-        `scores`, `pred_classes` and, if present, `pred_masks` (N x H x W) are used.
+        `scores`, `pred_classes` and, if present, `pred_masks` (N x H x W) and `pred_keypoints`
+        (N x K x 3, drawn where their score exceeds `_KEYPOINT_THRESHOLD`) are used.
         """
         n = len(predictions)
         boxes = predictions.pred_boxes.tensor.detach().cpu().numpy() if predictions.has("pred_boxes") else None
@@ -78,10 +83,12 @@ class Visualizer:
         if predictions.has("pred_masks"):
             m = predictions.pred_masks
             masks = list((m.tensor if hasattr(m, "tensor") else torch.as_tensor(m)).detach().cpu().numpy().astype(bool))
+        keypoints = predictions.pred_keypoints.detach().cpu().numpy() if predictions.has("pred_keypoints") else None
         return self.overlay_instances(
             boxes=boxes,
             labels=[self._label(c, s) for c, s in zip(classes, scores)],
             masks=masks,
+            keypoints=keypoints,
             assigned_colors=[self._class_color(c) for c in classes],
         )
 
@@ -97,12 +104,19 @@ class Visualizer:
         masks = [a["segmentation"] for a in annos] if annos and all("segmentation" in a for a in annos) else None
         classes = [int(a["category_id"]) for a in annos]
         labels = [self._label(c) + (" (crowd)" if a.get("iscrowd", 0) else "") for c, a in zip(classes, annos)]
+        keypoints = None
+        if annos and all("keypoints" in a for a in annos):
+            keypoints = np.asarray([np.asarray(a["keypoints"], np.float64).reshape(-1, 3) for a in annos])
         return self.overlay_instances(
-            boxes=boxes, labels=labels, masks=masks, assigned_colors=[self._class_color(c) for c in classes]
+            boxes=boxes,
+            labels=labels,
+            masks=masks,
+            keypoints=keypoints,
+            assigned_colors=[self._class_color(c) for c in classes],
         )
 
     def draw_instances_gt(self, instances) -> np.ndarray:
-        """Draws a mapped training sample's `Instances` (gt_boxes, gt_classes, gt_masks)."""
+        """Draws a mapped training sample's `Instances` (gt_boxes, gt_classes, gt_masks, gt_keypoints)."""
         classes = instances.gt_classes.tolist()
         masks = None
         if instances.has("gt_masks"):
@@ -112,6 +126,7 @@ class Visualizer:
             boxes=instances.gt_boxes.tensor.cpu().numpy(),
             labels=[self._label(c) for c in classes],
             masks=masks,
+            keypoints=instances.gt_keypoints.tensor.cpu().numpy() if instances.has("gt_keypoints") else None,
             assigned_colors=[self._class_color(c) for c in classes],
         )
 
@@ -121,6 +136,7 @@ class Visualizer:
         boxes: Optional[np.ndarray] = None,
         labels: Optional[Sequence[str]] = None,
         masks: Optional[Sequence[Mask]] = None,
+        keypoints: Optional[np.ndarray] = None,
         assigned_colors: Optional[Sequence[np.ndarray]] = None,
         alpha: float = 0.5,
     ) -> np.ndarray:
@@ -131,10 +147,12 @@ class Visualizer:
             boxes: N x 4 XYXY in input-image pixels.
             labels: N strings, drawn at each box's top-left corner (or the mask's, without boxes).
             masks: N masks, each an H x W array, a list of flat polygons, or an RLE dict.
+            keypoints: N x K x 3 (x, y, visibility or score) in input-image pixels; a keypoint is
+                drawn where its third value exceeds `_KEYPOINT_THRESHOLD`.
             assigned_colors: N RGB colours in 0..255; default: one palette colour per instance.
             alpha: opacity of the mask fill.
         """
-        counts = [len(x) for x in (boxes, labels, masks, assigned_colors) if x is not None]
+        counts = [len(x) for x in (boxes, labels, masks, keypoints, assigned_colors) if x is not None]
         n = counts[0] if counts else 0
         if any(c != n for c in counts):
             raise ValueError(f"overlay_instances got arguments of different lengths: {counts}.")
@@ -162,6 +180,10 @@ class Visualizer:
             elif rasters is not None and rasters[i].any():
                 ys, xs = np.nonzero(rasters[i])
                 anchor = (int(xs.min() * self.scale), int(ys.min() * self.scale))
+            if keypoints is not None:
+                for x, y, _ in keypoints[i][keypoints[i][:, 2] > _KEYPOINT_THRESHOLD]:
+                    center = (int(round(x * self.scale)), int(round(y * self.scale)))
+                    cv2.circle(canvas, center, self._thickness + 1, _cv_color(color), -1)
             if labels is not None and anchor is not None:
                 self._draw_label(canvas, labels[i], anchor, color)
         self.canvas = canvas

@@ -1,6 +1,7 @@
 import logging
 from itertools import islice
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from detlib.data import (
     get_detection_dataset_dicts,
 )
 from detlib.data.datasets import register_coco_instances
-from detlib.data.samplers import TrainingSampler
+from detlib.data.samplers import DatasetMixSampler, TrainingSampler
 
 
 def _records(n, bad=()):
@@ -126,3 +127,103 @@ def test_unknown_sampler_name_is_an_error(registered_tiny):
     cfg.DATALOADER.SAMPLER_TRAIN = "NoSuchSampler"
     with pytest.raises(ValueError, match="NoSuchSampler"):
         build_detection_train_loader(cfg)
+
+
+class _CountingMapper:
+    """Records the image id of every record it decodes."""
+
+    def __init__(self, random_shift=False):
+        self.decoded = []
+        self.random_shift = random_shift
+
+    def __call__(self, record):
+        self.decoded.append(record["image_id"])
+        out = _mapper(record)
+        if self.random_shift:  # an augmentation drawing from the global generators, in whatever process maps
+            out["shift"] = float(np.random.rand()) + float(torch.rand(()))
+        return out
+
+
+def _resumable(mapper, grouping, num_workers=0, n=50, batch=3):
+    return build_detection_train_loader(
+        _records(n), mapper=mapper, sampler=TrainingSampler(n, seed=8, rank=0, world_size=1),
+        total_batch_size=batch, aspect_ratio_grouping=grouping, num_workers=num_workers,
+    )
+
+
+def _summary(batch):
+    return [(d["image_id"], d.get("shift")) for d in batch]
+
+
+@pytest.mark.parametrize("grouping", [False, True])
+def test_resumed_loader_continues_the_stream_without_decoding_what_was_consumed(grouping):
+    original = _resumable(_CountingMapper(), grouping)
+    batches = iter(original)
+    consumed = [next(batches) for _ in range(5)]
+    state = original.state_dict()
+    following = [next(batches) for _ in range(3)]
+
+    mapper = _CountingMapper()
+    resumed = _resumable(mapper, grouping)
+    resumed.load_state_dict(state)
+    resumed_batches = iter(resumed)
+    assert mapper.decoded == []
+    assert [_summary(next(resumed_batches)) for _ in range(3)] == [_summary(b) for b in following]
+    consumed_ids = {d["image_id"] for b in consumed for d in b}  # 15 of 50 ids: all in the first epoch
+    assert not consumed_ids & set(mapper.decoded)
+    if not grouping:
+        assert len(mapper.decoded) == 9  # exactly the 3 batches returned
+    else:  # at most the items grouping had held back, besides those returned
+        assert len(mapper.decoded) <= 9 + len(state["consumed_ahead"]) + 2 * 2
+
+
+def test_resumed_loader_with_workers_repeats_random_augmentation():
+    original = _resumable(_CountingMapper(random_shift=True), grouping=False, num_workers=2)
+    batches = iter(original)
+    for _ in range(4):
+        next(batches)
+    state = original.state_dict()
+    following = [_summary(next(batches)) for _ in range(4)]
+    del batches
+
+    resumed = _resumable(_CountingMapper(random_shift=True), grouping=False, num_workers=2)
+    resumed.load_state_dict(state)
+    resumed_batches = iter(resumed)
+    assert [_summary(next(resumed_batches)) for _ in range(4)] == following
+
+
+def _register_list(name, records):
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).thing_classes = ["thing"]
+
+
+@pytest.fixture
+def two_datasets():
+    def records(first, n):
+        annotation = {"bbox": [0, 0, 2, 2], "bbox_mode": 0, "category_id": 0, "iscrowd": 0}
+        return [{"image_id": first + i, "width": 8, "height": 8, "annotations": [annotation]} for i in range(n)]
+
+    names = ("mix_small", "mix_large")
+    _register_list(names[0], records(0, 4))
+    _register_list(names[1], records(100, 12))
+    yield names
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_sampling_ratios_from_config_mix_the_training_datasets(two_datasets):
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN = two_datasets
+    cfg.DATALOADER.SAMPLING_RATIOS = (3.0, 1.0)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    loader = build_detection_train_loader(cfg, mapper=lambda record: record)
+    assert isinstance(loader.sampler, DatasetMixSampler)
+    ids = [d["image_id"] for batch in islice(iter(loader), 500) for d in batch]
+    small = sum(i < 100 for i in ids) / len(ids)
+    assert abs(small - 0.75) < 4 * (0.75 * 0.25 / len(ids)) ** 0.5  # the small dataset, 3x weighted
+
+    cfg.DATALOADER.SAMPLING_RATIOS = (1.0,)
+    with pytest.raises(ValueError, match="1 sampling ratios given for 2 datasets"):
+        build_detection_train_loader(cfg, mapper=lambda record: record)

@@ -157,3 +157,48 @@ def test_convert_to_coco_dict_round_trips_through_pycocotools(tmp_path, tiny_coc
         assert converted["iscrowd"] == ann["iscrowd"]
         np.testing.assert_array_equal(api.annToMask(converted), original.annToMask(ann))
         assert converted["area"] == pytest.approx(ann["area"])
+
+
+def _with_keypoints(tiny_coco, tmp_path, keypoints, names=("a", "b")):
+    """The tiny dataset with `keypoints` on annotation id 3 and keypoint names on its category."""
+    data = json.loads((tiny_coco / "annotations.json").read_text())
+    data["annotations"][2]["keypoints"] = keypoints
+    data["categories"][1]["keypoints"] = list(names)
+    return _write(tmp_path, data)
+
+
+def test_keypoints_are_loaded_at_pixel_centers_and_written_back_as_indices(tmp_path, tiny_coco):
+    path = _with_keypoints(tiny_coco, tmp_path, [5, 10, 2, 0, 0, 0])
+    records = load_coco_json(path, str(tiny_coco), "tiny_keypoints")
+    try:
+        ann = records[1]["annotations"][0]
+        # COCO's integer pixel indices -> continuous coordinates of the pixel centers.
+        assert ann["keypoints"] == [5.5, 10.5, 2, 0.5, 0.5, 0]
+        assert "keypoints" not in records[0]["annotations"][0]
+        DatasetCatalog.register("tiny_keypoints", lambda: records)
+        written = convert_to_coco_dict("tiny_keypoints")["annotations"]
+        assert written[2]["keypoints"] == [5, 10, 2, 0, 0, 0] and written[2]["num_keypoints"] == 1
+        assert "keypoints" not in written[0]
+    finally:
+        DatasetCatalog.remove("tiny_keypoints")
+        MetadataCatalog.remove("tiny_keypoints")
+
+
+@pytest.mark.parametrize(
+    "keypoints, reason",
+    [
+        ([5, 10, 2, 1, 1], "(x, y, v) triples"),
+        ([5, 10, 2], "has 1 keypoints, but its category names 2"),
+        ([5, 10, 3, 1, 1, 1], "not 0, 1 or 2"),
+        ([5, math.inf, 2, 1, 1, 1], "non-finite"),
+        ([5, "x", 2, 1, 1, 1], "numbers only"),
+    ],
+)
+def test_bad_keypoints_raise_naming_file_annotation_and_field(tmp_path, tiny_coco, keypoints, reason):
+    path = _with_keypoints(tiny_coco, tmp_path, keypoints)
+    with pytest.raises(BadSampleError) as e:
+        load_coco_json(path, str(tiny_coco))
+    msg = str(e.value)
+    assert path in msg and "annotation id 3" in msg and "field 'keypoints'" in msg and reason in msg
+    with skip_bad_samples():
+        assert sum(len(r["annotations"]) for r in load_coco_json(path, str(tiny_coco))) == 2

@@ -144,3 +144,44 @@ def test_image_size_mismatch_names_file_id_and_field(tiny_coco):
     record = _record(tiny_coco, height=41)
     with pytest.raises(BadSampleError, match=r"10\.png, image id 10: field 'height' is 41 but the image file is 40x60"):
         _mapper()(record)
+
+
+def test_keypoints_are_resized_flipped_and_swapped(tiny_coco):
+    records = {r["image_id"]: r for r in load_coco_json(str(tiny_coco / "annotations.json"), str(tiny_coco))}
+    record = records[11]  # 50 x 30 (h x w)
+    record["annotations"][0]["keypoints"] = [5.5, 10.5, 2, 20.5, 30.5, 1, 0.0, 0.0, 0]  # (left, right, middle)
+    mapper = DatasetMapper(
+        True,
+        augmentations=[T.ResizeShortestEdge(60, 1000, "choice"), T.RandomFlip(1.0)],
+        image_format="BGR",
+        use_keypoint=True,
+        keypoint_hflip_indices=[1, 0, 2],
+    )
+    inst = mapper(record)["instances"]
+    # Scaled by 2 into a 60 px wide image, mirrored (x -> 60 - x), left and right swapped.
+    assert inst.gt_keypoints.tensor.tolist() == [[[60 - 41.0, 61.0, 1], [60 - 11.0, 21.0, 2], [0, 0, 0]]]
+    without = DatasetMapper(True, augmentations=[], image_format="BGR")(record)["instances"]
+    assert not without.has("gt_keypoints")
+
+
+def test_from_config_reads_keypoint_flip_indices_from_the_training_sets():
+    cfg = get_cfg()
+    cfg.MODEL.KEYPOINT_ON = True
+    cfg.DATASETS.TRAIN = ("keypoints_coco_2017_train",)
+    mapper = DatasetMapper(cfg, is_train=True)
+    assert mapper.use_keypoint
+    # nose stays; left_eye (1) <-> right_eye (2), ..., left_ankle (15) <-> right_ankle (16)
+    assert mapper.keypoint_hflip_indices == [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+
+
+def test_keypoint_counts_that_disagree_are_rejected_naming_file_image_and_field(tiny_coco):
+    records = {r["image_id"]: r for r in load_coco_json(str(tiny_coco / "annotations.json"), str(tiny_coco))}
+    record = records[11]
+    record["annotations"][0]["keypoints"] = [5.5, 10.5, 2, 20.5, 30.5, 1]  # 2 keypoints, the metadata names 3
+    mapper = DatasetMapper(
+        True, augmentations=[], image_format="BGR", use_keypoint=True, keypoint_hflip_indices=[1, 0, 2]
+    )
+    with pytest.raises(BadSampleError) as e:
+        mapper(record)
+    msg = str(e.value)
+    assert "11.png" in msg and "image id 11" in msg and "field 'keypoints'" in msg and "[2]" in msg

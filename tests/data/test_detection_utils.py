@@ -103,3 +103,49 @@ def test_filter_empty_instances_by_mask():
     inst.gt_masks = BitMasks(masks)
     assert utils.filter_empty_instances(inst).gt_boxes.tensor.tolist() == [[0.0, 0.0, 3.0, 3.0]]
     assert len(utils.filter_empty_instances(inst, by_mask=False)) == 2
+
+
+def test_transform_keypoint_annotations_resizes_flips_and_swaps_by_hand():
+    from detlib.data import transforms as T
+
+    # (left, right, middle) keypoints in a 20 x 10 (w x h) image, scaled 2x, then flipped in 40 px.
+    keypoints = [4.0, 2.0, 2, 15.0, 3.0, 1, 30.0, 5.0, 2]  # the middle one is outside the image (x 30 > 20)
+    tfms = [T.ResizeTransform(10, 20, 20, 40), T.HFlipTransform(40)]
+    out = utils.transform_keypoint_annotations(keypoints, tfms, (20, 40), keypoint_hflip_indices=[1, 0, 2])
+    # left <- flipped right (40 - 30, 6); right <- flipped left (40 - 8, 4); middle unlabeled.
+    np.testing.assert_allclose(out, [[10.0, 6.0, 1], [32.0, 4.0, 2], [0, 0, 0]])
+    # Two flips cancel: no swap, and no flip indices needed.
+    twice = utils.transform_keypoint_annotations(keypoints[:6], [T.HFlipTransform(20), T.HFlipTransform(20)], (10, 20))
+    np.testing.assert_allclose(twice, [[4.0, 2.0, 2], [15.0, 3.0, 1]])
+    with pytest.raises(ValueError, match="keypoint_hflip_indices"):
+        utils.transform_keypoint_annotations(keypoints, [T.HFlipTransform(20)], (10, 20))
+    with pytest.raises(ValueError, match="3 keypoints, but the flip indices name 2"):
+        utils.transform_keypoint_annotations(keypoints, [T.HFlipTransform(20)], (10, 20), [1, 0])
+
+
+def test_annotations_to_instances_keeps_keypoints():
+    annos = [
+        {"bbox": [1.0, 1.0, 5.0, 5.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0,
+         "keypoints": np.array([[2.0, 3.0, 2], [0, 0, 0]])},
+    ]  # fmt: skip
+    inst = utils.annotations_to_instances(annos, (8, 8))
+    assert inst.gt_keypoints.tensor.tolist() == [[[2.0, 3.0, 2], [0, 0, 0]]]
+
+
+def test_keypoint_hflip_indices_from_metadata():
+    from detlib.data import MetadataCatalog
+
+    names = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
+    flips = [("left_eye", "right_eye"), ("left_ear", "right_ear")]
+    MetadataCatalog.get("kp_meta_a").set(keypoint_names=names, keypoint_flip_map=flips)
+    MetadataCatalog.get("kp_meta_b").set(keypoint_names=names, keypoint_flip_map=[list(p) for p in flips])
+    MetadataCatalog.get("kp_meta_c").set(keypoint_names=names, keypoint_flip_map=flips[:1])
+    try:
+        assert utils.create_keypoint_hflip_indices(["kp_meta_a", "kp_meta_b"]) == [0, 2, 1, 4, 3]
+        with pytest.raises(ValueError, match="different 'keypoint_flip_map'"):
+            utils.create_keypoint_hflip_indices(["kp_meta_a", "kp_meta_c"])
+        with pytest.raises(ValueError, match="has no 'keypoint_names'"):
+            utils.create_keypoint_hflip_indices("kp_meta_none")
+    finally:
+        for name in ("kp_meta_a", "kp_meta_b", "kp_meta_c", "kp_meta_none"):
+            MetadataCatalog.remove(name)

@@ -9,7 +9,7 @@ import torch
 
 from detlib.data import DatasetCatalog, MetadataCatalog, Metadata
 from detlib.data.datasets import register_coco_instances
-from detlib.structures import Boxes, BoxMode, Instances
+from detlib.structures import Boxes, BoxMode, Instances, Keypoints
 from detlib.utils.visualizer import Visualizer
 
 RED = (255, 0, 0)
@@ -85,3 +85,20 @@ def test_visualize_data_tool_writes_pngs(tmp_path, tiny_coco):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_keypoints_are_drawn_above_the_threshold_only():
+    image = np.full((60, 80, 3), 100, np.uint8)
+    pred = Instances((60, 80))
+    pred.pred_boxes = Boxes(torch.tensor([[2.0, 2.0, 8.0, 8.0]]))
+    pred.scores = torch.tensor([0.9])
+    pred.pred_classes = torch.tensor([0])
+    pred.pred_keypoints = torch.tensor([[[30.0, 40.0, 0.9], [60.0, 10.0, 0.01]]])  # (x, y, score)
+    out = Visualizer(image, _metadata()).draw_instance_predictions(pred)
+    np.testing.assert_array_equal(out[40, 30], RED)
+    assert (out[10, 60] == 100).all()
+    gt = Instances((60, 80), gt_boxes=Boxes(torch.tensor([[2.0, 2.0, 8.0, 8.0]])), gt_classes=torch.tensor([1]))
+    gt.gt_keypoints = Keypoints([[[30.0, 40.0, 0], [60.0, 10.0, 2]]])  # unlabeled, visible
+    out = Visualizer(image, _metadata()).draw_instances_gt(gt)
+    np.testing.assert_array_equal(out[10, 60], (0, 0, 255))
+    assert (out[40, 30] == 100).all()

@@ -36,8 +36,7 @@ Regenerate after changing a case, `SHRINK`, the weight rules or the inputs (need
 
 Adding a case (e.g. RetinaNet) is one test file, `tests/differential/test_<case>.py`:
 
-    import pytest
-    from harness import Case, check_live, check_recorded
+    from harness import Case, case_tests
 
     CASE = Case(
         name="retinanet",  # its data: data/retinanet_seed<k>.npz
@@ -46,17 +45,7 @@ Adding a case (e.g. RetinaNet) is one test file, `tests/differential/test_<case>
         head_std={r"cls_score\.weight$": 0.01, r"bbox_pred\.weight$": 0.002},  # default RCNN_HEAD_STD
         bias_offset={r"cls_score\.bias$": -2.0},  # added to every entry of matching biases
     )
-
-
-    @pytest.mark.parametrize("seed", CASE.seeds)
-    def test_matches_recorded_detectron2(seed, tmp_path):
-        check_recorded(CASE, seed, tmp_path)
-
-
-    @pytest.mark.parametrize("seed", CASE.seeds)
-    def test_matches_live_detectron2(seed, tmp_path):
-        pytest.importorskip("detectron2")
-        check_live(CASE, seed, tmp_path)
+    test_matches_recorded_detectron2, test_matches_live_detectron2 = case_tests(CASE)
 
 then run the regeneration command for the case and commit `data/<case>_seed*.npz` (check each is
 well under 1 MB). The regeneration command finds a case as the module-level `CASE` of a
@@ -79,9 +68,10 @@ import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pytest
 import torch
 
 DATA_DIR = Path(__file__).resolve().with_name("data")
@@ -497,6 +487,22 @@ def check_live(case: Case, seed: int, tmp_path: Path) -> None:
     reference, weights_file = d2_reference(case, seed, tmp_path)
     ours = _run_detlib(case, seed, weights_file, _batch_for(case.detlib_config(), seed))
     compare_outputs(reference, ours)
+
+
+def case_tests(case: Case) -> Tuple[Callable, Callable]:
+    """The two tests of a case, one per seed each: against the recorded reference (always) and against
+    Detectron2 itself (when it is installed). A test module binds them to names starting with `test_`."""
+
+    @pytest.mark.parametrize("seed", case.seeds)
+    def test_matches_recorded_detectron2(seed: int, tmp_path: Path) -> None:
+        check_recorded(case, seed, tmp_path)
+
+    @pytest.mark.parametrize("seed", case.seeds)
+    def test_matches_live_detectron2(seed: int, tmp_path: Path) -> None:
+        pytest.importorskip("detectron2")
+        check_live(case, seed, tmp_path)
+
+    return test_matches_recorded_detectron2, test_matches_live_detectron2
 
 
 def load_reference(case: Case, seed: int) -> Dict[str, np.ndarray]:

@@ -1,7 +1,6 @@
 """Faster R-CNN with GroupNorm in the FPN and in a 4-conv + 1-fc box head, against Detectron2."""
 
-import pytest
-from harness import Case, check_live, check_recorded
+from harness import Case, case_tests
 
 CASE = Case(
     name="faster_rcnn_gn",
@@ -15,13 +14,4 @@ CASE = Case(
     ],
 )  # fmt: skip
 
-
-@pytest.mark.parametrize("seed", CASE.seeds)
-def test_matches_recorded_detectron2(seed, tmp_path):
-    check_recorded(CASE, seed, tmp_path)
-
-
-@pytest.mark.parametrize("seed", CASE.seeds)
-def test_matches_live_detectron2(seed, tmp_path):
-    pytest.importorskip("detectron2")
-    check_live(CASE, seed, tmp_path)
+test_matches_recorded_detectron2, test_matches_live_detectron2 = case_tests(CASE)

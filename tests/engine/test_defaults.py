@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from detlib.config import get_cfg
+from detlib.data import build_detection_train_loader
 from detlib.engine import DefaultTrainer, default_argument_parser, default_setup
 from detlib.engine.defaults import _scale_to_world_size, verify_results
 from detlib.evaluation import DatasetEvaluator
@@ -184,3 +185,45 @@ def test_default_predictor_loads_weights_resizes_and_orders_channels(tmp_path, i
     assert seen["image"][blue_channel].min() == 255 and seen["image"].sum() == 255 * 20 * 60
     with pytest.raises(ValueError, match="H, W, 3"):
         predictor(np.zeros((10, 30), dtype=np.uint8))
+
+
+class CountingTinyTrainer(TinyTrainer):
+    """Records the index of every training record its loader decodes."""
+
+    decoded = []
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        from tiny_train_net import make_records
+
+        def mapper(record):
+            cls.decoded.append(record["index"])
+            return record
+
+        return build_detection_train_loader(
+            make_records(), mapper=mapper, total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False
+        )
+
+
+def test_resume_reads_no_sample_of_the_batches_already_trained_on(tmp_path):
+    cfg = _tiny_cfg(tmp_path, **{"SOLVER.MAX_ITER": "30", "SOLVER.CHECKPOINT_PERIOD": "12", "SEED": "3"})
+    cfg.DATASETS.TEST = ()
+    seed_all_rng(3)
+    CountingTinyTrainer.decoded = []
+    trainer = CountingTinyTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    uninterrupted = list(CountingTinyTrainer.decoded)
+    assert len(uninterrupted) == 30 * 2
+
+    # Resume from the checkpoint after iteration 23: 24 batches (48 records, more than one epoch
+    # of the 37 records) lie behind it.
+    trainer.checkpointer.tag_last_checkpoint("model_0000023.pth")
+    CountingTinyTrainer.decoded = []
+    resumed = CountingTinyTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 24 and CountingTinyTrainer.decoded == []
+    resumed.train()
+    assert CountingTinyTrainer.decoded == uninterrupted[48:]
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=1e-6)

@@ -8,6 +8,7 @@ the mapper draws from NumPy and Python's generators (like augmentations) and the
 torch's (like proposal sampling). Without it a step is a deterministic function of the sampled
 indices, so that a 2-process run can be compared with a 1-process one.
 """
+import datetime
 import os
 import random
 import sys
@@ -88,7 +89,9 @@ class TinyTrainer(DefaultTrainer):
         )
 
     def build_hooks(self):
-        return super().build_hooks() + [CallbackHook(after_step=_check_ranks_agree, after_train=_save_rank_parameters)]
+        return super().build_hooks() + [
+            CallbackHook(before_train=_write_pid, after_step=_check_ranks_agree, after_train=_save_rank_parameters)
+        ]
 
     def run_step(self):
         super().run_step()
@@ -106,6 +109,12 @@ def _check_ranks_agree(trainer):
     for rank, params in enumerate(gathered):
         if not torch.equal(params, gathered[0]):
             raise AssertionError(f"rank {rank} parameters differ from rank 0's at iteration {trainer.iter}")
+
+
+def _write_pid(trainer):
+    """Lets a test kill one chosen worker of a launcher it does not control (torchrun)."""
+    with open(os.path.join(trainer.cfg.OUTPUT_DIR, f"pid_rank{comm.get_rank()}"), "w") as f:
+        f.write(str(os.getpid()))
 
 
 def _save_rank_parameters(trainer):
@@ -130,5 +139,6 @@ if __name__ == "__main__":
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
+        timeout=datetime.timedelta(seconds=args.dist_timeout),
         args=(args, args.random_augment, args.step_sleep),
     )

@@ -341,3 +341,87 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     assert by_image(tmp_path / "two" / "coco_instances_results.json") == by_image(
         tmp_path / "single" / "coco_instances_results.json"
     )
+
+
+def _write_keypoint_dataset(tmp_path, name):
+    """Two 64 x 80 images with 3-keypoint objects (COCO pixel-index keypoints, some unlabeled)."""
+    rng = np.random.default_rng(0)
+    images = [{"id": i, "file_name": f"{i}.png", "height": H, "width": W} for i in (1, 2)]
+    annotations = []
+    for image_id, count in ((1, 3), (2, 2)):
+        for _ in range(count):
+            x, y = rng.uniform(5, 40), rng.uniform(5, 25)
+            keypoints = np.stack([x + rng.uniform(0, 30, 3), y + rng.uniform(0, 30, 3), [2, 1, 2]], 1)
+            if len(annotations) == 1:
+                keypoints[1] = 0  # unlabeled
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 3, "iscrowd": 0,
+                "bbox": [x, y, 32.0, 32.0], "area": 1024.0,
+                "keypoints": np.round(keypoints, 2).ravel().tolist(), "num_keypoints": int((keypoints[:, 2] > 0).sum()),
+            })  # fmt: skip
+    json_file = tmp_path / f"{name}.json"
+    categories = [{"id": 3, "name": "square", "keypoints": ["a", "b", "c"], "skeleton": []}]
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, str(json_file), str(tmp_path))
+    return str(json_file), annotations
+
+
+def _keypoint_predictions(annotations, image_id, noise=0.0, seed=0):
+    """Instances at the gt boxes whose keypoints are the gt ones (moved to pixel centers, as the
+    loader does) plus Gaussian noise of `noise` px."""
+    anns = [a for a in annotations if a["image_id"] == image_id]
+    rng = np.random.default_rng(seed + image_id)
+    keypoints = np.asarray([a["keypoints"] for a in anns], np.float64).reshape(len(anns), -1, 3)
+    keypoints[..., :2] += 0.5 + rng.normal(0, noise, keypoints[..., :2].shape)
+    keypoints[..., 2] = 1.0  # the score of each predicted keypoint
+    boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + 32, a["bbox"][1] + 32] for a in anns]
+    return Instances(
+        (H, W),
+        pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+        scores=torch.linspace(0.9, 0.5, len(anns)),
+        pred_classes=torch.zeros(len(anns), dtype=torch.int64),
+        pred_keypoints=torch.tensor(keypoints, dtype=torch.float32),
+    )
+
+
+SIGMAS = (0.05, 0.08, 0.1)
+
+
+def test_keypoints_task_scores_perfect_keypoints_100_and_equals_pycocotools_with_the_sigmas(tmp_path):
+    json_file, anns = _write_keypoint_dataset(tmp_path, "eval_keypoints")
+    perfect = COCOEvaluator("eval_keypoints", kpt_oks_sigmas=SIGMAS, output_dir=str(tmp_path / "perfect"))
+    for image_id in (1, 2):
+        perfect.process([{"image_id": image_id}], [{"instances": _keypoint_predictions(anns, image_id)}])
+    results = perfect.evaluate()
+    assert set(results) == {"bbox", "keypoints"} and "APs" not in results["keypoints"]
+    assert results["keypoints"]["AP"] == pytest.approx(100.0)
+
+    out = tmp_path / "noisy"
+    noisy = {fast: COCOEvaluator("eval_keypoints", kpt_oks_sigmas=SIGMAS, output_dir=str(out), use_fast_impl=fast)
+             for fast in (True, False)}  # fmt: skip
+    for evaluator in noisy.values():
+        for image_id in (1, 2):
+            evaluator.process([{"image_id": image_id}], [{"instances": _keypoint_predictions(anns, image_id, 2.0)}])
+    ours = {fast: evaluator.evaluate()["keypoints"] for fast, evaluator in noisy.items()}
+    gt = COCO(json_file)
+    reference = COCOeval(gt, gt.loadRes(str(out / "coco_instances_results.json")), "keypoints")
+    reference.params.kpt_oks_sigmas = np.asarray(SIGMAS)
+    reference.evaluate()
+    reference.accumulate()
+    reference.summarize()
+    expected = dict(zip(("AP", "AP50", "AP75", "APm", "APl"), reference.stats[:5] * 100))
+    assert 0 < expected["AP"] < 100
+    for fast in (True, False):
+        for name, value in expected.items():
+            assert ours[fast][name] == pytest.approx(value, abs=1e-6, nan_ok=True) or value < 0, (fast, name)
+
+
+def test_keypoints_task_rejects_sigmas_of_another_keypoint_count(tmp_path):
+    _, anns = _write_keypoint_dataset(tmp_path, "eval_keypoints_sigmas")
+    evaluator = COCOEvaluator("eval_keypoints_sigmas", kpt_oks_sigmas=(0.05, 0.05), output_dir=str(tmp_path))
+    evaluator.process([{"image_id": 1}], [{"instances": _keypoint_predictions(anns, 1)}])
+    with pytest.raises(ValueError, match=r"2 OKS sigmas .* \{'ground truth': 3, 'predictions': 3\}"):
+        evaluator.evaluate()

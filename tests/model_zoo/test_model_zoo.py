@@ -66,3 +66,26 @@ def test_get_builds_the_model_and_loads_the_published_weights(file_server, weigh
     state = model.state_dict()
     for name, value in served.items():
         assert torch.equal(state[name], torch.from_numpy(value)), name
+
+
+KEYPOINT_CONFIGS = ["COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml"]
+
+
+@pytest.mark.parametrize("config", KEYPOINT_CONFIGS)
+def test_keypoint_configs_have_detectron2s_hyper_parameters_and_url(config):
+    d2_config = pytest.importorskip("detectron2.config")
+    d2_zoo = pytest.importorskip("detectron2.model_zoo")
+    ours, theirs = get_cfg(), d2_config.get_cfg()
+    ours.merge_from_file(model_zoo.get_config_file(config))
+    theirs.merge_from_file(d2_zoo.get_config_file(config))
+    for path in ["MODEL.KEYPOINT_ON", "MODEL.WEIGHTS", "MODEL.RESNETS.DEPTH", "MODEL.ROI_HEADS.NUM_CLASSES",
+                 "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "MODEL.ROI_KEYPOINT_HEAD",
+                 "SOLVER.STEPS", "SOLVER.MAX_ITER", "SOLVER.BASE_LR", "DATASETS.TRAIN", "DATASETS.TEST",
+                 "TEST.KEYPOINT_OKS_SIGMAS", "INPUT.MIN_SIZE_TRAIN"]:  # fmt: skip
+        a, b = ours, theirs
+        for key in path.split("."):
+            a, b = a[key], b[key]
+        assert a == b, path
+    ours_url = model_zoo.get_checkpoint_url(config)
+    assert ours_url.startswith("detectron2://")
+    assert d2_zoo.get_checkpoint_url(config) == "https://dl.fbaipublicfiles.com/detectron2/" + ours_url[13:]

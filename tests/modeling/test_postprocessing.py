@@ -130,3 +130,24 @@ def test_detector_postprocess_proposals():
     assert torch.equal(out.proposal_boxes.tensor, torch.tensor([[0.5, 0.5, 2.0, 2.0]]))
     with pytest.raises(ValueError, match="no boxes"):
         detector_postprocess(Instances((4, 4), scores=torch.zeros(1)), 5, 5)
+
+
+def test_paste_masks_exported_equals_eager():
+    """Exported, pasting interpolates over the whole image (no data-dependent windows): the same masks, for any
+    number of boxes, zero included."""
+
+    class Paste(torch.nn.Module):
+        def forward(self, masks, boxes):
+            return paste_masks_in_image(masks, boxes, (90, 120))
+
+    g = torch.Generator().manual_seed(3)
+    corners = torch.rand(12, 2, generator=g) * torch.tensor([110.0, 80.0]) - 5
+    boxes = torch.cat([corners, corners + 1 + torch.rand(12, 2, generator=g) * 60], dim=1)
+    masks = torch.rand(12, 28, 28, generator=g)
+    count = torch.export.Dim("count", min=0, max=1000)
+    program = torch.export.export(
+        Paste(), (masks, boxes), dynamic_shapes=({0: count}, {0: count}), strict=False
+    ).module()
+    for n in (12, 5, 0):
+        expected = paste_masks_in_image(masks[:n], boxes[:n], (90, 120))
+        assert torch.equal(program(masks[:n], boxes[:n]), expected)

@@ -96,3 +96,18 @@ def test_to_repr_copy():
 def test_to_cuda():
     inst = _make(2).to("cuda")
     assert inst.gt_boxes.device.type == "cuda" and inst.gt_classes.device.type == "cuda"
+
+
+def test_num_instances_is_len_and_symbolic_while_exporting():
+    inst = Instances((10, 20), boxes=Boxes(torch.zeros(3, 4)), scores=torch.zeros(3))
+    assert inst.num_instances() == len(inst) == 3
+
+    class Keep(torch.nn.Module):
+        def forward(self, scores):
+            kept = Instances((10, 20), scores=scores[scores > 0.5])
+            return torch.zeros(kept.num_instances())
+
+    sample = (torch.tensor([0.9, 0.1, 0.7]),)
+    dynamic = ({0: torch.export.Dim("n")},)
+    program = torch.export.export(Keep(), sample, dynamic_shapes=dynamic, strict=False).module()
+    assert program(torch.tensor([0.6, 0.2, 0.8, 0.9])).shape == (3,)

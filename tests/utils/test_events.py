@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -137,8 +138,14 @@ def test_put_image_rejects_wrong_layout():
 
 
 def test_tensorboard_of_a_resumed_run_supersedes_the_interrupted_runs_later_steps(tmp_path):
+    previous_file_second = None
     for start, stop, value in [(0, 10, 1.0), (5, 8, 2.0)]:  # interrupted at 9, resumed from 5
+        # TensorBoard reads event files in name order: the creation second, then a per-process counter
+        # compared as text ("10" < "9"). A real resume is a later process; start it in a later second.
+        while previous_file_second is not None and int(time.time()) <= previous_file_second:
+            time.sleep(0.05)
         writer = TensorboardXWriter(str(tmp_path), window_size=1)
+        previous_file_second = int(time.time())
         with EventStorage(start_iter=start) as storage:
             for i in range(start, stop):
                 storage.iter = i

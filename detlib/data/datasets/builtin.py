@@ -3,15 +3,34 @@ Datasets every detlib user can name without registering them.
 
 They live under `$DETLIB_DATASETS` (default `./datasets`):
     coco/annotations/instances_{train,val}2017.json, coco/{train,val,test}2017/   (COCO 2017)
-    shapes/{train,val}/                                                         (generated on first use)
+    coco/annotations/person_keypoints_{train,val}2017.json                      (COCO 2017 keypoints)
+    shapes/{train,val}/, shapes_kp/{train,val}/                                 (generated on first use)
 """
 import os
+from typing import Callable
 
 from ..catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json, register_coco_instances
 from .shapes import SHAPES_CLASSES, ShapesSpec, generate_shapes
+from .shapes_keypoints import (
+    KEYPOINT_FLIP_MAP,
+    KEYPOINT_NAMES,
+    KEYPOINT_SHAPES_CLASSES,
+    KeypointShapesSpec,
+    generate_keypoint_shapes,
+)
 
-__all__ = ["COCO_CATEGORIES", "SHAPES_SPLITS", "register_all_coco", "register_shapes", "register_all_shapes"]
+__all__ = [
+    "COCO_CATEGORIES",
+    "COCO_PERSON_KEYPOINT_NAMES",
+    "COCO_PERSON_KEYPOINT_FLIP_MAP",
+    "SHAPES_SPLITS",
+    "KEYPOINT_SHAPES_SPLITS",
+    "register_all_coco",
+    "register_shapes",
+    "register_keypoint_shapes",
+    "register_all_shapes",
+]
 
 # (COCO category id, name) of the 80 thing classes; ids are not contiguous.
 COCO_CATEGORIES = (
@@ -30,6 +49,17 @@ COCO_CATEGORIES = (
     (76, "keyboard"), (77, "cell phone"), (78, "microwave"), (79, "oven"), (80, "toaster"),
     (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"),
     (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush"),
+)
+
+# The 17 keypoints of a COCO person, in the annotation files' order; a horizontal flip swaps each
+# left_* keypoint with its right_* one.
+COCO_PERSON_KEYPOINT_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+COCO_PERSON_KEYPOINT_FLIP_MAP = tuple(
+    (name, "right_" + name[len("left_"):]) for name in COCO_PERSON_KEYPOINT_NAMES if name.startswith("left_")
 )
 
 # name -> (image directory, annotation file), relative to the datasets root.
@@ -51,6 +81,19 @@ SHAPES_SPLITS = {
 _SHAPES_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
 
 
+_COCO_KEYPOINT_SPLITS = {
+    "keypoints_coco_2017_train": ("coco/train2017", "coco/annotations/person_keypoints_train2017.json"),
+    "keypoints_coco_2017_val": ("coco/val2017", "coco/annotations/person_keypoints_val2017.json"),
+    "keypoints_coco_2017_val_100": ("coco/val2017", "coco/annotations/person_keypoints_val2017_100.json"),
+}
+
+# Sized so that a Keypoint R-CNN trains on them on a CPU in minutes.
+KEYPOINT_SHAPES_SPLITS = {
+    "shapes_kp_train": ("shapes_kp/train", KeypointShapesSpec(num_images=1000, seed=0)),
+    "shapes_kp_val": ("shapes_kp/val", KeypointShapesSpec(num_images=200, seed=1)),
+}
+
+
 def _coco_metadata() -> dict:
     return {
         "thing_classes": [name for _, name in COCO_CATEGORIES],
@@ -61,6 +104,14 @@ def _coco_metadata() -> dict:
 def register_all_coco(root: str) -> None:
     for name, (image_dir, json_file) in _COCO_SPLITS.items():
         register_coco_instances(name, _coco_metadata(), os.path.join(root, json_file), os.path.join(root, image_dir))
+    person = {
+        "thing_classes": ["person"],
+        "thing_dataset_id_to_contiguous_id": {1: 0},
+        "keypoint_names": list(COCO_PERSON_KEYPOINT_NAMES),
+        "keypoint_flip_map": list(COCO_PERSON_KEYPOINT_FLIP_MAP),
+    }
+    for name, (image_dir, json_file) in _COCO_KEYPOINT_SPLITS.items():
+        register_coco_instances(name, person, os.path.join(root, json_file), os.path.join(root, image_dir))
 
 
 class _ShapesMetadata(Metadata):
@@ -69,14 +120,15 @@ class _ShapesMetadata(Metadata):
     open the annotation file before anything has loaded the dataset.
     """
 
-    def __init__(self, name: str, split_dir: str, spec: ShapesSpec):
+    def __init__(self, name: str, split_dir: str, spec, generate: Callable[..., str] = generate_shapes):
         super().__init__(name=name, image_root=os.path.join(split_dir, "images"))
-        self._split = (split_dir, spec)
+        self._split = (split_dir, spec, generate)
 
     @property
     def json_file(self) -> str:
         if "_json_file" not in self.__dict__:  # checked (and generated if needed) once per process
-            self._json_file = generate_shapes(self._split[1], self._split[0])
+            split_dir, spec, generate = self._split
+            self._json_file = generate(spec, split_dir)
         return self._json_file
 
 
@@ -95,9 +147,25 @@ def register_shapes(name: str, split_dir: str, spec: ShapesSpec) -> None:
     )
 
 
+def register_keypoint_shapes(name: str, split_dir: str, spec: KeypointShapesSpec) -> None:
+    """Registers a synthetic keypoint shapes split, written to `split_dir` on first use (as `register_shapes`)."""
+    metadata = _ShapesMetadata(name, split_dir, spec, generate_keypoint_shapes)
+    DatasetCatalog.register(name, lambda: load_coco_json(metadata.json_file, metadata.image_root, name))
+    MetadataCatalog[name] = metadata.set(
+        evaluator_type="coco",
+        thing_classes=list(KEYPOINT_SHAPES_CLASSES),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(KEYPOINT_SHAPES_CLASSES))},
+        thing_colors=[_SHAPES_COLORS[SHAPES_CLASSES.index(c)] for c in KEYPOINT_SHAPES_CLASSES],
+        keypoint_names=list(KEYPOINT_NAMES),
+        keypoint_flip_map=list(KEYPOINT_FLIP_MAP),
+    )
+
+
 def register_all_shapes(root: str) -> None:
     for name, (subdir, spec) in SHAPES_SPLITS.items():
         register_shapes(name, os.path.join(root, subdir), spec)
+    for name, (subdir, spec) in KEYPOINT_SHAPES_SPLITS.items():
+        register_keypoint_shapes(name, os.path.join(root, subdir), spec)
 
 
 _root = os.path.expanduser(os.getenv("DETLIB_DATASETS", "datasets"))

@@ -88,6 +88,32 @@ def _check_segmentation(segm: Any, height: int, width: int, where: str) -> Any:
     )
 
 
+def _check_keypoints(keypoints: Any, num_keypoints: Optional[int], where: str) -> List[float]:
+    """
+    COCO keypoints [x1, y1, v1, ...] -> the same list with x, y moved to pixel centers (+0.5).
+    COCO writes keypoints as integer pixel indices in [0, W - 1], while boxes and polygons are
+    continuous coordinates in [0, W]; the half-pixel shift puts both in the same frame.
+    """
+    if not isinstance(keypoints, list) or len(keypoints) % 3 != 0:
+        raise BadSampleError(f"{where}: field 'keypoints' must be a flat list of (x, y, v) triples, got {keypoints!r}.")
+    if num_keypoints is not None and len(keypoints) != 3 * num_keypoints:
+        raise BadSampleError(
+            f"{where}: field 'keypoints' has {len(keypoints) // 3} keypoints, but its category names {num_keypoints}."
+        )
+    try:
+        values = np.asarray(keypoints, dtype=np.float64).reshape(-1, 3)
+    except (TypeError, ValueError) as e:
+        raise BadSampleError(f"{where}: field 'keypoints' must hold numbers only.") from e
+    if not np.isfinite(values).all():
+        raise BadSampleError(f"{where}: field 'keypoints' has a non-finite value.")
+    if not np.isin(values[:, 2], (0, 1, 2)).all():
+        raise BadSampleError(
+            f"{where}: field 'keypoints' has a visibility that is not 0, 1 or 2: {values[:, 2].tolist()}."
+        )
+    values[:, :2] += 0.5
+    return values.ravel().tolist()
+
+
 def load_coco_json(
     json_file: str,
     image_root: str,
@@ -100,7 +126,9 @@ def load_coco_json(
     Each record has `file_name` (joined with `image_root`), `height`, `width`, `image_id` and
     `annotations`: dicts with `bbox` (XYWH absolute pixels), `bbox_mode` (`BoxMode.XYWH_ABS`),
     `category_id` (contiguous 0..K-1, in increasing order of the file's category ids), `iscrowd`
-    and, if present, `segmentation` (polygons, or compressed RLE; uncompressed RLE is compressed).
+    and, if present, `segmentation` (polygons, or compressed RLE; uncompressed RLE is compressed)
+    and `keypoints` (flat [x, y, v, ...] with x, y moved by +0.5 from COCO's integer pixel indices
+    to pixel centers; their number must match the category's `keypoints` names when it has them).
 
     With `dataset_name`, sets that dataset's `thing_classes` and
     `thing_dataset_id_to_contiguous_id` metadata.
@@ -116,6 +144,7 @@ def load_coco_json(
         _require(cat, ("id", "name"), f"{json_file}, categories[{i}]")
     categories = sorted(categories, key=lambda c: c["id"])
     id_map = {cat["id"]: i for i, cat in enumerate(categories)}
+    keypoint_counts = {cat["id"]: len(cat["keypoints"]) for cat in categories if isinstance(cat.get("keypoints"), list)}
     if len(id_map) != len(categories):
         raise BadSampleError(f"{json_file}: field 'categories' has duplicate ids.")
     if dataset_name is not None:
@@ -144,6 +173,8 @@ def load_coco_json(
         where = f"{json_file}, annotation id {ann.get('id', f'<none, index {i}>')}"
         try:
             obj = _parse_annotation(ann, records, id_map, extra_keys, where)
+            if ann.get("keypoints"):  # an empty list is COCO's "no keypoints"
+                obj["keypoints"] = _check_keypoints(ann["keypoints"], keypoint_counts.get(ann["category_id"]), where)
         except BadSampleError as e:
             if not skip:
                 raise
@@ -207,6 +238,7 @@ def _polygon_area(polygons: List[List[float]]) -> float:
 def convert_to_coco_dict(dataset_name: str) -> dict:
     """
     The registered dataset `dataset_name` as a COCO instances dict: boxes in XYWH absolute pixels,
+    keypoints (with `num_keypoints`) shifted back to COCO's integer pixel indices,
     category ids mapped back to the dataset's own ids when its metadata has
     `thing_dataset_id_to_contiguous_id` (else the contiguous id is used as is),
     RLE counts as str, `area` from the mask when there is one, else from the box.
@@ -247,6 +279,13 @@ def convert_to_coco_dict(dataset_name: str) -> dict:
                 ann["area"] = float(mask_util.area(segm))
             else:
                 ann["area"] = float(bbox[2] * bbox[3])
+            if obj.get("keypoints"):
+                # Back from pixel centers to COCO's integer pixel indices; unlabeled points stay 0.
+                keypoints = np.asarray(obj["keypoints"], dtype=np.float64).reshape(-1, 3)
+                labeled = keypoints[:, 2] > 0
+                keypoints[:, :2] = np.where(labeled[:, None], keypoints[:, :2] - 0.5, 0.0)
+                ann["keypoints"] = keypoints.ravel().tolist()
+                ann["num_keypoints"] = int(labeled.sum())
             annotations.append(ann)
 
     return {

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -166,6 +166,15 @@ def _annotation(obj: dict, image_id: int, ann_id: int) -> dict:
     }
 
 
+def _write_png(image: np.ndarray, out_dir: str, file_name: str) -> None:
+    """Writes an RGB uint8 image as `out_dir/images/file_name`."""
+    ok, png = cv2.imencode(".png", image[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError(f"Could not encode synthetic image {file_name}.")
+    with open(os.path.join(out_dir, "images", file_name), "wb") as f:
+        f.write(png.tobytes())
+
+
 def _write_split(spec: ShapesSpec, out_dir: str) -> None:
     os.makedirs(os.path.join(out_dir, "images"))
     images, annotations = [], []
@@ -173,11 +182,7 @@ def _write_split(spec: ShapesSpec, out_dir: str) -> None:
     for index in range(spec.num_images):
         image, objects = render_shapes_image(spec, index)
         file_name = f"{index:06d}.png"
-        ok, png = cv2.imencode(".png", image[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        if not ok:
-            raise RuntimeError(f"Could not encode synthetic image {file_name}.")
-        with open(os.path.join(out_dir, "images", file_name), "wb") as f:
-            f.write(png.tobytes())
+        _write_png(image, out_dir, file_name)
         image_id = index + 1
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for obj in objects:
@@ -192,10 +197,9 @@ def _write_split(spec: ShapesSpec, out_dir: str) -> None:
         json.dump(coco, f)
 
 
-def _generator_info(spec: ShapesSpec) -> dict:
-    info = asdict(spec)
-    info["image_size"] = list(spec.image_size)
-    info["radius_range"] = list(spec.radius_range)
+def _generator_info(spec) -> dict:
+    # As read back from JSON (tuples become lists), so that it compares equal to the file's.
+    info = json.loads(json.dumps(asdict(spec)))
     info["version"] = _GENERATOR_VERSION
     return info
 
@@ -208,10 +212,14 @@ def _existing_info(json_file: str) -> Optional[dict]:
         return None
 
 
-def generate_shapes(spec: ShapesSpec, split_dir: str) -> str:
+def generate_shapes(spec, split_dir: str, write_split: Callable[..., None] = _write_split) -> str:
     """
     Makes sure `split_dir` holds the split described by `spec`, generating it if it is missing or
     was made with other parameters. Returns the path of its `annotations.json`.
+
+    `spec` is a `ShapesSpec`, or the dataclass of another synthetic dataset together with its
+    `write_split(spec, out_dir)`, which writes `annotations.json` with `_generator_info(spec)`
+    as its `info.generator`, and the images.
 
     The split is written to a temporary sibling directory and renamed into place, so concurrent
     callers never see a partial dataset.
@@ -224,7 +232,7 @@ def generate_shapes(spec: ShapesSpec, split_dir: str) -> str:
     logger.info("Generating %d synthetic shapes images (seed %d) in %s ...", spec.num_images, spec.seed, split_dir)
     tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(split_dir)}.")
     try:
-        _write_split(spec, os.path.join(tmp_dir, "split"))
+        write_split(spec, os.path.join(tmp_dir, "split"))
         if os.path.exists(split_dir) and _existing_info(json_file) != _generator_info(spec):
             shutil.rmtree(split_dir)
         try:

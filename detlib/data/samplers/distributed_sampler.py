@@ -1,5 +1,4 @@
 """Index samplers for training (infinite, shuffled, sharded) and inference (each index once)."""
-import itertools
 import logging
 import math
 from collections import defaultdict
@@ -8,27 +7,18 @@ from typing import Iterator, List, Optional
 import torch
 from torch.utils.data.sampler import Sampler
 
-from detlib.utils import comm
-
+from .stream import EpochStreamSampler, _rank_and_world
 
 __all__ = ["TrainingSampler", "RepeatFactorTrainingSampler", "InferenceSampler"]
 
 logger = logging.getLogger(__name__)
 
 
-def _rank_and_world(rank: Optional[int], world_size: Optional[int]):
-    rank = comm.get_rank() if rank is None else rank
-    world_size = comm.get_world_size() if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size={world_size}).")
-    return rank, world_size
-
-
-class TrainingSampler(Sampler):
+class TrainingSampler(EpochStreamSampler):
     """
-    An endless stream of dataset indices. Every rank draws the same seeded stream of epochs (each a
-    permutation of range(size) when shuffling) and keeps every world_size-th index starting at its
-    rank, so the ranks together see each index once per epoch.
+    An endless stream of dataset indices whose epochs are permutations of range(size) (or
+    range(size) itself without shuffling), split among ranks and resumable anywhere
+    (see `EpochStreamSampler`).
     """
 
     def __init__(
@@ -50,23 +40,15 @@ class TrainingSampler(Sampler):
             raise ValueError(f"TrainingSampler needs a positive dataset size, got {size!r}.")
         self._size = size
         self._shuffle = shuffle
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._rank, self._world_size = _rank_and_world(rank, world_size)
+        super().__init__(seed, rank, world_size)
 
-    def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
-
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self._seed)
-        while True:
-            if self._shuffle:
-                yield from torch.randperm(self._size, generator=g).tolist()
-            else:
-                yield from range(self._size)
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        if not self._shuffle:
+            return torch.arange(self._size)
+        return torch.randperm(self._size, generator=self.epoch_generator(epoch))
 
 
-class RepeatFactorTrainingSampler(Sampler):
+class RepeatFactorTrainingSampler(EpochStreamSampler):
     """
     Like TrainingSampler, but image i appears r_i times per epoch in expectation, r_i >= 1 (LVIS's
     repeat-factor sampling). Each epoch repeats image i floor(r_i) times plus once more with
@@ -89,8 +71,7 @@ class RepeatFactorTrainingSampler(Sampler):
         self._int_part = torch.trunc(repeat_factors)
         self._frac_part = repeat_factors - self._int_part
         self._shuffle = shuffle
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._rank, self._world_size = _rank_and_world(rank, world_size)
+        super().__init__(seed, rank, world_size)
 
     @staticmethod
     def repeat_factors_from_category_frequency(
@@ -115,23 +96,15 @@ class RepeatFactorTrainingSampler(Sampler):
         ]
         return torch.tensor(factors, dtype=torch.float32)
 
-    def _epoch_indices(self, generator: torch.Generator) -> torch.Tensor:
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        generator = self.epoch_generator(epoch)
         # Stochastic rounding keeps the expected number of repeats equal to the factor.
         rounded_up = torch.rand(len(self._frac_part), generator=generator) < self._frac_part
         repeats = (self._int_part + rounded_up).long()
-        return torch.repeat_interleave(torch.arange(len(repeats)), repeats)
-
-    def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
-
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self._seed)
-        while True:
-            indices = self._epoch_indices(g)
-            if self._shuffle:
-                indices = indices[torch.randperm(len(indices), generator=g)]
-            yield from indices.tolist()
+        indices = torch.repeat_interleave(torch.arange(len(repeats)), repeats)
+        if self._shuffle:
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        return indices
 
 
 class InferenceSampler(Sampler):

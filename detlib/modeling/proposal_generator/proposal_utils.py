@@ -54,12 +54,12 @@ def find_top_rpn_proposals(
     for n, image_size in enumerate(image_sizes):
         boxes, scores, levels = topk_proposals[n], topk_scores[n], level_ids
         finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-        if not finite.all():
-            if training:
-                raise FloatingPointError(
-                    "RPN: predicted proposal boxes or objectness logits contain Inf/NaN; training has diverged"
-                )
-            boxes, scores, levels = boxes[finite], scores[finite], levels[finite]
+        if training and not finite.all():
+            raise FloatingPointError(
+                "RPN: predicted proposal boxes or objectness logits contain Inf/NaN; training has diverged"
+            )
+        # Filtered whether or not any is dropped: no branch on the values, so inference can be exported.
+        boxes, scores, levels = boxes[finite], scores[finite], levels[finite]
         boxes = Boxes(boxes)
         boxes.clip(image_size)
         keep = boxes.nonempty(threshold=min_box_size)

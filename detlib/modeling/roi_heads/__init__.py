@@ -1,7 +1,16 @@
-"""Second-stage heads: box head and predictor, mask head, and the RoI heads that run them."""
+"""Second-stage heads: box head and predictor, mask and keypoint heads, and the RoI heads that run them."""
 from .box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead, build_box_head
 from .cascade_rcnn import CascadeROIHeads
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
+from .keypoint_head import (
+    ROI_KEYPOINT_HEAD_REGISTRY,
+    BaseKeypointRCNNHead,
+    KRCNNConvDeconvUpsampleHead,
+    build_keypoint_head,
+    keypoint_rcnn_inference,
+    keypoint_rcnn_loss,
+    select_proposals_with_visible_keypoints,
+)
 from .mask_head import (
     ROI_MASK_HEAD_REGISTRY,
     BaseMaskRCNNHead,
@@ -18,6 +27,13 @@ __all__ = [
     "build_box_head",
     "FastRCNNOutputLayers",
     "fast_rcnn_inference",
+    "ROI_KEYPOINT_HEAD_REGISTRY",
+    "BaseKeypointRCNNHead",
+    "KRCNNConvDeconvUpsampleHead",
+    "build_keypoint_head",
+    "keypoint_rcnn_inference",
+    "keypoint_rcnn_loss",
+    "select_proposals_with_visible_keypoints",
     "ROI_MASK_HEAD_REGISTRY",
     "BaseMaskRCNNHead",
     "MaskRCNNConvUpsampleHead",

@@ -60,8 +60,8 @@ def fast_rcnn_inference_single_image(
 ) -> Tuple[Instances, Tensor]:
     """`fast_rcnn_inference` for one image."""
     finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-    if not finite.all():
-        boxes, scores = boxes[finite], scores[finite]
+    # Filtered whether or not any is dropped: no branch on the values, so inference can be exported.
+    boxes, scores = boxes[finite], scores[finite]
 
     clipped = Boxes(boxes.reshape(-1, 4))
     clipped.clip(image_shape)
@@ -288,7 +288,7 @@ class FastRCNNOutputLayers(nn.Module):
         _, proposal_deltas = predictions
         proposal_boxes = torch.cat([p.proposal_boxes.tensor for p in proposals], dim=0)
         boxes = self.box2box_transform.apply_deltas(proposal_deltas, proposal_boxes)
-        return boxes.split([len(p) for p in proposals])
+        return boxes.split([p.num_instances() for p in proposals])
 
     def predict_boxes_for_gt_classes(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
@@ -302,7 +302,7 @@ class FastRCNNOutputLayers(nn.Module):
             gt_classes = torch.cat([p.gt_classes for p in proposals], dim=0).clamp(0, num_box_classes - 1)
             rows = torch.arange(len(boxes), device=boxes.device)
             boxes = boxes.view(len(boxes), num_box_classes, 4)[rows, gt_classes]
-        return boxes.split([len(p) for p in proposals])
+        return boxes.split([p.num_instances() for p in proposals])
 
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
@@ -310,5 +310,5 @@ class FastRCNNOutputLayers(nn.Module):
         """Per image, R_i x (K + 1) softmax class probabilities."""
         scores, _ = predictions
         probs = F.softmax(scores, dim=-1)
-        return probs.split([len(p) for p in proposals], dim=0)
+        return probs.split([p.num_instances() for p in proposals], dim=0)
 

@@ -102,9 +102,9 @@ def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Ins
         mask_probs = pred_mask_logits.sigmoid()
     else:
         classes = torch.cat([i.pred_classes for i in pred_instances])
-        rows = torch.arange(len(classes), device=classes.device)
+        rows = torch.arange(classes.shape[0], device=classes.device)
         mask_probs = pred_mask_logits[rows, classes][:, None].sigmoid()
-    for probs, instances in zip(mask_probs.split([len(i) for i in pred_instances]), pred_instances):
+    for probs, instances in zip(mask_probs.split([i.num_instances() for i in pred_instances]), pred_instances):
         instances.pred_masks = probs
 
 

@@ -1,6 +1,6 @@
 """
 The second stage of R-CNN: label and sample the proposals against the gt, pool their features,
-and run the box (and mask) heads, which compute their own losses in training.
+and run the box (and mask, keypoint) heads, which compute their own losses in training.
 """
 import inspect
 from typing import Dict, List, Optional, Tuple
@@ -21,6 +21,7 @@ from detlib.utils.registry import Registry
 
 from .box_head import build_box_head
 from .fast_rcnn import FastRCNNOutputLayers
+from .keypoint_head import build_keypoint_head, select_proposals_with_visible_keypoints
 from .mask_head import build_mask_head
 
 __all__ = ["ROI_HEADS_REGISTRY", "ROIHeads", "StandardROIHeads", "build_roi_heads", "select_foreground_proposals"]
@@ -144,22 +145,19 @@ class ROIHeads(nn.Module):
 
         sampled_proposals, fg_bg_counts = [], []
         for per_image, target in zip(proposals, targets):
-            has_gt = len(target) > 0
             iou = pairwise_iou(target.gt_boxes, per_image.proposal_boxes)
             matched_idxs, matched_labels = self.proposal_matcher(iou)
             sampled_idxs, gt_classes = self._sample_proposals(matched_idxs, matched_labels, target.gt_classes)
-
-            per_image = per_image[sampled_idxs]
-            per_image.gt_classes = gt_classes
-            if has_gt:
-                sampled_targets = matched_idxs[sampled_idxs]
-                for name, value in target.get_fields().items():
-                    if name.startswith("gt_") and not per_image.has(name):
-                        per_image.set(name, value[sampled_targets])
-            # Without gt nothing is known to fill gt_boxes / gt_masks with; such proposals are all
-            # background, which the heads handle.
-
-            sampled_proposals.append(per_image)
+            sampled = per_image[sampled_idxs]
+            sampled.gt_classes = gt_classes
+            # The matched gt's other fields (boxes, masks, keypoints) ride along. Without gt there is
+            # nothing to fill them with; such proposals are all background, which the heads handle.
+            if len(target) > 0:
+                gt_of_sample = matched_idxs[sampled_idxs]
+                carried = {k: v for k, v in target.get_fields().items() if k.startswith("gt_") and not sampled.has(k)}
+                for name, value in carried.items():
+                    sampled.set(name, value[gt_of_sample])
+            sampled_proposals.append(sampled)
             background = int((gt_classes == self.num_classes).sum())
             fg_bg_counts.append((gt_classes.numel() - background, background))
 
@@ -192,10 +190,13 @@ class StandardROIHeads(ROIHeads):
         box_predictor: nn.Module,
         box_in_features: List[str],
         box_pooler: ROIPooler,
-        train_on_pred_boxes: bool = False,
         mask_in_features: Optional[List[str]] = None,
         mask_pooler: Optional[ROIPooler] = None,
         mask_head: Optional[nn.Module] = None,
+        train_on_pred_boxes: bool = False,
+        keypoint_in_features: Optional[List[str]] = None,
+        keypoint_pooler: Optional[ROIPooler] = None,
+        keypoint_head: Optional[nn.Module] = None,
         **kwargs,
     ):
         """
@@ -205,10 +206,11 @@ class StandardROIHeads(ROIHeads):
                 (e.g. `FastRCNNOutputLayers`).
             box_in_features: feature maps the box branch pools from, finest first.
             box_pooler: pools the box features of each proposal.
-            train_on_pred_boxes: train the mask branch on the box branch's refined boxes instead of
-                the proposals.
             mask_in_features, mask_pooler, mask_head: the mask branch; absent when masks are off.
                 Without a pooler, the mask head gets the feature dict itself.
+            train_on_pred_boxes: train the mask branch on the box branch's refined boxes instead of
+                the proposals.
+            keypoint_in_features, keypoint_pooler, keypoint_head: the keypoint branch, likewise.
             kwargs: the arguments of `ROIHeads`.
         """
         super().__init__(**kwargs)
@@ -221,14 +223,18 @@ class StandardROIHeads(ROIHeads):
             raise ValueError("StandardROIHeads: mask_in_features given without a mask_head")
         if self.mask_on:
             self.mask_in_features, self.mask_pooler, self.mask_head = mask_in_features, mask_pooler, mask_head
+        self.keypoint_on = keypoint_in_features is not None
+        if self.keypoint_on and keypoint_head is None:
+            raise ValueError("StandardROIHeads: keypoint_in_features given without a keypoint_head")
+        if self.keypoint_on:
+            self.keypoint_in_features, self.keypoint_pooler = keypoint_in_features, keypoint_pooler
+            self.keypoint_head = keypoint_head
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        if cfg.MODEL.KEYPOINT_ON:
-            raise ValueError("MODEL.KEYPOINT_ON: detlib's StandardROIHeads has no keypoint head")
         ret = {**super().from_config(cfg), "train_on_pred_boxes": cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES}
         # A subclass may turn a branch's builder into a staticmethod to build it differently.
-        for branch in (cls._init_box_head, cls._init_mask_head):
+        for branch in (cls._init_box_head, cls._init_mask_head, cls._init_keypoint_head):
             if inspect.ismethod(branch):
                 ret.update(branch(cfg, input_shape))
         return ret
@@ -277,6 +283,24 @@ class StandardROIHeads(ROIHeads):
             ret["mask_head"] = build_mask_head(cfg, {f: input_shape[f] for f in in_features})
         return ret
 
+    @classmethod
+    def _init_keypoint_head(cls, cfg, input_shape):
+        if not cfg.MODEL.KEYPOINT_ON:
+            return {}
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        head = cfg.MODEL.ROI_KEYPOINT_HEAD
+        scales, pooled_shape = cls._pooled_shape(input_shape, in_features, head.POOLER_RESOLUTION, "ROI_KEYPOINT_HEAD")
+        if not head.POOLER_TYPE:  # the head pools for itself, from the feature dict
+            pooler, head_input = None, {f: input_shape[f] for f in in_features}
+        else:
+            pooler = ROIPooler(head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE)
+            head_input = pooled_shape
+        return {
+            "keypoint_in_features": in_features,
+            "keypoint_pooler": pooler,
+            "keypoint_head": build_keypoint_head(cfg, head_input),
+        }
+
     def forward(
         self, images: ImageList, features: Dict[str, Tensor], proposals: List[Instances], targets: TargetList = None
     ) -> Tuple[List[Instances], Dict[str, Tensor]]:
@@ -287,15 +311,16 @@ class StandardROIHeads(ROIHeads):
             proposals: per image, `proposal_boxes` and `objectness_logits`.
             targets: per image, the gt instances (training only).
         Returns:
-            training: the sampled proposals and the losses (`loss_cls`, `loss_box_reg`, `loss_mask`);
-            inference: per image `Instances(pred_boxes, scores, pred_classes[, pred_masks])` at the
-            input size, and `{}`.
+            training: the sampled proposals and the losses (`loss_cls`, `loss_box_reg`, `loss_mask`,
+            `loss_keypoint`); inference: per image `Instances(pred_boxes, scores, pred_classes[,
+            pred_masks][, pred_keypoints])` at the input size, and `{}`.
         """
         del images
         if self.training:
             proposals = self.label_and_sample_proposals(proposals, targets)
             losses = self._forward_box(features, proposals, targets)
             losses.update(self._forward_mask(features, proposals))
+            losses.update(self._forward_keypoint(features, proposals))
             return proposals, losses
         pred_instances = self._forward_box(features, proposals)
         return self.forward_with_given_boxes(features, pred_instances), {}
@@ -304,18 +329,18 @@ class StandardROIHeads(ROIHeads):
         self, features: Dict[str, torch.Tensor], instances: List[Instances]
     ) -> List[Instances]:
         """
-        Run the non-box branches (masks) on given detections, e.g. boxes from elsewhere.
+        Run the non-box branches (masks, keypoints) on given detections, e.g. boxes from elsewhere.
 
         Args:
             instances: per image, `pred_boxes` and `pred_classes`.
         Returns:
-            the same instances with the branches' outputs (`pred_masks`) added.
+            the same instances with the branches' outputs (`pred_masks`, `pred_keypoints`) added.
         """
         if self.training:
             raise RuntimeError("forward_with_given_boxes is for inference; call eval() first")
         if not all(i.has("pred_boxes") and i.has("pred_classes") for i in instances):
             raise ValueError("forward_with_given_boxes: every Instances needs pred_boxes and pred_classes")
-        return self._forward_mask(features, instances)
+        return self._forward_keypoint(features, self._forward_mask(features, instances))
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances], targets: TargetList = None):
         """
@@ -362,3 +387,19 @@ class StandardROIHeads(ROIHeads):
         inference. The one step a RoI head that adds to the mask branch (e.g. scoring the masks) replaces.
         """
         return self.mask_head(mask_features, instances)
+
+    def _forward_keypoint(self, features: Dict[str, Tensor], instances: List[Instances]):
+        """
+        Training: `{"loss_keypoint": ...}` on the foreground proposals with a labeled keypoint in
+        their box. Inference: `instances` with `pred_keypoints`.
+        """
+        if not self.keypoint_on:
+            return {} if self.training else instances
+        if self.training:
+            instances, _ = select_foreground_proposals(instances, self.num_classes)
+            instances = select_proposals_with_visible_keypoints(instances)
+        if self.keypoint_pooler is None:
+            return self.keypoint_head({f: features[f] for f in self.keypoint_in_features}, instances)
+        boxes = [i.proposal_boxes if self.training else i.pred_boxes for i in instances]
+        pooled = self.keypoint_pooler([features[f] for f in self.keypoint_in_features], boxes)
+        return self.keypoint_head(pooled, instances)

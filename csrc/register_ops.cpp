@@ -1,11 +1,22 @@
-// The Python entry points of detlib._C: check every argument once, here, then dispatch to the CPU or
-// CUDA kernel. Errors raise Python RuntimeErrors with a message naming the offending argument.
+// Registers detlib's kernels as PyTorch operators, torch.ops.detlib.{nms, roi_align, _roi_align_backward},
+// with torchvision's schemas so that exporters can map them to ONNX NonMaxSuppression / RoiAlign. The
+// CPU and CUDA kernels below check every argument once, then call the kernels of csrc/*/. Autograd and
+// the fake (meta) kernels that torch.compile / torch.export trace with are registered in Python, in
+// detlib/layers/operators.py, which this library names as its Python module.
+// The Python module detlib._C itself only carries the build's metadata (see _extension.py).
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include "detlib_ops.h"
 
 #ifndef DETLIB_TORCH_VERSION
 #error "setup.py defines DETLIB_TORCH_VERSION (the torch version this extension is built against)"
+#endif
+#ifndef DETLIB_CUDA_ARCHS
+#define DETLIB_CUDA_ARCHS ""
+#endif
+#ifndef DETLIB_CUDA_VERSION
+#define DETLIB_CUDA_VERSION ""
 #endif
 
 namespace detlib {
@@ -31,10 +42,12 @@ void check_kernel_dtype(const at::Tensor& t, const char* op, const char* name) {
               " (supported: float32, float64", t.is_cuda() ? ", float16, bfloat16)" : ")");
 }
 
+#ifndef WITH_CUDA
 [[noreturn]] void no_cuda(const char* op) {
   TORCH_CHECK(false, op, ": got CUDA tensors but detlib._C was built without CUDA. Rebuild with "
-              "`FORCE_CUDA=1 pip install --no-build-isolation -e .` on a machine with nvcc.");
+              "`FORCE_CUDA=1 pip install -e .` on a machine with nvcc.");
 }
+#endif
 
 at::Tensor nms(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
   TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "nms: boxes must be Tensor[N, 4] (x1, y1, x2, y2), got shape ",
@@ -115,8 +128,53 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, do
 }  // namespace
 }  // namespace detlib
 
+
+// Schemas as torchvision's (torchvision::nms, torchvision::roi_align, torchvision::_roi_align_backward),
+// SymInt sizes included, so the Python layer can fall back to torchvision by swapping the namespace.
+TORCH_LIBRARY(detlib, m) {
+  m.set_python_module("detlib.layers.operators");
+  m.def("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor");
+  m.def(
+      "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+      "int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, "
+      "bool aligned) -> Tensor");
+}
+
+// One checked entry point per op serves both backends: it validates, then picks the CPU or CUDA kernel
+// (or explains that CUDA was not built).
+TORCH_LIBRARY_IMPL(detlib, CPU, m) {
+  m.impl("nms", TORCH_FN(detlib::nms));
+  m.impl("roi_align", TORCH_FN(detlib::roi_align_forward));
+  m.impl("_roi_align_backward", TORCH_FN(detlib::roi_align_backward));
+}
+
+TORCH_LIBRARY_IMPL(detlib, CUDA, m) {
+  m.impl("nms", TORCH_FN(detlib::nms));
+  m.impl("roi_align", TORCH_FN(detlib::roi_align_forward));
+  m.impl("_roi_align_backward", TORCH_FN(detlib::roi_align_backward));
+}
+
+namespace {
+
+std::string compiler_version() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + __VERSION__;
+#else
+  return "unknown";
+#endif
+}
+
+}  // namespace
+
+// Importing detlib._C loads the operators above; its attributes describe the build, so that a stale or
+// mismatched build is detected (detlib/layers/_extension.py) and reported (python -m detlib.collect_env).
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "detlib compiled ops: NMS and ROIAlign (CPU, and CUDA when built with it)";
+  m.doc() = "detlib's compiled ops (torch.ops.detlib.*) and the metadata of their build";
   m.attr("ABI_VERSION") = DETLIB_C_ABI_VERSION;
   m.attr("TORCH_VERSION") = DETLIB_TORCH_VERSION;
 #ifdef WITH_CUDA
@@ -124,13 +182,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("WITH_CUDA") = false;
 #endif
-  m.def("nms", &detlib::nms, "Greedy NMS; int64 indices of kept boxes by decreasing score", py::arg("boxes"),
-        py::arg("scores"), py::arg("iou_threshold"));
-  m.def("roi_align_forward", &detlib::roi_align_forward, "ROIAlign forward", py::arg("input"), py::arg("rois"),
-        py::arg("spatial_scale"), py::arg("pooled_height"), py::arg("pooled_width"), py::arg("sampling_ratio"),
-        py::arg("aligned"));
-  m.def("roi_align_backward", &detlib::roi_align_backward, "ROIAlign gradient w.r.t. the input", py::arg("grad"),
-        py::arg("rois"), py::arg("spatial_scale"), py::arg("pooled_height"), py::arg("pooled_width"),
-        py::arg("batch_size"), py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("sampling_ratio"),
-        py::arg("aligned"));
+  m.attr("CUDA_VERSION") = DETLIB_CUDA_VERSION;
+  m.attr("CUDA_ARCHS") = DETLIB_CUDA_ARCHS;
+  m.attr("COMPILER") = compiler_version();
+  m.attr("CXX11_ABI") = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
 }

@@ -1,0 +1,65 @@
+"""
+The Python half of the torch.ops.detlib operators that csrc/register_ops.cpp defines: fake kernels (shapes
+only, what torch.compile and torch.export trace with) and ROIAlign's autograd formula. The C++ library
+names this module as its Python module, so torch imports it wherever the operators are used, e.g. when a
+saved torch.export program is loaded. Importing it requires `detlib._C` to be loaded.
+"""
+import torch
+
+__all__ = []
+
+
+@torch.library.register_fake("detlib::nms")
+def _nms_fake(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    # Reached with one meta tensor among CPU / CUDA ones too: name that mistake rather than the unbacked size.
+    torch._check(
+        dets.device == scores.device,
+        lambda: f"nms: boxes and scores must be on the same device, got {dets.device} and {scores.device}",
+    )
+    torch._check(dets.dim() == 2, lambda: f"nms: boxes must be Tensor[N, 4], got {dets.dim()} dimensions")
+    torch._check(dets.size(1) == 4, lambda: f"nms: boxes must be Tensor[N, 4], got shape {list(dets.shape)}")
+    torch._check(scores.dim() == 1, lambda: f"nms: scores must be Tensor[N], got shape {list(scores.shape)}")
+    torch._check(scores.size(0) == dets.size(0), lambda: "nms: scores must have one score per box")
+    # How many boxes survive depends on their values: an unbacked size, bounded by the input's.
+    kept = torch.library.get_ctx().new_dynamic_size()
+    torch._check(kept <= dets.size(0))
+    return dets.new_empty((kept,), dtype=torch.int64)
+
+
+@torch.library.register_fake("detlib::roi_align")
+def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    torch._check(
+        input.device == rois.device,
+        lambda: f"roi_align: input and rois must be on the same device, got {input.device} and {rois.device}",
+    )
+    torch._check(input.dim() == 4, lambda: f"roi_align: input must be Tensor[N, C, H, W], got {input.dim()} dims")
+    torch._check(rois.dim() == 2, lambda: f"roi_align: rois must be Tensor[K, 5], got {rois.dim()} dims")
+    torch._check(rois.size(1) == 5, lambda: f"roi_align: rois must be Tensor[K, 5], got shape {list(rois.shape)}")
+    torch._check(input.dtype == rois.dtype, lambda: "roi_align: input and rois must have the same dtype")
+    return input.new_empty((rois.size(0), input.size(1), pooled_height, pooled_width))
+
+
+@torch.library.register_fake("detlib::_roi_align_backward")
+def _roi_align_backward_fake(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio,
+    aligned,
+):
+    torch._check(grad.dim() == 4, lambda: f"roi_align backward: grad must be 4-d, got shape {list(grad.shape)}")
+    torch._check(rois.dim() == 2 and rois.size(1) == 5, lambda: "roi_align backward: rois must be Tensor[K, 5]")
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+def _roi_align_setup_context(ctx, inputs, output) -> None:
+    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois)
+    ctx.geometry = (spatial_scale, pooled_height, pooled_width, *input.shape, sampling_ratio, aligned)
+
+
+def _roi_align_backward(ctx, grad_output):
+    (rois,) = ctx.saved_tensors
+    grad_input = torch.ops.detlib._roi_align_backward(grad_output, rois, *ctx.geometry)
+    # Gradients w.r.t. input only: the rois' coordinates, sizes and flags get none (as torchvision).
+    return grad_input, None, None, None, None, None, None
+
+
+torch.library.register_autograd("detlib::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context)

@@ -1,0 +1,53 @@
+"""Shared by the export tests: image sizes, and the comparison of exported detections with the eager model's."""
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from detlib.export import ExportableDetector
+from detlib.structures import Boxes, pairwise_iou
+
+# (height, width) of the images the exported programs run on; the sample they are exported with differs.
+SAMPLE_SIZE = (128, 160)
+RUN_SIZES = [(160, 120), (96, 208)]
+
+
+def eager_outputs(model: torch.nn.Module, image: torch.Tensor):
+    with torch.no_grad():
+        return ExportableDetector(model)(image)
+
+
+def assert_same_detections(expected: Sequence, actual: Sequence) -> None:
+    """
+    The exported program's detections match the eager model's: on at least 98% of the eager detections a
+    detection of the same class at IoU > 0.99 with a score within 1e-3 (each matched once), counts within 2%,
+    and the matched pasted masks agree on at least 99% of their pixels.
+    """
+    actual = [torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a for a in actual]
+    assert len(actual) == len(expected)
+    boxes, scores, classes = expected[:3]
+    got_boxes, got_scores, got_classes = actual[:3]
+    assert got_boxes.dtype == torch.float32 and got_boxes.shape[1:] == (4,)
+    assert got_classes.dtype == torch.int64
+    num = len(boxes)
+    assert abs(len(got_boxes) - num) <= 0.02 * num
+    if num == 0:
+        return
+    iou = pairwise_iou(Boxes(boxes), Boxes(got_boxes))
+    compatible = (iou > 0.99) & (classes[:, None] == got_classes[None, :])
+    compatible &= (scores[:, None] - got_scores[None, :]).abs() < 1e-3
+    matches, taken = [], set()
+    for i in range(num):
+        for j in torch.nonzero(compatible[i]).flatten().tolist():
+            if j not in taken:
+                taken.add(j)
+                matches.append((i, j))
+                break
+    assert len(matches) >= 0.98 * num, f"{len(matches)} of {num} detections matched"
+    if len(expected) == 4:
+        masks, got_masks = expected[3], actual[3].bool()
+        assert got_masks.shape[1:] == masks.shape[1:]
+        rows, cols = (torch.tensor(index) for index in zip(*matches))
+        agree = (masks[rows] == got_masks[cols]).float().mean()
+        assert agree >= 0.99, f"pasted masks agree on {agree:.4f} of the pixels"

@@ -27,6 +27,8 @@ _C.MODEL.DEVICE = "cuda"
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"  # name in META_ARCH_REGISTRY
 # Checkpoint to initialize from: a local path, or a Detectron2 / torchvision URL-like name.
 _C.MODEL.WEIGHTS = ""
+# torch.compile the backbone, RPN head and box head (opt-in: the first batches of each input size are slow).
+_C.MODEL.COMPILE = False
 # Per-channel mean and std subtracted from / divided into the input image, in INPUT.FORMAT channel
 # order. The defaults match the Caffe2-converted ImageNet ResNets (BGR, 0..255, std 1).
 _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
@@ -370,6 +372,10 @@ _C.TEST.VAL_LOSS_PERIOD = 0
 # Keypoint OKS sigmas for COCO keypoint evaluation; empty = COCO's.
 _C.TEST.KEYPOINT_OKS_SIGMAS = []
 _C.TEST.DETECTIONS_PER_IMAGE = 100
+# Opt-in low-precision inference: the backbone, RPN head and box head run under autocast (bfloat16 on a CPU
+# with AVX-512 BF16/AMX, float16 on CUDA); boxes, scores and masks are computed in float32 after them.
+# Faster, with a small accuracy cost (docs/benchmarks.md).
+_C.TEST.AMP = CN({"ENABLED": False})
 # Test-time augmentation (not implemented by detlib).
 _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)

@@ -1,6 +1,7 @@
 """Frozen batch norm, and `get_norm`: the one place a norm name from the config becomes a module."""
+
 import logging
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -40,6 +41,18 @@ class FrozenBatchNorm2d(nn.Module):
         return F.batch_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
         )
+
+    def fold_into(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        The weight and bias of a convolution that computes `self(conv(x))` in one op, given the preceding
+        convolution's `weight` (out_channels first) and `bias` (None for none). The buffers are untouched, so
+        checkpoints keep the unfolded names and values.
+        """
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        if bias is not None:
+            shift = shift + bias * scale
+        return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))).to(weight.dtype), shift.to(weight.dtype)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

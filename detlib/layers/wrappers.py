@@ -1,9 +1,12 @@
 """Thin wrappers over torch ops: a convolution that carries its norm and activation, and small tensor helpers."""
+
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .batch_norm import FrozenBatchNorm2d
 
 __all__ = [
     "BatchNorm2d",
@@ -54,12 +57,22 @@ class Conv2d(nn.Conv2d):
         if self.training and isinstance(self.norm, nn.SyncBatchNorm) and x.numel() == 0:
             raise ValueError("SyncBatchNorm cannot normalize an empty batch; this Conv2d got input of shape "
                              f"{tuple(x.shape)}.")
-        x = self._conv_forward(x, self.weight, self.bias)
-        if self.norm is not None:
-            x = self.norm(x)
+        if self._folds_norm(x):
+            x = self._conv_forward(x, *self.norm.fold_into(self.weight, self.bias))
+        else:
+            x = self._conv_forward(x, self.weight, self.bias)
+            if self.norm is not None:
+                x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+    def _folds_norm(self, x: torch.Tensor) -> bool:
+        # A frozen norm is an affine map of the convolution's output, so at inference it goes into the
+        # convolution's weight and bias: one pass over the activations instead of two. Folding on every call
+        # (a few MB of weights, nothing cached) means changed weights or statistics are always used as they are.
+        # Training keeps the unfolded graph, so its gradients and losses are those of the peers.
+        return isinstance(self.norm, FrozenBatchNorm2d) and not self.training and not torch.is_grad_enabled()
 
 
 def cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:

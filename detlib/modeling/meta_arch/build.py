@@ -7,6 +7,8 @@ from torch import nn
 from detlib.config import CfgNode, ConfigKeyError
 from detlib.utils.registry import Registry
 
+from ..acceleration import accelerate_from_config
+
 __all__ = ["META_ARCH_REGISTRY", "build_model"]
 
 META_ARCH_REGISTRY = Registry("META_ARCH")
@@ -40,6 +42,8 @@ def build_model(cfg) -> nn.Module:
     Every name in `cfg.MODEL.LOSS_WEIGHTS` must be looked up by some part of the model while it is
     built (each head reads the weights of its losses in `from_config`); a name none reads, such as
     a typo, raises a `ConfigKeyError` (a KeyError) listing the names that were read.
+
+    `TEST.AMP.ENABLED` and `MODEL.COMPILE` are applied here (see `detlib.modeling.acceleration`).
     """
     cfg = cfg.clone()
     cfg.defrost()
@@ -53,4 +57,4 @@ def build_model(cfg) -> nn.Module:
             f"terms it weighs are {sorted(loss_weights.looked_up)}"
         )
     model.to(torch.device(cfg.MODEL.DEVICE))
-    return model
+    return accelerate_from_config(model, cfg)

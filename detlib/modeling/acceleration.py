@@ -1,0 +1,88 @@
+"""Opt-in faster ways to run a built model: low-precision inference (`TEST.AMP`) and `torch.compile` (`MODEL.COMPILE`).
+
+Both work on the model's parts in place (hooks, `nn.Module.compile`), so parameter names, checkpoints and the
+model's interface stay those of the eager float32 model.
+"""
+
+import logging
+from typing import Iterable, List
+
+import torch
+from torch import nn
+
+__all__ = ["COMPILED_PARTS", "LOW_PRECISION_PARTS", "accelerate_from_config", "autocast_at_inference", "compile_parts"]
+
+# The parts whose work is convolutions and matrix products. Box regression, decoding, NMS and mask pasting stay
+# in float32: box coordinates need more than bfloat16's 8 bits of mantissa.
+LOW_PRECISION_PARTS = ("backbone", "proposal_generator.rpn_head", "roi_heads.box_head")
+COMPILED_PARTS = ("backbone", "proposal_generator.rpn_head", "roi_heads.box_head")
+
+
+def _parts(model: nn.Module, names: Iterable[str]) -> List[nn.Module]:
+    found = []
+    for name in names:
+        try:
+            found.append(model.get_submodule(name))
+        except AttributeError:
+            continue  # this architecture has no such part (e.g. no RPN in RetinaNet)
+    return found
+
+
+def _to_float32(value):
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _to_float32(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float32(v) for v in value)
+    return value
+
+
+def autocast_at_inference(module: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+    """
+    Run `module` under `torch.autocast(device_type, dtype)` whenever it is in eval mode, and give its floating
+    outputs back in float32, so the code after it is unchanged. Training is not affected.
+    """
+    state = {}
+
+    def enter(mod, args):
+        if not mod.training:
+            state[id(mod)] = context = torch.autocast(device_type, dtype=dtype)
+            context.__enter__()
+
+    def leave(mod, args, output):
+        context = state.pop(id(mod), None)
+        if context is None:
+            return None
+        context.__exit__(None, None, None)
+        return _to_float32(output)
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave, always_call=True)
+
+
+def compile_parts(model: nn.Module, names: Iterable[str] = COMPILED_PARTS) -> None:
+    """`torch.compile` the named parts in place (their state-dict names do not change)."""
+    for part in _parts(model, names):
+        part.compile()
+
+
+def accelerate_from_config(model: nn.Module, cfg) -> nn.Module:
+    """Apply `cfg.TEST.AMP` and `cfg.MODEL.COMPILE` to a built `model` on `cfg.MODEL.DEVICE`."""
+    if cfg.TEST.AMP.ENABLED:
+        device_type = torch.device(cfg.MODEL.DEVICE).type
+        if device_type == "cuda":
+            dtype = torch.float16
+        elif torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            dtype = torch.bfloat16
+        else:
+            dtype = None
+            logging.getLogger(__name__).warning(
+                "TEST.AMP.ENABLED: this CPU has no fast bfloat16 (no AVX-512 BF16/AMX); inference stays float32."
+            )
+        if dtype is not None:
+            for part in _parts(model, LOW_PRECISION_PARTS):
+                autocast_at_inference(part, device_type, dtype)
+    if cfg.MODEL.COMPILE:
+        compile_parts(model)
+    return model

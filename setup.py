@@ -11,6 +11,7 @@ CUDA needs nvcc (CUDA_HOME or nvcc on PATH). Without a visible GPU the kernels a
 TORCH_CUDA_ARCH_LIST, "9.0" by default. MAX_JOBS bounds the parallel compile jobs. The repository's
 configs/ is copied into the package as detlib/model_zoo/configs when it is built.
 """
+
 import glob
 import importlib.util
 import os
@@ -81,7 +82,7 @@ def sources(pattern: str) -> list:
 
 
 def nvcc_version() -> str:
-    """"13.0" from `nvcc --version`, recorded in the build for collect_env."""
+    """ "13.0" from `nvcc --version`, recorded in the build for collect_env."""
     output = subprocess.run(
         [os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"], capture_output=True, text=True, check=True
     ).stdout

@@ -10,9 +10,9 @@ site-packages to the end of sys.path, behind the isolated environment's setuptoo
 on torch is then only declared when the target environment has none, in which case the torch that pip
 installs for the build is the one it resolves for the install too (the newest compatible release).
 """
+
 import importlib.util
 import site
-import sys
 import sysconfig
 
 from setuptools import build_meta as _setuptools

@@ -7,6 +7,7 @@ global: what a test or a module-scoped fixture registers would otherwise be seen
 test. Their name -> object maps are put back after each test and after each module. fvcore's
 registries cannot unregister, hence the direct restore of the maps.
 """
+
 import os
 import sys
 import threading

@@ -4,6 +4,7 @@ trains for a few iterations on a small shapes split, evaluates it periodically a
 prints the final COCO APs and writes its training report. `--eval-only` then evaluates the trained
 weights written as a Detectron2 model-zoo pickle and must reproduce the final evaluation exactly.
 """
+
 import json
 import os
 import pickle
@@ -26,13 +27,26 @@ EVAL_PERIOD = 10
 VAL = "shapes_mini_val"
 
 SHORT_RUN = [
-    "DATASETS.TRAIN", '("shapes_mini_train",)', "DATASETS.TEST", f'("{VAL}",)',
-    "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "5",
-    "SOLVER.CHECKPOINT_PERIOD", str(EVAL_PERIOD), "TEST.EVAL_PERIOD", str(EVAL_PERIOD),
-    "DATALOADER.NUM_WORKERS", "0",
+    "DATASETS.TRAIN",
+    '("shapes_mini_train",)',
+    "DATASETS.TEST",
+    f'("{VAL}",)',
+    "SOLVER.MAX_ITER",
+    str(MAX_ITER),
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "5",
+    "SOLVER.CHECKPOINT_PERIOD",
+    str(EVAL_PERIOD),
+    "TEST.EVAL_PERIOD",
+    str(EVAL_PERIOD),
+    "DATALOADER.NUM_WORKERS",
+    "0",
     # A barely trained classifier scores everything low; keep every detection so that the
     # evaluations compared below have predictions to compare.
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
 ]
 FINAL_LINE = re.compile(rf"Final {VAL} (bbox|segm): (AP [^\n]*)")
 
@@ -40,7 +54,16 @@ FINAL_LINE = re.compile(rf"Final {VAL} (bbox|segm): (AP [^\n]*)")
 def _train_net(tmp_root: Path, output_dir: Path, *args: str) -> str:
     env = dict(os.environ, DETLIB_DATASETS=str(tmp_root / "datasets"), OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    command = [sys.executable, str(SCRIPT), "--config-file", str(CONFIG), *args, *SHORT_RUN, "OUTPUT_DIR", str(output_dir)]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--config-file",
+        str(CONFIG),
+        *args,
+        *SHORT_RUN,
+        "OUTPUT_DIR",
+        str(output_dir),
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-5000:]

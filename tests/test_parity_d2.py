@@ -2,6 +2,7 @@
 Parity with Detectron2 (shared/parity/d2_case_a, see its README): the model built from the stored
 config with the stored Detectron2 weights gives Detectron2's detections and training losses.
 """
+
 import json
 import re
 
@@ -14,7 +15,6 @@ from detlib.config import get_cfg
 from detlib.modeling import build_model
 from detlib.structures import Boxes, Instances, PolygonMasks, pairwise_iou
 from detlib.utils.events import EventStorage
-
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ Subcommands:
             step (2 images of 512x640) against Detectron2 on the weights Detectron2 made (outputs checked
             equal first), or against torchvision's maskrcnn_resnet50_fpn (time only); peak memory per system.
 """
+
 import argparse
 import contextlib
 import copy
@@ -104,8 +105,9 @@ def proposal_boxes(
     return boxes.to(device), scores.to(device)
 
 
-def nms_rows(sizes: Sequence[int], thresholds: Sequence[float], group_counts: Sequence[int], repeats: int,
-             device: torch.device) -> List[list]:
+def nms_rows(
+    sizes: Sequence[int], thresholds: Sequence[float], group_counts: Sequence[int], repeats: int, device: torch.device
+) -> List[list]:
     from torchvision import ops
 
     from detlib.layers import batched_nms, nms
@@ -113,16 +115,20 @@ def nms_rows(sizes: Sequence[int], thresholds: Sequence[float], group_counts: Se
     rows = []
     for n in sizes:
         boxes, scores = proposal_boxes(n, seed=n, device=device)
-        idxs = {k: torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(k)).to(device)
-                for k in group_counts}
+        idxs = {
+            k: torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(k)).to(device) for k in group_counts
+        }
         for threshold in thresholds:
             cases = [("nms", "", lambda: nms(boxes, scores, threshold), lambda: ops.nms(boxes, scores, threshold))]
             for k in group_counts:
-                cases.append((
-                    "batched_nms", f", {k} ids",
-                    lambda k=k: batched_nms(boxes, scores, idxs[k], threshold),
-                    lambda k=k: ops.batched_nms(boxes, scores, idxs[k], threshold),
-                ))
+                cases.append(
+                    (
+                        "batched_nms",
+                        f", {k} ids",
+                        lambda k=k: batched_nms(boxes, scores, idxs[k], threshold),
+                        lambda k=k: ops.batched_nms(boxes, scores, idxs[k], threshold),
+                    )
+                )
             for op, extra, ours, theirs in cases:
                 ours_ms, ours_keep = timed(ours, repeats, device)
                 theirs_ms, theirs_keep = timed(theirs, repeats, device)
@@ -132,8 +138,13 @@ def nms_rows(sizes: Sequence[int], thresholds: Sequence[float], group_counts: Se
     return rows
 
 
-def roi_align_rows(roi_counts: Sequence[int], output_sizes: Sequence[int], sampling_ratios: Sequence[int],
-                   repeats: int, device: torch.device) -> List[list]:
+def roi_align_rows(
+    roi_counts: Sequence[int],
+    output_sizes: Sequence[int],
+    sampling_ratios: Sequence[int],
+    repeats: int,
+    device: torch.device,
+) -> List[list]:
     from torchvision import ops
 
     from detlib.layers import roi_align
@@ -171,8 +182,11 @@ def roi_align_rows(roi_counts: Sequence[int], output_sizes: Sequence[int], sampl
 
 
 def print_progress(row: list) -> None:
-    print(f"  {row[0]:18s} {row[1]:34s} torchvision {row[2]:9.2f} ms  detlib {row[3]:9.2f} ms  x{row[4]:.2f}",
-          file=sys.stderr, flush=True)
+    print(
+        f"  {row[0]:18s} {row[1]:34s} torchvision {row[2]:9.2f} ms  detlib {row[3]:9.2f} ms  x{row[4]:.2f}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def run_ops(args: argparse.Namespace) -> None:
@@ -220,11 +234,17 @@ def synthetic_coco(num_images: int, seed: int) -> dict:
             polygon = _quadrilateral(float(x), float(y), float(w), float(h), rng)
             xs, ys = np.array(polygon[0::2]), np.array(polygon[1::2])
             area = 0.5 * abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1)))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.choice(COCO_CATEGORY_IDS)),
-                "bbox": [float(x), float(y), float(w), float(h)], "area": float(area),
-                "iscrowd": int(rng.random() < 0.01), "segmentation": [polygon],
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(rng.choice(COCO_CATEGORY_IDS)),
+                    "bbox": [float(x), float(y), float(w), float(h)],
+                    "area": float(area),
+                    "iscrowd": int(rng.random() < 0.01),
+                    "segmentation": [polygon],
+                }
+            )
     categories = [{"id": c, "name": f"category{c}"} for c in COCO_CATEGORY_IDS]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -279,8 +299,9 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _feed(evaluator, structures, dataset: dict, num_dets: int, masks: bool, seed: int,
-          rss_at: Sequence[int]) -> Tuple[float, Dict[int, float]]:
+def _feed(
+    evaluator, structures, dataset: dict, num_dets: int, masks: bool, seed: int, rss_at: Sequence[int]
+) -> Tuple[float, Dict[int, float]]:
     """process() every image, one per call; returns (seconds inside process(), RSS growth in MB after
     each count of images in `rss_at`)."""
     objects: Dict[int, List[dict]] = {image["id"]: [] for image in dataset["images"]}
@@ -365,8 +386,11 @@ def _eval_task(task: str, num_images: int, args: argparse.Namespace, workdir: st
     register_coco_instances(name, {}, json_file, workdir)
     masks = task == "segm"
     rss_at = sorted({n for n in (1000, num_images) if n <= num_images}) if not masks else []
-    print(f"{task}: {num_images} images, {len(dataset['annotations'])} objects, {args.dets} detections "
-          f"per image", file=sys.stderr, flush=True)
+    print(
+        f"{task}: {num_images} images, {len(dataset['annotations'])} objects, {args.dets} detections per image",
+        file=sys.stderr,
+        flush=True,
+    )
 
     out_dir = os.path.join(workdir, f"detlib_{name}")
     ours = COCOEvaluator(name, tasks=(task,), distributed=False, output_dir=out_dir)
@@ -374,8 +398,11 @@ def _eval_task(task: str, num_images: int, args: argparse.Namespace, workdir: st
     peer = None
     if d2 is not None:
         contiguous = {c: k for k, c in enumerate(COCO_CATEGORY_IDS)}
-        d2.MetadataCatalog.get(name).set(json_file=json_file, thing_dataset_id_to_contiguous_id=contiguous,
-                                         thing_classes=[f"category{c}" for c in COCO_CATEGORY_IDS])
+        d2.MetadataCatalog.get(name).set(
+            json_file=json_file,
+            thing_dataset_id_to_contiguous_id=contiguous,
+            thing_classes=[f"category{c}" for c in COCO_CATEGORY_IDS],
+        )
         # No output_dir: Detectron2 then writes no files in evaluate(), the most favourable setting for it.
         peer = d2.COCOEvaluator(name, tasks=(task,), distributed=False, output_dir=None, use_fast_impl=True)
         peer_process, peer_rss = _feed(peer, d2.structures, dataset, args.dets, masks, args.seed, rss_at)
@@ -397,15 +424,27 @@ def _eval_task(task: str, num_images: int, args: argparse.Namespace, workdir: st
             peer._predictions = processed
             times["detectron2"].append(seconds)
             results["detectron2"] = result[task]
-        print("  evaluate(): " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items() if v),
-              file=sys.stderr, flush=True)
+        print(
+            "  evaluate(): " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items() if v),
+            file=sys.stderr,
+            flush=True,
+        )
 
     median = {k: statistics.median(v) for k, v in times.items() if v}
-    checks = {peer_name: _largest_difference(results["pycocotools"], results[peer_name])
-              for peer_name in ("detlib", "detectron2") if peer_name in results}
+    checks = {
+        peer_name: _largest_difference(results["pycocotools"], results[peer_name])
+        for peer_name in ("detlib", "detectron2")
+        if peer_name in results
+    }
     equal = all(diff <= 0.01 for diff in checks.values())
-    row = [task, num_images, f"{results['pycocotools']['AP']:.2f}", median["pycocotools"],
-           median.get("detectron2", float("nan")), median["detlib"]]
+    row = [
+        task,
+        num_images,
+        f"{results['pycocotools']['AP']:.2f}",
+        median["pycocotools"],
+        median.get("detectron2", float("nan")),
+        median["detlib"],
+    ]
     row += [median["detlib"] / median["pycocotools"] if equal else "not equal"]
     row += [median["detlib"] / median["detectron2"] if equal and "detectron2" in median else "-"]
     row += [", ".join(f"{k} {v:.1e}" for k, v in checks.items())]
@@ -425,8 +464,11 @@ def run_eval(args: argparse.Namespace) -> None:
         import detectron2.structures
         from detectron2.data import MetadataCatalog
 
-        d2 = argparse.Namespace(COCOEvaluator=detectron2.evaluation.COCOEvaluator, structures=detectron2.structures,
-                                MetadataCatalog=MetadataCatalog)
+        d2 = argparse.Namespace(
+            COCOEvaluator=detectron2.evaluation.COCOEvaluator,
+            structures=detectron2.structures,
+            MetadataCatalog=MetadataCatalog,
+        )
     except ImportError:
         d2 = None
         print("detectron2 is not importable: its column is left out", file=sys.stderr)
@@ -443,20 +485,42 @@ def run_eval(args: argparse.Namespace) -> None:
     from importlib.metadata import version
 
     print(f"command: python tools/benchmark.py {' '.join(sys.argv[1:])}")
-    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-          f"pycocotools {version('pycocotools')}, faster-coco-eval {version('faster-coco-eval')}"
-          + (f", detectron2 {version('detectron2')}" if d2 else ""))
-    print("load average (1, 5, 15 min): before {:.1f} {:.1f} {:.1f}, after {:.1f} {:.1f} {:.1f}".format(
-        *load_before, *load_after))
-    print(f"{args.dets} detections per image; evaluate() wall time, median of {args.repeats} interleaved runs; "
-          "ratio = detlib / peer (below 1: detlib faster), printed only when every AP metric and per-category AP "
-          "equals pycocotools' to 0.01 (check: largest difference)\n")
-    headers = ["task", "images", "AP", "pycocotools s", "detectron2 s", "detlib s", "detlib/pycocotools",
-               "detlib/detectron2", "check (max |AP diff|)"]
+    print(
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+        f"pycocotools {version('pycocotools')}, faster-coco-eval {version('faster-coco-eval')}"
+        + (f", detectron2 {version('detectron2')}" if d2 else "")
+    )
+    print(
+        "load average (1, 5, 15 min): before {:.1f} {:.1f} {:.1f}, after {:.1f} {:.1f} {:.1f}".format(
+            *load_before, *load_after
+        )
+    )
+    print(
+        f"{args.dets} detections per image; evaluate() wall time, median of {args.repeats} interleaved runs; "
+        "ratio = detlib / peer (below 1: detlib faster), printed only when every AP metric and per-category AP "
+        "equals pycocotools' to 0.01 (check: largest difference)\n"
+    )
+    headers = [
+        "task",
+        "images",
+        "AP",
+        "pycocotools s",
+        "detectron2 s",
+        "detlib s",
+        "detlib/pycocotools",
+        "detlib/detectron2",
+        "check (max |AP diff|)",
+    ]
     print(tabulate(rows, headers=headers, tablefmt="github", floatfmt=".2f"))
     print("\nprocess(): seconds inside process() over all images, and RSS growth (MB) from the first image")
-    print(tabulate(memory, headers=["task", "images", "evaluator", "process() s", "RSS +MB", "RSS +MB"],
-                   tablefmt="github", floatfmt=".1f"))
+    print(
+        tabulate(
+            memory,
+            headers=["task", "images", "evaluator", "process() s", "RSS +MB", "RSS +MB"],
+            tablefmt="github",
+            floatfmt=".1f",
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -552,8 +616,9 @@ class _ModelSystem:
         return {k: v.item() for k, v in losses.items()}
 
 
-def _detlib_system(weights: str, device: torch.device, train_size: Tuple[int, int], opts: Sequence[str] = ()
-                   ) -> _ModelSystem:
+def _detlib_system(
+    weights: str, device: torch.device, train_size: Tuple[int, int], opts: Sequence[str] = ()
+) -> _ModelSystem:
     from detlib import model_zoo, structures
     from detlib.checkpoint import DetectionCheckpointer
     from detlib.config import get_cfg
@@ -678,9 +743,13 @@ def _torchvision_system(device: torch.device, train_size: Tuple[int, int]) -> _M
             rle = mask_util.merge(mask_util.frPyObjects([o["polygon"]], *train_size))
             masks.append(torch.from_numpy(mask_util.decode(rle)))
         images.append(image.flip(0).float().div(255).to(device))
-        targets.append({"boxes": torch.tensor([o["box"] for o in objects]).to(device),
-                        "labels": torch.tensor([o["category"] + 1 for o in objects]).to(device),
-                        "masks": torch.stack(masks).to(device)})
+        targets.append(
+            {
+                "boxes": torch.tensor([o["box"] for o in objects]).to(device),
+                "labels": torch.tensor([o["category"] + 1 for o in objects]).to(device),
+                "masks": torch.stack(masks).to(device),
+            }
+        )
 
     class TorchvisionSystem(_ModelSystem):
         def infer(self, image):
@@ -709,8 +778,9 @@ def _timed_once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _interleaved(systems: List[_ModelSystem], work: Callable[[_ModelSystem], object], repeats: int,
-                 device: torch.device) -> List[float]:
+def _interleaved(
+    systems: List[_ModelSystem], work: Callable[[_ModelSystem], object], repeats: int, device: torch.device
+) -> List[float]:
     """Median seconds of `work(system)` per system; runs alternate systems and flip their order each round."""
     times = [[] for _ in systems]
     for r in range(repeats):
@@ -748,8 +818,19 @@ def _memory_child(args: argparse.Namespace) -> None:
 def _peak_memory_mb(system: str, phase: str, args: argparse.Namespace, weights: str) -> float:
     import subprocess
 
-    command = [sys.executable, os.path.abspath(__file__), "model", "--device", args.device, "--threads",
-               str(args.threads), "--memory-child", f"{system}:{phase}", "--weights", weights]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "model",
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--memory-child",
+        f"{system}:{phase}",
+        "--weights",
+        weights,
+    ]
     if args.quick:
         command.append("--quick")
     if args.opts and system == "detlib":
@@ -776,11 +857,13 @@ def run_model(args: argparse.Namespace) -> None:
         logging.getLogger(logger_name).setLevel(logging.WARNING)
     try:
         import detectron2  # noqa: F401
+
         peer_name = "detectron2"
     except ImportError:
         peer_name = "torchvision"
-        print("detectron2 is not importable: the peer is torchvision's maskrcnn_resnet50_fpn (time only)",
-              file=sys.stderr)
+        print(
+            "detectron2 is not importable: the peer is torchvision's maskrcnn_resnet50_fpn (time only)", file=sys.stderr
+        )
     load_before = os.getloadavg()
     image, _ = _scene(*sizes["infer"], num_objects=5, seed=0)
     with tempfile.TemporaryDirectory(prefix="detlib_model_benchmark_") as workdir:
@@ -833,23 +916,32 @@ def run_model(args: argparse.Namespace) -> None:
             check += f"; timed: detlib with {' '.join(args.opts)}"
             if peer_name == "detectron2":
                 check += f": {_agreement(opt_outputs, outputs[0])}, first-step losses (detlib/detectron2) "
-                check += ", ".join(f"{k} {v:.4f}/{first_losses[0][k]:.4f}" for k, v in opt_losses.items()
-                                   if k in first_losses[0])
+                check += ", ".join(
+                    f"{k} {v:.4f}/{first_losses[0][k]:.4f}" for k, v in opt_losses.items() if k in first_losses[0]
+                )
         infer_s = _interleaved(systems, lambda s: s.infer(image), repeats, device)
         train_s = _interleaved(systems, lambda s: s.train_step(), repeats, device)
-        memory = {(s.name, phase): _peak_memory_mb(s.name, phase, args, weights)
-                  for s in systems for phase in ("infer", "train")}
+        memory = {
+            (s.name, phase): _peak_memory_mb(s.name, phase, args, weights)
+            for s in systems
+            for phase in ("infer", "train")
+        }
     load_after = os.getloadavg()
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     memory_kind = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of a child process"
     print(f"command: python tools/benchmark.py {' '.join(sys.argv[1:])}")
     print(f"device: {where}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus")
-    print("load average (1, 5, 15 min): before {:.1f} {:.1f} {:.1f}, after {:.1f} {:.1f} {:.1f}".format(
-        *load_before, *load_after))
-    print(f"{MODEL_CONFIG}; inference on one {sizes['infer'][0]}x{sizes['infer'][1]} image (100 detections, masks "
-          f"pasted), training step on 2 images {sizes['train'][0]}x{sizes['train'][1]} with 5 polygons each; "
-          f"median of {repeats} interleaved runs; memory: {memory_kind} (MB)")
+    print(
+        "load average (1, 5, 15 min): before {:.1f} {:.1f} {:.1f}, after {:.1f} {:.1f} {:.1f}".format(
+            *load_before, *load_after
+        )
+    )
+    print(
+        f"{MODEL_CONFIG}; inference on one {sizes['infer'][0]}x{sizes['infer'][1]} image (100 detections, masks "
+        f"pasted), training step on 2 images {sizes['train'][0]}x{sizes['train'][1]} with 5 polygons each; "
+        f"median of {repeats} interleaved runs; memory: {memory_kind} (MB)"
+    )
     print(f"check: {check}\n")
     rows = []
     for phase, seconds in (("inference s/image", infer_s), ("training s/iter", train_s)):
@@ -857,8 +949,9 @@ def run_model(args: argparse.Namespace) -> None:
     for phase in ("infer", "train"):
         peer_mb, ours_mb = memory[(peer.name, phase)], memory[("detlib", phase)]
         rows.append([f"peak memory MB, {phase}", peer_mb, ours_mb, ours_mb / peer_mb])
-    print(tabulate(rows, headers=["", peer.name, "detlib", f"detlib/{peer.name}"], tablefmt="github",
-                   floatfmt=".3f"))
+    print(tabulate(rows, headers=["", peer.name, "detlib", f"detlib/{peer.name}"], tablefmt="github", floatfmt=".3f"))
+
+
 def same_detections(expected, actual) -> float:
     """The fraction of the eager detections that `actual` has too: same class, IoU > 0.99, score within 1e-3."""
     from detlib.structures import Boxes, pairwise_iou
@@ -925,8 +1018,10 @@ def run_export(args: argparse.Namespace) -> None:
     ]
     print(f"command: python tools/benchmark.py {' '.join(sys.argv[1:])}")
     load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    print(f"cpu: {platform.processor() or platform.machine()}; torch {torch.__version__}, onnxruntime "
-          f"{onnxruntime.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus{load}")
+    print(
+        f"cpu: {platform.processor() or platform.machine()}; torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus{load}"
+    )
     print(f"{len(expected[0])} detections; median of {args.repeats} interleaved calls after one warm-up\n")
     print(tabulate(rows, headers=["runtime", "ms", "speed vs eager", "check"], tablefmt="github", floatfmt=".2f"))
 
@@ -954,9 +1049,14 @@ def main(argv=None) -> None:
     model_parser.add_argument("--quick", action="store_true", help="smaller images and 2 repeats")
     model_parser.add_argument("--repeats", type=int, default=0, help="interleaved runs per phase (0: 5, quick 2)")
     model_parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    model_parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
-                              help="detlib config options of an opt-in mode to time (e.g. TEST.AMP.ENABLED True), "
-                              "after the default model has been checked against the peer")
+    model_parser.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="detlib config options of an opt-in mode to time (e.g. TEST.AMP.ENABLED True), "
+        "after the default model has been checked against the peer",
+    )
     model_parser.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     model_parser.add_argument("--weights", default="", help=argparse.SUPPRESS)
     model_parser.set_defaults(run=run_model)

@@ -9,6 +9,7 @@ file holds nothing but tensors, so it can be shared and loaded without any risk 
 
 A file that references code is refused; pass --allow-unsafe only for a file you trust.
 """
+
 import argparse
 import logging
 import sys

@@ -6,6 +6,7 @@
 
 Small images read better drawn larger: `--scale 4` writes the 128 px shapes images at 512 px.
 """
+
 import argparse
 import logging
 import os

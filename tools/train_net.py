@@ -14,6 +14,7 @@ Trailing `KEY VALUE` pairs override the config. Everything a run produces goes t
 log.txt, config.yaml, checkpoints, metrics.json, TensorBoard events, evaluation results and
 training-curve plots.
 """
+
 import datetime
 import logging
 import math
@@ -94,7 +95,8 @@ def log_final_results(cfg, results: Dict) -> None:
     for dataset_name, tasks in per_dataset.items():
         for task, metrics in tasks.items():
             headline = "  ".join(
-                f"{name} {metrics[name]:.2f}" for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+                f"{name} {metrics[name]:.2f}"
+                for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
                 if name in metrics and math.isfinite(metrics[name])
             )
             logger.info("Final %s %s: %s", dataset_name, task, headline)

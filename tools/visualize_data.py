@@ -6,6 +6,7 @@ Draws a training dataset's ground truth into PNG files, either as loaded from di
     python tools/visualize_data.py --config-file configs/Shapes/mask_rcnn_shapes.yaml \
         --source dataloader --output vis/ --num 16
 """
+
 import argparse
 import logging
 import os

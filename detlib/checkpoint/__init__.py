@@ -1,4 +1,5 @@
 """Checkpoints: atomic saving of training state, and loading weights in several formats."""
+
 from .detection_checkpoint import DetectionCheckpointer, IncompatibleKeys, load_checkpoint_file, load_model_state
 from .download import DownloadError
 from .safe_readers import UnsafeCheckpointError

@@ -7,6 +7,7 @@ running mean, running variance). Branch 1 is the projection shortcut; 2a-2c are 
 names are relative to the ResNet; the checkpointer puts them under the ResNet's place in the model.
 The ImageNet classifier (`fc1000_*`) and the solver's `*_momentum` blobs are dropped.
 """
+
 import logging
 import re
 from typing import Any, Dict, Mapping

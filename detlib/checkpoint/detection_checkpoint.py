@@ -7,6 +7,7 @@ reads Detectron2 model-zoo files (`.pkl` of numpy arrays, `.pth`), Caffe2 ImageN
 torchvision detection weights and `.safetensors`, from a path or a URL (see `download`), without
 running code from any of them (see `safe_readers`).
 """
+
 from __future__ import annotations
 
 import logging

@@ -6,13 +6,13 @@ cluster without internet access can point it at a mirror. Files go to `$DETLIB_C
 download is written to a temporary file and renamed only once it is complete and, when the URL ends
 in `#sha256=<hex>`, verified, so an interrupted download never leaves a file a later run would use.
 """
+
 from __future__ import annotations
 
 import hashlib
 import http.client
 import logging
 import os
-import socket
 import tempfile
 import urllib.error
 import urllib.parse
@@ -52,7 +52,7 @@ def cache_dir() -> str:
     return os.path.expanduser(os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "detlib"))
 
 
-def _split_checksum(url: str) -> "tuple[str, Optional[str]]":
+def _split_checksum(url: str) -> tuple[str, Optional[str]]:
     address, _, fragment = url.partition("#")
     params = urllib.parse.parse_qs(fragment)
     return address, (params["sha256"][0].lower() if "sha256" in params else None)
@@ -126,7 +126,7 @@ def _fetch(url: str, out, timeout: float) -> str:
     except http.client.IncompleteRead as error:
         got = received + len(error.partial)
         raise DownloadError(f"Download of {url} failed: short read, the connection closed after {got} bytes") from None
-    except (socket.timeout, TimeoutError) as error:
+    except TimeoutError as error:
         raise DownloadError(f"Download of {url} failed: timed out after {timeout:g} s ({error})") from None
     except urllib.error.URLError as error:
         raise DownloadError(f"Download of {url} failed: {error.reason}") from None

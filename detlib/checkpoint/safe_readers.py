@@ -7,6 +7,7 @@ additionally admits NumPy arrays; `.safetensors` files cannot hold code at all. 
 anything else is refused with `UnsafeCheckpointError`, unless the user opts in for a file they trust
 (`allow_unsafe=True`, or the environment variable `DETLIB_ALLOW_UNSAFE_LOAD=1`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,22 +28,28 @@ ALLOW_UNSAFE_ENV = "DETLIB_ALLOW_UNSAFE_LOAD"
 
 # (module, name) pairs a weights pickle may reference. NumPy moved its internals from numpy.core to
 # numpy._core in 2.0; files name whichever wrote them. Python 2 pickles say __builtin__ for builtins.
-_PICKLE_ALLOWED = {
-    (core, name)
-    for core in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-} | {
-    (numeric, "_frombuffer") for numeric in ("numpy.core.numeric", "numpy._core.numeric")  # pickle protocol 5
-} | {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
-} | {
-    (builtins, name)
-    for builtins in ("builtins", "__builtin__")
-    for name in ("set", "frozenset", "bytearray", "complex")
-}
+_PICKLE_ALLOWED = (
+    {
+        (core, name)
+        for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    }
+    | {
+        (numeric, "_frombuffer")
+        for numeric in ("numpy.core.numeric", "numpy._core.numeric")  # pickle protocol 5
+    }
+    | {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+    }
+    | {
+        (builtins, name)
+        for builtins in ("builtins", "__builtin__")
+        for name in ("set", "frozenset", "bytearray", "complex")
+    }
+)
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -66,7 +73,9 @@ def _refusal(path: str, refused: List[str]) -> UnsafeCheckpointError:
 def _warn_unsafe(path: str) -> None:
     logger.warning(
         "!!! Loading %s WITHOUT restrictions (allow_unsafe / %s): any code it holds runs now. "
-        "Do this only for files you trust. !!!", path, ALLOW_UNSAFE_ENV,
+        "Do this only for files you trust. !!!",
+        path,
+        ALLOW_UNSAFE_ENV,
     )
 
 

@@ -17,6 +17,7 @@ Known remaining differences: torchvision drops boxes narrower than 0.01 px befor
 NMS, detlib drops empty boxes after it; torchvision pastes masks with its own resize-based
 method (detlib keeps Detectron2's bilinear paste), so full-image masks can differ at the edges.
 """
+
 import re
 from typing import Dict, List, Mapping
 

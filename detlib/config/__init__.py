@@ -1,4 +1,5 @@
 """Configuration: the YAML config tree, its defaults, and the `@configurable` decorator."""
+
 from .config import CfgNode, ConfigKeyError, get_cfg
 from .configurable import configurable
 

@@ -1,4 +1,5 @@
 """The YAML configuration tree: `_BASE_` inheritance, CLI overrides, and helpful errors for typos."""
+
 import difflib
 import os
 from typing import Any, Dict, Iterator, List, Optional

@@ -1,4 +1,5 @@
 """`@configurable`: build a module either from a config tree or from plain keyword arguments."""
+
 import functools
 import inspect
 from typing import Any, Callable, Dict, Optional

@@ -9,6 +9,7 @@ Keys added by detlib are marked "detlib:".
 Conventions: sizes are in pixels of the resized input image unless stated; lists of per-level
 values are ordered from the finest feature map to the coarsest.
 """
+
 from .config import CfgNode as CN
 
 _C = CN()

@@ -11,6 +11,7 @@ comprehensions only (no names but the comprehension's own, no calls, no attribut
 Python tag is refused with an error naming the file and the key. `allow_unsafe=True` loads a file
 the user trusts with PyYAML's unrestricted loader, with a warning.
 """
+
 from __future__ import annotations
 
 import ast
@@ -120,19 +121,13 @@ def _construct_eval(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
 
 
 def _eval_argument(node: yaml.Node) -> str:
-    if (
-        isinstance(node, yaml.SequenceNode)
-        and len(node.value) == 1
-        and isinstance(node.value[0], yaml.ScalarNode)
-    ):
+    if isinstance(node, yaml.SequenceNode) and len(node.value) == 1 and isinstance(node.value[0], yaml.ScalarNode):
         return node.value[0].value
     raise ValueError("the eval tag must hold a list of one string")
 
 
 _SafeConfigLoader.add_constructor(_EVAL_TAG, _construct_eval)
-_SafeConfigLoader.add_constructor(
-    _TUPLE_TAG, lambda loader, node: tuple(loader.construct_sequence(node, deep=True))
-)
+_SafeConfigLoader.add_constructor(_TUPLE_TAG, lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
 
 
 def _check_python_tags(node: yaml.Node, key: str, filename: str, seen: Set[int]) -> None:
@@ -169,7 +164,8 @@ def load_yaml(stream: Union[str, IO], filename: str, allow_unsafe: bool = False)
     if allow_unsafe:
         logger.warning(
             "Loading config %s with yaml.unsafe_load (allow_unsafe=True): any Python it holds runs now. "
-            "Do this only for files you trust.", filename,
+            "Do this only for files you trust.",
+            filename,
         )
         return yaml.unsafe_load(stream)
     loader = _SafeConfigLoader(stream)

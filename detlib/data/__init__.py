@@ -1,4 +1,5 @@
 """Everything between files on disk and the `list[dict]` batches a model takes."""
+
 from . import datasets, samplers, transforms  # noqa: F401  (datasets registers the built-in ones)
 from .bad_samples import BadSampleError
 from .build import (

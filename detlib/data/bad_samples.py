@@ -7,6 +7,7 @@ can drop the offending item instead (the COCO loader for annotations, the loader
 so only inside `skip_bad_samples()`, and reports each skip through a `SkipCounter`, whose log lines
 carry the running count.
 """
+
 import contextlib
 import contextvars
 import logging

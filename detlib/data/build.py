@@ -1,4 +1,5 @@
 """Training and test data loaders: registered datasets -> batches of model input dicts."""
+
 import functools
 import logging
 import operator
@@ -163,12 +164,15 @@ def _batches(
     generator = torch.Generator().manual_seed(sampler.seed) if with_ordinals else None
     if not aspect_ratio_grouping:
         # Workers take batch-sized runs of the stream in turn, so batches come in stream order.
-        items = ToIterableDataset(
-            dataset, sampler, skip_bad_samples, chunk=batch_size, track_positions=with_ordinals
-        )
+        items = ToIterableDataset(dataset, sampler, skip_bad_samples, chunk=batch_size, track_positions=with_ordinals)
         return data.DataLoader(
-            items, batch_size=batch_size, drop_last=True, num_workers=num_workers,
-            collate_fn=collator, worker_init_fn=worker_init_reset_seed, generator=generator,
+            items,
+            batch_size=batch_size,
+            drop_last=True,
+            num_workers=num_workers,
+            collate_fn=collator,
+            worker_init_fn=worker_init_reset_seed,
+            generator=generator,
         )
     # Grouping needs every item's shape, so items leave the workers one at a time.
     items = data.DataLoader(
@@ -200,9 +204,7 @@ def build_batch_data_loader(
     ranks = comm.get_world_size()
     per_rank, remainder = divmod(total_batch_size, ranks)
     if per_rank <= 0 or remainder:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH={total_batch_size} must be a positive multiple of the {ranks} ranks."
-        )
+        raise ValueError(f"SOLVER.IMS_PER_BATCH={total_batch_size} must be a positive multiple of the {ranks} ranks.")
     make_batches = functools.partial(
         _batches,
         dataset,
@@ -225,9 +227,7 @@ def _training_sampler(cfg, dataset: Sequence, part_sizes: List[int]) -> data.Sam
     ratios = list(cfg.DATALOADER.SAMPLING_RATIOS)
     if ratios:
         if name != "TrainingSampler":
-            raise ValueError(
-                f"DATALOADER.SAMPLING_RATIOS cannot be combined with DATALOADER.SAMPLER_TRAIN '{name}'."
-            )
+            raise ValueError(f"DATALOADER.SAMPLING_RATIOS cannot be combined with DATALOADER.SAMPLER_TRAIN '{name}'.")
         logger.info("Sampling datasets %s at ratios %s.", list(cfg.DATASETS.TRAIN), ratios)
         return DatasetMixSampler(part_sizes, ratios)
     logger.info("Using training sampler %s.", name)

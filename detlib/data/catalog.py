@@ -1,4 +1,5 @@
 """Global name -> dataset and name -> metadata registries."""
+
 import types
 from collections import UserDict
 from typing import Any, Callable, Dict, List

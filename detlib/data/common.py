@@ -1,4 +1,5 @@
 """Dataset wrappers the loaders compose: list -> mapped -> iterated by a sampler -> grouped."""
+
 import logging
 import pickle
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple

@@ -1,4 +1,5 @@
 """DatasetMapper: one dataset record -> one model input dict."""
+
 import copy
 import logging
 from typing import List, Optional, Sequence

@@ -1,4 +1,5 @@
 """Helpers that turn a dataset record into model inputs: image reading, annotation transforms."""
+
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -189,7 +190,9 @@ def _segmentation_to_bitmask(segm, height: int, width: int) -> np.ndarray:
     if isinstance(segm, list):
         mask = polygons_to_bitmask(segm, height, width)
     elif isinstance(segm, dict):
-        mask = mask_util.decode(mask_util.frPyObjects(segm, *segm["size"]) if isinstance(segm["counts"], list) else segm)
+        mask = mask_util.decode(
+            mask_util.frPyObjects(segm, *segm["size"]) if isinstance(segm["counts"], list) else segm
+        )
     else:
         mask = np.asarray(segm)
     if mask.shape != (height, width):

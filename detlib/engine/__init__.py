@@ -1,4 +1,5 @@
 """Training: the loss-agnostic loop, hooks, distributed launch, and the default trainer."""
+
 from .defaults import (
     DefaultPredictor,
     DefaultTrainer,

@@ -1,5 +1,6 @@
 """The standard way to run detlib: command-line arguments, run setup, the default trainer and
 predictor. Research code subclasses `DefaultTrainer` and overrides its `build_*` methods."""
+
 from __future__ import annotations
 
 import argparse
@@ -156,7 +157,11 @@ def _scale_to_world_size(cfg, world_size: int):
     solver.REFERENCE_WORLD_SIZE = world_size
     logger.info(
         "Config tuned for %d processes rescaled to %d: IMS_PER_BATCH=%d, BASE_LR=%g, MAX_ITER=%d",
-        reference, world_size, solver.IMS_PER_BATCH, solver.BASE_LR, solver.MAX_ITER,
+        reference,
+        world_size,
+        solver.IMS_PER_BATCH,
+        solver.BASE_LR,
+        solver.MAX_ITER,
     )
     if frozen:
         cfg.freeze()
@@ -244,7 +249,9 @@ class DefaultTrainer(TrainerBase):
             if len(rng_states) != comm.get_world_size():
                 logger.warning(
                     "The checkpoint holds random states of %d processes but %d run now; the resumed "
-                    "run will not repeat the original one exactly", len(rng_states), comm.get_world_size(),
+                    "run will not repeat the original one exactly",
+                    len(rng_states),
+                    comm.get_world_size(),
                 )
             set_rng_state(rng_states[comm.get_rank() % len(rng_states)])
 
@@ -253,13 +260,16 @@ class DefaultTrainer(TrainerBase):
         if not hasattr(self.data_loader, "load_state_dict"):
             logger.warning(
                 "Resuming at iteration %d: the training loader (%s) cannot restore its position, so the "
-                "data starts from the beginning of its stream", self.start_iter, type(self.data_loader).__name__,
+                "data starts from the beginning of its stream",
+                self.start_iter,
+                type(self.data_loader).__name__,
             )
             return
         if not positions or positions[0] is None:
             logger.warning(
                 "Resuming at iteration %d: the checkpoint holds no data position, so the data starts from "
-                "the beginning of its stream", self.start_iter,
+                "the beginning of its stream",
+                self.start_iter,
             )
             return
         rank, world_size = comm.get_rank(), comm.get_world_size()
@@ -268,7 +278,9 @@ class DefaultTrainer(TrainerBase):
         self.data_loader.load_state_dict(position)
         logger.info(
             "Resuming at iteration %d: data position epoch %d, item %d of this rank's stream",
-            self.start_iter, position["epoch"], position["ordinal"],
+            self.start_iter,
+            position["epoch"],
+            position["ordinal"],
         )
 
     def build_hooks(self) -> List[Optional[HookBase]]:
@@ -351,10 +363,7 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def test(
-        cls,
-        cfg,
-        model: nn.Module,
-        evaluators: Union[DatasetEvaluator, Sequence[DatasetEvaluator], None] = None,
+        cls, cfg, model: nn.Module, evaluators: Union[DatasetEvaluator, Sequence[DatasetEvaluator], None] = None
     ) -> Dict:
         """Evaluate `model` on every dataset in `DATASETS.TEST`.
 

@@ -1,4 +1,5 @@
 """Hooks: what happens around training iterations besides the step itself."""
+
 from __future__ import annotations
 
 import datetime
@@ -278,7 +279,11 @@ class BestCheckpointer(HookBase):
         if self.best_metric is None or self._better(value, self.best_metric):
             logger.info(
                 "%s improved to %.4f at iteration %d (was %s); saving %s",
-                self._val_metric, value, iteration, self.best_metric, self._file_prefix,
+                self._val_metric,
+                value,
+                iteration,
+                self.best_metric,
+                self._file_prefix,
             )
             self.best_metric, self.best_iter = value, iteration
             self._checkpointer.save(self._file_prefix, iteration=iteration, best_metric=value)

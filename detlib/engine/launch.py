@@ -8,6 +8,7 @@ Three ways to get there:
   `SLURM_LOCALID`, ...; the first node of `SLURM_JOB_NODELIST` hosts the rendezvous.
 In the last two cases `launch` joins the world the launcher made instead of spawning.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -58,8 +59,10 @@ def _env_int(environ: Mapping[str, str], name: str, launcher: str) -> int:
         raise RuntimeError(f"Launched by {launcher} but the environment variable {name} is not set")
     try:
         return int(environ[name])
-    except ValueError:
-        raise RuntimeError(f"Environment variable {name}={environ[name]!r} (set by {launcher}) is not an integer")
+    except ValueError as e:
+        raise RuntimeError(
+            f"Environment variable {name}={environ[name]!r} (set by {launcher}) is not an integer"
+        ) from e
 
 
 def first_slurm_host(nodelist: str) -> str:
@@ -188,7 +191,9 @@ def launch(
         if num_gpus_per_machine not in (1, placement.local_world_size):
             logger.warning(
                 "%s placed %d processes on this machine; --num-gpus %d is not used",
-                placement.launcher, placement.local_world_size, num_gpus_per_machine,
+                placement.launcher,
+                placement.local_world_size,
+                num_gpus_per_machine,
             )
         if placement.world_size <= 1:
             main_func(*args)
@@ -198,8 +203,15 @@ def launch(
         else:
             join = functools.partial(dict, init_method=f"tcp://{placement.master_addr}:{placement.master_port}")
         _run_in_world(
-            main_func, tuple(args), placement.rank, placement.world_size, placement.local_rank,
-            placement.local_world_size, join, f"{placement.master_addr}:{placement.master_port}", timeout,
+            main_func,
+            tuple(args),
+            placement.rank,
+            placement.world_size,
+            placement.local_rank,
+            placement.local_world_size,
+            join,
+            f"{placement.master_addr}:{placement.master_port}",
+            timeout,
         )
         return
 

@@ -1,4 +1,5 @@
 """An adapter for users who keep the loss function separate from the model."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Union

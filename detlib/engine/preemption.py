@@ -1,6 +1,7 @@
 """Leaving a run cleanly when a cluster preempts it: on SIGTERM or SIGUSR1 (what SLURM and Kubernetes
 send ahead of a kill) the step in progress finishes, a complete checkpoint is written, and the
 process exits with `PREEMPTED_EXIT_CODE`, so that the job can be requeued and run with `--resume`."""
+
 from __future__ import annotations
 
 import logging

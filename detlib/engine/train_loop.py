@@ -5,6 +5,7 @@ next batch -> `model(batch)` -> dict of scalar losses -> sum -> backward -> opti
 sees predictions and never calls a loss function, so any model that returns a loss dict trains
 with it (a detector, a classifier, `ModelWithLoss(model, loss_fn)`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,7 @@ class HookBase:
     During a step, `self.trainer.iter` is the iteration being run.
     """
 
-    trainer: "TrainerBase"
+    trainer: TrainerBase
 
     def before_train(self) -> None:
         pass

@@ -1,4 +1,5 @@
 """COCO-style box, mask and keypoint AP, with predictions streamed to disk."""
+
 import json
 import logging
 import os
@@ -128,8 +129,13 @@ class COCOEvaluator(DatasetEvaluator):
             if index > 0:  # COCO's loadRes adds fields to the dicts it is given; start afresh
                 coco_results = json.loads(results_json)
             coco_eval = evaluate_predictions_on_coco(
-                self._coco_api, coco_results, task, image_ids=sorted(image_ids) or None,
-                max_dets=self._max_dets, use_fast_impl=self._use_fast_impl, kpt_oks_sigmas=self._kpt_oks_sigmas,
+                self._coco_api,
+                coco_results,
+                task,
+                image_ids=sorted(image_ids) or None,
+                max_dets=self._max_dets,
+                use_fast_impl=self._use_fast_impl,
+                kpt_oks_sigmas=self._kpt_oks_sigmas,
             )
             results[task] = self._derive_metrics(coco_eval, task)
         return results

@@ -3,6 +3,7 @@
 faster-coco-eval descends from Detectron2's C++ COCOeval and keeps pycocotools' semantics (crowd
 regions, area ranges, max detections); tests/evaluation holds both to the same numbers.
 """
+
 import contextlib
 import copy
 import io

@@ -1,4 +1,5 @@
 """The evaluator protocol and the loop that runs a model over a dataset."""
+
 import datetime
 import logging
 import time
@@ -50,7 +51,7 @@ class DatasetEvaluators(DatasetEvaluator):
             evaluator.process(inputs, outputs)
 
     def evaluate(self) -> "OrderedDict[str, Dict[str, float]]":
-        results: "OrderedDict[str, Dict[str, float]]" = OrderedDict()
+        results: OrderedDict[str, Dict[str, float]] = OrderedDict()
         for evaluator in self._evaluators:
             result = evaluator.evaluate()
             if not comm.is_main_process() or result is None:
@@ -123,8 +124,7 @@ def inference_on_dataset(
     total_time = time.perf_counter() - start
     num_devices = comm.get_world_size()
     logger.info(
-        "Inference done: %d batches in %s (%d device(s)); %.4f s / image of model time "
-        "after %d warm-up batches.",
+        "Inference done: %d batches in %s (%d device(s)); %.4f s / image of model time after %d warm-up batches.",
         total,
         datetime.timedelta(seconds=int(total_time)),
         num_devices,

@@ -1,4 +1,5 @@
 """A picture of what a model predicts on a dataset: its detections drawn on a grid of images."""
+
 import math
 from typing import List
 

@@ -5,6 +5,7 @@ a JSON array. Holding predictions on disk keeps a rank's memory flat in the numb
 main rank reads the other ranks' files directly where it shares their file system (same host) and
 receives their content otherwise, so no rank ever holds every rank's results as Python objects.
 """
+
 import logging
 import os
 import socket

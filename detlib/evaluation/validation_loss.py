@@ -1,4 +1,5 @@
 """The model's own training losses on a held-out dataset."""
+
 from collections import defaultdict
 from typing import Dict, Iterable, List
 

@@ -1,18 +1,5 @@
 from .batch_norm import FrozenBatchNorm2d, get_norm
 from .blocks import CNNBlockBase
-from .shape_spec import ShapeSpec
-from .wrappers import (
-    BatchNorm2d,
-    Conv2d,
-    ConvTranspose2d,
-    Linear,
-    cat,
-    cross_entropy,
-    interpolate,
-    move_device_like,
-    nonzero_tuple,
-    shapes_to_tensor,
-)
 from .losses import (
     BOX_LOSS_REGISTRY,
     CLS_LOSS_REGISTRY,
@@ -29,3 +16,16 @@ from .losses import (
 )
 from .nms import batched_nms, nms
 from .roi_align import ROIAlign, roi_align
+from .shape_spec import ShapeSpec
+from .wrappers import (
+    BatchNorm2d,
+    Conv2d,
+    ConvTranspose2d,
+    Linear,
+    cat,
+    cross_entropy,
+    interpolate,
+    move_device_like,
+    nonzero_tuple,
+    shapes_to_tensor,
+)

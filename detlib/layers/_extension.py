@@ -4,6 +4,7 @@ by importing `detlib._C`) or, when that build is missing, broken or stale, torch
 have the same schemas and give the same results. The fallback warns once, saying why and how to build;
 DETLIB_REQUIRE_EXT=1 turns it into an ImportError (CI sets it, so CI proves the build is used).
 """
+
 import os
 import warnings
 from dataclasses import dataclass

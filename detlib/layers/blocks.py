@@ -1,4 +1,5 @@
 """`CNNBlockBase`: the building block of a CNN backbone, which knows its channels and stride and can freeze itself."""
+
 import torch.nn as nn
 
 from .batch_norm import FrozenBatchNorm2d

@@ -21,6 +21,7 @@ and select it with `MODEL.RPN.BBOX_REG_LOSS_TYPE: scaled_l1`, its parameters in
 `MODEL.RPN.BBOX_REG_LOSS_PARAMS: {"scale": 3.0}` (likewise under `MODEL.ROI_BOX_HEAD`, and
 `CLS_LOSS_TYPE` / `CLS_LOSS_PARAMS` for classification losses).
 """
+
 import inspect
 import math
 from dataclasses import dataclass, field

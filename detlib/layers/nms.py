@@ -1,4 +1,5 @@
 """Non-maximum suppression over XYXY boxes in absolute pixels: torch.ops.detlib.nms (or torchvision's)."""
+
 import torch
 
 from ._extension import KERNELS
@@ -66,10 +67,12 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     # which matters on a busy CPU, where every parallel region waits for a free core.
     by_group = torch.argsort(idxs, stable=True)
     group_sizes = torch.unique_consecutive(idxs.index_select(0, by_group), return_counts=True)[1].tolist()
-    kept = torch.cat([
-        group.index_select(0, nms(boxes.index_select(0, group), scores.index_select(0, group), iou_threshold))
-        for group in by_group.split(group_sizes)
-    ])
+    kept = torch.cat(
+        [
+            group.index_select(0, nms(boxes.index_select(0, group), scores.index_select(0, group), iou_threshold))
+            for group in by_group.split(group_sizes)
+        ]
+    )
     # Ascending indices, then torch's default (unstable) sort: ties come out in torchvision's order.
     kept = kept.sort().values
     return kept.index_select(0, scores.index_select(0, kept).sort(descending=True).indices)

@@ -4,6 +4,7 @@ only, what torch.compile and torch.export trace with) and ROIAlign's autograd fo
 names this module as its Python module, so torch imports it wherever the operators are used, e.g. when a
 saved torch.export program is loaded. Importing it requires `detlib._C` to be loaded.
 """
+
 import torch
 
 __all__ = []
@@ -41,8 +42,7 @@ def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sam
 
 @torch.library.register_fake("detlib::_roi_align_backward")
 def _roi_align_backward_fake(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio,
-    aligned,
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
 ):
     torch._check(grad.dim() == 4, lambda: f"roi_align backward: grad must be 4-d, got shape {list(grad.shape)}")
     torch._check(rois.dim() == 2 and rois.size(1) == 5, lambda: "roi_align backward: rois must be Tensor[K, 5]")

@@ -1,4 +1,5 @@
 """ROIAlign: bilinear crop-and-resize of regions of a feature map: torch.ops.detlib.roi_align (or torchvision's)."""
+
 from typing import List, Sequence, Tuple, Union
 
 import torch
@@ -87,11 +88,7 @@ class ROIAlign(nn.Module):
     """`roi_align` as a module with fixed parameters; Detectron2's `ROIAlign`."""
 
     def __init__(
-        self,
-        output_size: Union[int, Tuple[int, int]],
-        spatial_scale: float,
-        sampling_ratio: int,
-        aligned: bool = True,
+        self, output_size: Union[int, Tuple[int, int]], spatial_scale: float, sampling_ratio: int, aligned: bool = True
     ):
         super().__init__()
         self.output_size = output_size

@@ -1,4 +1,5 @@
 """`ShapeSpec`: what a module knows about a tensor it will receive or produce."""
+
 from dataclasses import dataclass
 from typing import Optional
 

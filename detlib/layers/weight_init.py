@@ -1,4 +1,5 @@
 """Weight initializations used by Caffe2-era Detectron models, reproduced so trained behaviour matches."""
+
 import torch.nn as nn
 
 __all__ = ["c2_msra_fill", "c2_xavier_fill"]

@@ -55,8 +55,9 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The batch size is tested last: while exporting it can be data-dependent (and training is off).
         if self.training and isinstance(self.norm, nn.SyncBatchNorm) and x.numel() == 0:
-            raise ValueError("SyncBatchNorm cannot normalize an empty batch; this Conv2d got input of shape "
-                             f"{tuple(x.shape)}.")
+            raise ValueError(
+                f"SyncBatchNorm cannot normalize an empty batch; this Conv2d got input of shape {tuple(x.shape)}."
+            )
         if self._folds_norm(x):
             x = self._conv_forward(x, *self.norm.fold_into(self.weight, self.bias))
         else:

@@ -1,4 +1,5 @@
 """Access to the configs that ship with detlib, and to Detectron2's trained models for them."""
+
 from pathlib import Path
 from typing import Optional
 

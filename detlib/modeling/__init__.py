@@ -1,7 +1,4 @@
 from .anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator, build_anchor_generator
-from .box_regression import Box2BoxTransform, dense_box_regression_loss
-from .matcher import Matcher
-from .sampling import subsample_labels
 from .backbone import (
     BACKBONE_REGISTRY,
     FPN,
@@ -14,6 +11,11 @@ from .backbone import (
     build_resnet_backbone,
     make_stage,
 )
+from .box_regression import Box2BoxTransform, dense_box_regression_loss
+from .matcher import Matcher
+from .meta_arch import META_ARCH_REGISTRY, GeneralizedRCNN, ProposalNetwork, build_model
+from .poolers import ROIPooler
+from .postprocessing import detector_postprocess
 from .proposal_generator import (
     PROPOSAL_GENERATOR_REGISTRY,
     RPN,
@@ -22,8 +24,6 @@ from .proposal_generator import (
     build_proposal_generator,
     build_rpn_head,
 )
-from .poolers import ROIPooler
-from .postprocessing import detector_postprocess
 from .roi_heads import (
     ROI_BOX_HEAD_REGISTRY,
     ROI_HEADS_REGISTRY,
@@ -40,5 +40,5 @@ from .roi_heads import (
     build_mask_head,
     build_roi_heads,
 )
+from .sampling import subsample_labels
 from .torchvision_anchors import TorchvisionAnchorGenerator
-from .meta_arch import META_ARCH_REGISTRY, GeneralizedRCNN, ProposalNetwork, build_model

@@ -1,4 +1,5 @@
 """Anchors: a few cell anchors per feature level, repeated over that level's grid of locations."""
+
 import math
 from typing import List, Sequence
 

@@ -1,4 +1,5 @@
 """Box coding (`Box2BoxTransform`) and the box-regression loss of dense predictions (anchors, proposals)."""
+
 import math
 from typing import Sequence, Tuple, Union
 

@@ -1,4 +1,5 @@
 """Matching predictions (anchors, proposals) to ground truth by a quality such as IoU."""
+
 from typing import List, Tuple
 
 import torch

@@ -1,4 +1,5 @@
 """Pooling fixed-size features for boxes from a feature pyramid (the "RoI feature extractor")."""
+
 import math
 from typing import List, Sequence, Tuple, Union
 

@@ -1,4 +1,5 @@
 """Turning per-box predictions into per-image outputs at the size the caller asked for."""
+
 from typing import Tuple, Union
 
 import torch
@@ -36,9 +37,7 @@ def _paste_windows(
     gx = (xs - bx0[:, None]) / (bx1 - bx0)[:, None] * 2 - 1
     gy = (ys - by0[:, None]) / (by1 - by0)[:, None] * 2 - 1
     num = boxes.shape[0]
-    grid = torch.stack(
-        (gx[:, None, :].expand(num, height, width), gy[:, :, None].expand(num, height, width)), dim=3
-    )
+    grid = torch.stack((gx[:, None, :].expand(num, height, width), gy[:, :, None].expand(num, height, width)), dim=3)
     pasted = F.grid_sample(masks[:, None].to(torch.float32), grid, mode="bilinear", align_corners=False)
     return pasted[:, 0]
 

@@ -1,4 +1,5 @@
 """Random sampling of positive and negative training examples at a fixed ratio."""
+
 from typing import Tuple
 
 import torch

@@ -1,4 +1,5 @@
 """The anchors of torchvision's detection models, for running their converted weights in detlib."""
+
 from typing import Sequence
 
 import torch

@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules."""
+
 from .build import build_lr_scheduler, build_optimizer, get_default_optimizer_params, maybe_add_gradient_clipping
 from .lr_scheduler import LRMultiplier, WarmupCosineLR, WarmupMultiStepLR, WarmupParamScheduler
 

@@ -1,4 +1,5 @@
 """Optimizer construction: parameter groups with per-kind weight decay and lr, optional clipping."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Type

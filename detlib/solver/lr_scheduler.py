@@ -4,13 +4,13 @@ A schedule is a `fvcore` `ParamScheduler`: a function of training progress in [0
 the factor the base lr is multiplied by. `LRMultiplier` drives one through torch's scheduler API
 and is stepped once per iteration.
 """
+
 from __future__ import annotations
 
 import logging
 from typing import List, Literal, Sequence
 
 import torch
-from torch.optim import Optimizer
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
     ConstantParamScheduler,
@@ -20,14 +20,9 @@ from fvcore.common.param_scheduler import (
     ParamScheduler,
     StepWithFixedGammaParamScheduler,
 )
+from torch.optim import Optimizer
 
-__all__ = [
-    "WarmupParamScheduler",
-    "LRMultiplier",
-    "WarmupMultiStepLR",
-    "WarmupCosineLR",
-    "build_lr_scheduler",
-]
+__all__ = ["WarmupParamScheduler", "LRMultiplier", "WarmupMultiStepLR", "WarmupCosineLR", "build_lr_scheduler"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +128,7 @@ class WarmupCosineLR(LRMultiplier):
         last_iter: int = -1,
     ):
         multiplier = WarmupParamScheduler(
-            CosineParamScheduler(1.0, end_factor),
-            warmup_factor,
-            min(warmup_iters / max_iter, 1.0),
-            warmup_method,
+            CosineParamScheduler(1.0, end_factor), warmup_factor, min(warmup_iters / max_iter, 1.0), warmup_method
         )
         super().__init__(optimizer, multiplier, max_iter, last_iter)
 

@@ -1,4 +1,5 @@
 """Data structures shared by the data pipeline and the model: boxes, instances, image batches, masks."""
+
 from .boxes import Boxes, BoxMode, matched_pairwise_iou, pairwise_intersection, pairwise_ioa, pairwise_iou
 from .image_list import ImageList
 from .instances import Instances

@@ -1,4 +1,5 @@
 """Axis-aligned boxes: the `BoxMode` conventions, the `Boxes` container and pairwise overlap measures."""
+
 import math
 from enum import IntEnum, unique
 from typing import Iterator, List, Sequence, Tuple, Union
@@ -6,14 +7,7 @@ from typing import Iterator, List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = [
-    "BoxMode",
-    "Boxes",
-    "pairwise_intersection",
-    "pairwise_iou",
-    "pairwise_ioa",
-    "matched_pairwise_iou",
-]
+__all__ = ["BoxMode", "Boxes", "pairwise_intersection", "pairwise_iou", "pairwise_ioa", "matched_pairwise_iou"]
 
 _RawBoxType = Union[List[float], Tuple[float, ...], torch.Tensor, np.ndarray]
 

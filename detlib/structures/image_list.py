@@ -1,4 +1,5 @@
 """`ImageList`: images of different sizes padded into one batch tensor, remembering the true sizes."""
+
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -76,8 +77,7 @@ class ImageList:
             if square_size > 0:
                 if square_size < max(max_h, max_w):
                     raise ValueError(
-                        f"padding_constraints square_size {square_size} is smaller than an image "
-                        f"({max_h}x{max_w})"
+                        f"padding_constraints square_size {square_size} is smaller than an image ({max_h}x{max_w})"
                     )
                 max_h = max_w = square_size
             size_divisibility = padding_constraints.get("size_divisibility", size_divisibility)

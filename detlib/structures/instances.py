@@ -1,4 +1,5 @@
 """`Instances`: the per-image set of detections or annotations, one field per property."""
+
 import itertools
 from typing import Any, Dict, List, Tuple
 
@@ -146,13 +147,9 @@ class Instances:
         first = instance_lists[0]
         for other in instance_lists[1:]:
             if other.image_size != first.image_size:
-                raise ValueError(
-                    f"Instances.cat: image sizes differ ({first.image_size} vs {other.image_size})"
-                )
+                raise ValueError(f"Instances.cat: image sizes differ ({first.image_size} vs {other.image_size})")
             if set(other._fields) != set(first._fields):
-                raise ValueError(
-                    f"Instances.cat: fields differ ({sorted(first._fields)} vs {sorted(other._fields)})"
-                )
+                raise ValueError(f"Instances.cat: fields differ ({sorted(first._fields)} vs {sorted(other._fields)})")
         out = Instances(first.image_size)
         for name, value in first._fields.items():
             values = [inst._fields[name] for inst in instance_lists]
@@ -176,4 +173,3 @@ class Instances:
         )
 
     __str__ = __repr__
-

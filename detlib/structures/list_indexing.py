@@ -1,4 +1,5 @@
 """Tensor-style indexing for plain Python lists (list fields of `Instances`, `PolygonMasks`)."""
+
 from typing import Any, List
 
 import numpy as np

@@ -7,6 +7,7 @@ Instance masks in two representations:
 
 Both produce the per-box MxM training targets of a mask head with `crop_and_resize`.
 """
+
 import itertools
 from typing import Any, Iterator, List, Sequence, Union
 
@@ -180,15 +181,11 @@ class PolygonMasks:
 
     def __init__(self, polygons: List[List[Union[torch.Tensor, np.ndarray, List[float]]]]):
         if not isinstance(polygons, list):
-            raise TypeError(
-                f"PolygonMasks take a list (instances) of lists (polygons), got {type(polygons).__name__}"
-            )
+            raise TypeError(f"PolygonMasks take a list (instances) of lists (polygons), got {type(polygons).__name__}")
         self.polygons: List[List[np.ndarray]] = []
         for i, instance in enumerate(polygons):
             if not isinstance(instance, (list, tuple)):
-                raise TypeError(
-                    f"PolygonMasks: instance {i} must be a list of polygons, got {type(instance).__name__}"
-                )
+                raise TypeError(f"PolygonMasks: instance {i} must be a list of polygons, got {type(instance).__name__}")
             self.polygons.append([self._as_polygon(p, i, j) for j, p in enumerate(instance)])
 
     @staticmethod
@@ -275,8 +272,7 @@ class PolygonMasks:
             return torch.empty(0, mask_size, mask_size, dtype=torch.bool, device=device)
         boxes_np = boxes.detach().cpu().numpy()
         masks = [
-            _rasterize_polygons_within_box(instance, box, mask_size)
-            for instance, box in zip(self.polygons, boxes_np)
+            _rasterize_polygons_within_box(instance, box, mask_size) for instance, box in zip(self.polygons, boxes_np)
         ]
         return torch.stack(masks).to(device=device)
 

@@ -1,4 +1,5 @@
 """The environment report users paste into bug reports (`python -m detlib.collect_env`)."""
+
 import importlib.metadata
 import os
 import platform

@@ -3,6 +3,7 @@
 Collectives on arbitrary picklable objects go through a gloo group, so they work whether the main
 backend is NCCL (GPUs) or gloo (CPU).
 """
+
 from __future__ import annotations
 
 import functools
@@ -85,7 +86,7 @@ def synchronize() -> None:
         dist.barrier()
 
 
-@functools.lru_cache()
+@functools.lru_cache
 def _object_group() -> dist.ProcessGroup:
     """A gloo group over all ranks, for collectives on Python objects."""
     return dist.new_group(backend="gloo") if dist.get_backend() == dist.Backend.NCCL else dist.group.WORLD

@@ -1,4 +1,5 @@
 """Reproducibility and environment reporting."""
+
 from __future__ import annotations
 
 import os

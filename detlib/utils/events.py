@@ -5,6 +5,7 @@ The trainer opens one `EventStorage` around the whole run. Anything that execute
 scalars, images or histograms keyed by the current iteration. Writers (console, `metrics.json`,
 TensorBoard) periodically read what was recorded; nothing in the model depends on them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,10 +31,10 @@ __all__ = [
     "TensorboardXWriter",
 ]
 
-_STORAGE_STACK: List["EventStorage"] = []
+_STORAGE_STACK: List[EventStorage] = []
 
 
-def get_event_storage() -> "EventStorage":
+def get_event_storage() -> EventStorage:
     """The innermost `EventStorage` that is currently open.
 
     Raises:
@@ -65,7 +66,7 @@ class EventStorage:
         self._vis_data: List[Tuple[str, np.ndarray, int]] = []
         self._histograms: List[dict] = []
 
-    def __enter__(self) -> "EventStorage":
+    def __enter__(self) -> EventStorage:
         _STORAGE_STACK.append(self)
         return self
 
@@ -108,11 +109,7 @@ class EventStorage:
 
     # -- scalars -----------------------------------------------------------------------------
     def put_scalar(
-        self,
-        name: str,
-        value: Union[float, torch.Tensor],
-        smoothing_hint: bool = True,
-        cur_iter: Optional[int] = None,
+        self, name: str, value: Union[float, torch.Tensor], smoothing_hint: bool = True, cur_iter: Optional[int] = None
     ) -> None:
         """Record one scalar at the current iteration (or at `cur_iter`).
 

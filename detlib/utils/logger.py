@@ -1,4 +1,5 @@
 """Logging setup: the main process logs to the console, every process to its own file."""
+
 from __future__ import annotations
 
 import functools
@@ -39,7 +40,7 @@ class _ShortNameFormatter(logging.Formatter):
         return message
 
 
-@functools.lru_cache()  # the same logger set up twice would print every line twice
+@functools.lru_cache  # the same logger set up twice would print every line twice
 def setup_logger(
     output: Optional[str] = None,
     distributed_rank: int = 0,

@@ -1,4 +1,5 @@
 """The registry type every replaceable part of detlib is found through."""
+
 from typing import Any
 
 from fvcore.common.registry import Registry as _FvcoreRegistry

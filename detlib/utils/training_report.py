@@ -1,4 +1,5 @@
 """Pictures of a finished training run: loss and learning-rate curves, AP over evaluations."""
+
 import json
 import math
 import os
@@ -50,7 +51,7 @@ def _plot_grid(series: Series, panels: Dict[str, List[str]], title: str, path: s
         ax.set_xlabel("iteration")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()

@@ -7,6 +7,7 @@ Train or evaluate Mask Scoring R-CNN with detlib's own `tools/train_net.py`, unc
 Importing `mask_scoring` registers `MaskScoringROIHeads` in `ROI_HEADS_REGISTRY`; everything else
 (arguments, config, trainer, writers) is `tools/train_net.py`'s.
 """
+
 import os
 import sys
 

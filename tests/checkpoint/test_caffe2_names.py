@@ -1,6 +1,7 @@
 """Caffe2-named ImageNet ResNets (Detectron2's `ImageNetPretrained/MSRA/R-50.pkl` layout) load into
 an R50-FPN. The file is built here from a detlib ResNet's state dict by the inverse naming, written
 out by hand from Detectron's naming scheme."""
+
 import logging
 import pickle
 import re

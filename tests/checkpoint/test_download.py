@@ -1,4 +1,5 @@
 """Weights by URL: downloads from a server the test runs on 127.0.0.1, the cache, and failures."""
+
 import hashlib
 import pickle
 import socket

@@ -1,4 +1,5 @@
 """Loading never runs code from a weights file unless the user opts in; real weight files still load."""
+
 import logging
 import os
 import pickle
@@ -13,6 +14,7 @@ from torch import nn
 from detlib.checkpoint import DetectionCheckpointer, UnsafeCheckpointError, load_checkpoint_file
 from detlib.solver import WarmupMultiStepLR
 
+
 class MakesDirectory:
     """Unpickling this calls os.mkdir(path): the stand-in for any code a crafted file could run."""
 
@@ -25,10 +27,7 @@ class MakesDirectory:
 
 def _state(seed=0):
     rng = np.random.default_rng(seed)
-    return {
-        "weight": rng.standard_normal((2, 3)).astype(np.float32),
-        "bias": rng.standard_normal(2).astype(np.float32),
-    }
+    return {"weight": rng.standard_normal((2, 3)).astype(np.float32), "bias": rng.standard_normal(2).astype(np.float32)}
 
 
 def _crafted_pkl(tmp_path: Path, marker: Path) -> Path:

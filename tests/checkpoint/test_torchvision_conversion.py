@@ -7,6 +7,7 @@ unnormalized layers blow the activations up and every score saturates at 1), the
 layers are shrunk (otherwise boxes degenerate to slivers whose IoU is ill-conditioned), and the
 classifier is scaled so that scores spread over (0.05, 1).
 """
+
 import pytest
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn

@@ -77,7 +77,10 @@ def test_get_cfg_returns_independent_copies():
 
 
 def test_base_inheritance_with_relative_paths(tmp_path):
-    _write(tmp_path / "Base.yaml", "MODEL:\n  RPN:\n    NMS_THRESH: 0.6\n    POST_NMS_TOPK_TEST: 500\nSOLVER:\n  STEPS: (10, 20)\n")
+    _write(
+        tmp_path / "Base.yaml",
+        "MODEL:\n  RPN:\n    NMS_THRESH: 0.6\n    POST_NMS_TOPK_TEST: 500\nSOLVER:\n  STEPS: (10, 20)\n",
+    )
     _write(tmp_path / "mid" / "Mid.yaml", '_BASE_: "../Base.yaml"\nMODEL:\n  RPN:\n    NMS_THRESH: 0.65\n')
     child = _write(
         tmp_path / "mid" / "leaf" / "child.yaml",

@@ -1,4 +1,5 @@
 """Config files parse without running code: Detectron2's anchor-size eval works, other Python refused."""
+
 import logging
 import math
 import zipfile
@@ -59,7 +60,7 @@ def test_an_eval_tag_in_a_base_file_reaches_the_merged_config(tmp_path):
         '!!python/object/apply:os.mkdir ["{marker}"]',
         '!!python/object/new:os.mkdir ["{marker}"]',
         "!!python/name:os.mkdir",
-        '!!python/object/apply:eval ["__import__(\'os\').mkdir(\'{marker}\')"]',
+        "!!python/object/apply:eval [\"__import__('os').mkdir('{marker}')\"]",
         '!!python/object/apply:eval ["[x.mkdir for x in [1]]"]',
     ],
     ids=["apply", "new", "name", "eval-call", "eval-attribute"],

@@ -1,4 +1,5 @@
 """Small COCO datasets written to a temporary directory, with their exact masks known."""
+
 import json
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+
 
 @pytest.fixture
 def parity_dir(d2_case) -> Path:
@@ -37,16 +39,35 @@ def write_tiny_coco(root: Path, *, mixed_masks: bool = True) -> dict:
     ring[18:32, 11:19] = 0
     ring_segm = _rle(ring) if mixed_masks else [[5, 10, 25, 10, 25, 40, 5, 40]]
     coco = {
-        "images": [
-            {"id": i, "file_name": f"{i}.png", "height": h, "width": w} for i, (h, w) in sizes.items()
-        ],
+        "images": [{"id": i, "file_name": f"{i}.png", "height": h, "width": w} for i, (h, w) in sizes.items()],
         "annotations": [
-            {"id": 1, "image_id": 10, "category_id": 7, "bbox": [10.0, 5.0, 30.0, 25.0], "iscrowd": 0,
-             "segmentation": [[10.0, 5.0, 40.0, 5.0, 10.0, 30.0]], "area": 375.0},
-            {"id": 2, "image_id": 10, "category_id": 3, "bbox": [45.0, 20.0, 10.0, 10.0], "iscrowd": 1,
-             "segmentation": _rle(np.pad(np.ones((10, 10), np.uint8), ((20, 10), (45, 5)))), "area": 100.0},
-            {"id": 3, "image_id": 11, "category_id": 3, "bbox": [5.0, 10.0, 20.0, 30.0], "iscrowd": 0,
-             "segmentation": ring_segm, "area": float(ring.sum())},
+            {
+                "id": 1,
+                "image_id": 10,
+                "category_id": 7,
+                "bbox": [10.0, 5.0, 30.0, 25.0],
+                "iscrowd": 0,
+                "segmentation": [[10.0, 5.0, 40.0, 5.0, 10.0, 30.0]],
+                "area": 375.0,
+            },
+            {
+                "id": 2,
+                "image_id": 10,
+                "category_id": 3,
+                "bbox": [45.0, 20.0, 10.0, 10.0],
+                "iscrowd": 1,
+                "segmentation": _rle(np.pad(np.ones((10, 10), np.uint8), ((20, 10), (45, 5)))),
+                "area": 100.0,
+            },
+            {
+                "id": 3,
+                "image_id": 11,
+                "category_id": 3,
+                "bbox": [5.0, 10.0, 20.0, 30.0],
+                "iscrowd": 0,
+                "segmentation": ring_segm,
+                "area": float(ring.sum()),
+            },
         ],
         "categories": [{"id": 7, "name": "triangle"}, {"id": 3, "name": "ring"}],
     }

@@ -34,8 +34,11 @@ def _mapper(record):
 
 def test_train_loader_batches_and_groups_by_aspect_ratio():
     loader = build_detection_train_loader(
-        _records(10), mapper=_mapper, sampler=TrainingSampler(10, seed=0, rank=0, world_size=1),
-        total_batch_size=3, aspect_ratio_grouping=True,
+        _records(10),
+        mapper=_mapper,
+        sampler=TrainingSampler(10, seed=0, rank=0, world_size=1),
+        total_batch_size=3,
+        aspect_ratio_grouping=True,
     )
     batches = list(islice(iter(loader), 8))
     for batch in batches:
@@ -146,8 +149,12 @@ class _CountingMapper:
 
 def _resumable(mapper, grouping, num_workers=0, n=50, batch=3):
     return build_detection_train_loader(
-        _records(n), mapper=mapper, sampler=TrainingSampler(n, seed=8, rank=0, world_size=1),
-        total_batch_size=batch, aspect_ratio_grouping=grouping, num_workers=num_workers,
+        _records(n),
+        mapper=mapper,
+        sampler=TrainingSampler(n, seed=8, rank=0, world_size=1),
+        total_batch_size=batch,
+        aspect_ratio_grouping=grouping,
+        num_workers=num_workers,
     )
 
 

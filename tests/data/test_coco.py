@@ -92,7 +92,9 @@ def _bad_cases():
         "unknown category": (dict(category_id=5), "field 'category_id'", "not in 'categories'"),
         "missing image": (dict(image_id=99), "field 'image_id'", "not in 'images'"),
         "rle of wrong size": (
-            dict(segmentation={"size": [2, 2], "counts": "04"}), "field 'segmentation.size'", "(h, w)"
+            dict(segmentation={"size": [2, 2], "counts": "04"}),
+            "field 'segmentation.size'",
+            "(h, w)",
         ),
         "odd polygon": (dict(segmentation=[[1.0, 2.0, 3.0, 4.0, 5.0]]), "field 'segmentation'", "even-length"),
         "nan polygon": (dict(segmentation=[[1.0, 2.0, 3.0, 4.0, 5.0, math.nan]]), "field 'segmentation'", "non-finite"),

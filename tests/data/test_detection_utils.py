@@ -81,10 +81,18 @@ def test_transform_instance_annotations_clips_box_to_image():
 
 def test_annotations_to_instances_and_filter_empty():
     annos = [
-        {"bbox": [1.0, 1.0, 5.0, 5.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 2,
-         "segmentation": [np.array([1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0, 5.0])]},
-        {"bbox": [3.0, 3.0, 3.0, 9.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1,  # zero width
-         "segmentation": np.zeros((8, 8), np.uint8)},
+        {
+            "bbox": [1.0, 1.0, 5.0, 5.0],
+            "bbox_mode": BoxMode.XYXY_ABS,
+            "category_id": 2,
+            "segmentation": [np.array([1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0, 5.0])],
+        },
+        {
+            "bbox": [3.0, 3.0, 3.0, 9.0],
+            "bbox_mode": BoxMode.XYXY_ABS,
+            "category_id": 1,  # zero width
+            "segmentation": np.zeros((8, 8), np.uint8),
+        },
     ]
     inst = utils.annotations_to_instances(annos, (8, 8), mask_format="polygon")
     assert isinstance(inst.gt_masks, BitMasks)  # one raster mask: the image gets bitmasks

@@ -103,4 +103,3 @@ def test_reading_json_file_metadata_generates_the_split(tmp_path):
 def test_builtin_shapes_splits_are_registered():
     assert {"shapes_train", "shapes_val"} <= set(DatasetCatalog.list())
     assert MetadataCatalog.get("shapes_val").thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2, 4: 3}
-

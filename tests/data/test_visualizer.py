@@ -7,7 +7,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
-from detlib.data import DatasetCatalog, MetadataCatalog, Metadata
+from detlib.data import DatasetCatalog, Metadata, MetadataCatalog
 from detlib.data.datasets import register_coco_instances
 from detlib.structures import Boxes, BoxMode, Instances, Keypoints
 from detlib.utils.visualizer import Visualizer
@@ -44,8 +44,12 @@ def test_draw_dataset_dict_handles_polygons_rle_and_scale():
     rle = mask_util.encode(np.asfortranarray(rle_mask))
     record = {
         "annotations": [
-            {"bbox": [15, 5, 10, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1,
-             "segmentation": [[15.0, 5.0, 25.0, 5.0, 25.0, 15.0, 15.0, 15.0]]},
+            {
+                "bbox": [15, 5, 10, 10],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": 1,
+                "segmentation": [[15.0, 5.0, 25.0, 5.0, 25.0, 15.0, 15.0, 15.0]],
+            },
             {"bbox": [2, 2, 4, 4], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "segmentation": rle},
         ]
     }

@@ -1,6 +1,7 @@
 """Training under the cluster launchers (torchrun, SLURM), elastic restarts and preemption, on the CPU
 with gloo: every way of running 2 processes ends with the weights of one uninterrupted
 `--num-gpus 2` run."""
+
 import os
 import signal
 import socket
@@ -22,10 +23,31 @@ MAX_ITER = 14
 
 def _train_args(output_dir, *options, step_sleep=0.0):
     return [
-        str(SCRIPT), "--random-augment", "--step-sleep", str(step_sleep), "--dist-timeout", "60", *options,
-        "MODEL.DEVICE", "cpu", "SEED", "5", "OUTPUT_DIR", str(output_dir),
-        "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.IMS_PER_BATCH", "4",
-        "SOLVER.BASE_LR", "0.1", "SOLVER.WARMUP_ITERS", "2", "DATALOADER.NUM_WORKERS", "0",
+        str(SCRIPT),
+        "--random-augment",
+        "--step-sleep",
+        str(step_sleep),
+        "--dist-timeout",
+        "60",
+        *options,
+        "MODEL.DEVICE",
+        "cpu",
+        "SEED",
+        "5",
+        "OUTPUT_DIR",
+        str(output_dir),
+        "SOLVER.MAX_ITER",
+        str(MAX_ITER),
+        "SOLVER.CHECKPOINT_PERIOD",
+        "3",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.BASE_LR",
+        "0.1",
+        "SOLVER.WARMUP_ITERS",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
     ]
 
 
@@ -96,8 +118,14 @@ def test_torchrun_and_emulated_slurm_train_exactly_like_spawned_processes(tmp_pa
     port, slurm_tasks = str(_free_port()), []
     for rank in range(2):
         slurm_env = dict(
-            SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2", SLURM_NODEID="0",
-            SLURM_TASKS_PER_NODE="2", SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4711", MASTER_PORT=port,
+            SLURM_PROCID=str(rank),
+            SLURM_LOCALID=str(rank),
+            SLURM_NTASKS="2",
+            SLURM_NODEID="0",
+            SLURM_TASKS_PER_NODE="2",
+            SLURM_JOB_NODELIST="localhost",
+            SLURM_JOB_ID="4711",
+            MASTER_PORT=port,
         )
         slurm_tasks.append(_start([sys.executable, *_train_args(tmp_path / "slurm")], **slurm_env))
     assert "World size: 2" in _finish(torchrun)
@@ -110,7 +138,11 @@ def test_torchrun_and_emulated_slurm_train_exactly_like_spawned_processes(tmp_pa
 
 def test_worker_killed_under_torchrun_restarts_from_last_checkpoint(tmp_path, reference):
     output_dir = tmp_path / "elastic"
-    run = _start(_torchrun("--max-restarts", "1", "--monitor-interval", "0.2", *_train_args(output_dir, "--resume", step_sleep=0.15)))
+    run = _start(
+        _torchrun(
+            "--max-restarts", "1", "--monitor-interval", "0.2", *_train_args(output_dir, "--resume", step_sleep=0.15)
+        )
+    )
     _wait_for(output_dir / "last_checkpoint", run)
     _wait_for(output_dir / "pid_rank1", run)
     os.kill(int((output_dir / "pid_rank1").read_text()), signal.SIGKILL)

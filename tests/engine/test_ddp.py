@@ -1,5 +1,6 @@
 """`--num-gpus 2` on a CPU machine: two gloo processes train in lockstep and match one process
 with the same total batch."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _start(output_dir, num_gpus):
     command = [
-        sys.executable, str(SCRIPT), "--num-gpus", str(num_gpus),
-        "MODEL.DEVICE", "cpu", "SEED", "5", "OUTPUT_DIR", str(output_dir),
-        "SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "5", "SOLVER.IMS_PER_BATCH", "4",
-        "SOLVER.BASE_LR", "0.1", "SOLVER.WARMUP_ITERS", "2", "DATALOADER.NUM_WORKERS", "0",
+        sys.executable,
+        str(SCRIPT),
+        "--num-gpus",
+        str(num_gpus),
+        "MODEL.DEVICE",
+        "cpu",
+        "SEED",
+        "5",
+        "OUTPUT_DIR",
+        str(output_dir),
+        "SOLVER.MAX_ITER",
+        "12",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "5",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.BASE_LR",
+        "0.1",
+        "SOLVER.WARMUP_ITERS",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_train_net import TinyTrainer
 
 from detlib.config import get_cfg
 from detlib.data import build_detection_train_loader
@@ -13,8 +14,6 @@ from detlib.engine.defaults import _scale_to_world_size, verify_results
 from detlib.evaluation import DatasetEvaluator
 from detlib.modeling import META_ARCH_REGISTRY
 from detlib.utils.env import seed_all_rng
-
-from tiny_train_net import TinyTrainer
 
 
 def test_argument_parser_takes_run_options_and_trailing_overrides():

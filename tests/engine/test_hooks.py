@@ -3,13 +3,13 @@ import logging
 
 import pytest
 import torch
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 from torch import nn
 
 from detlib.checkpoint import DetectionCheckpointer, load_checkpoint_file
 from detlib.engine import SimpleTrainer, hooks
 from detlib.solver import LRMultiplier
 from detlib.utils.events import CommonMetricPrinter, EventWriter
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 
 class RandomLoss(nn.Module):
@@ -48,8 +48,10 @@ def test_callback_hooks_run_in_order_around_each_step():
     trainer.train(5, 7)
     assert events == [
         ("before_train", 5),
-        ("before_step", 5), ("after_step", 5),
-        ("before_step", 6), ("after_step", 6),
+        ("before_step", 5),
+        ("after_step", 5),
+        ("before_step", 6),
+        ("after_step", 6),
         ("after_train", 7),
     ]
 

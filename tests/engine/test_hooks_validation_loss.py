@@ -1,13 +1,13 @@
 """The validation-loss hook in a DefaultTrainer run: scalars in metrics.json, training unchanged."""
+
 import json
 
 import pytest
 import torch
+from test_defaults import _tiny_cfg
+from tiny_train_net import TinyTrainer, make_records
 
 from detlib.utils.env import seed_all_rng
-
-from tiny_train_net import TinyTrainer, make_records
-from test_defaults import _tiny_cfg
 
 VAL_BATCHES = 3
 

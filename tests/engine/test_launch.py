@@ -1,5 +1,6 @@
 """Where torchrun and SLURM put a process, read from their variables; failing to join is a named error
 within the timeout, not a hang."""
+
 import datetime
 import socket
 import time
@@ -10,9 +11,23 @@ from detlib.engine import RendezvousError, launch
 from detlib.engine.launch import ClusterPlacement, detect_cluster_placement, first_slurm_host, slurm_tasks_on_node
 
 LAUNCHER_VARIABLES = (
-    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-    "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
-    "SLURM_NODEID", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST", "SLURM_JOB_ID",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_USE_AGENT_STORE",
+    "TORCHELASTIC_RESTART_COUNT",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_NODEID",
+    "SLURM_TASKS_PER_NODE",
+    "SLURM_NTASKS_PER_NODE",
+    "SLURM_JOB_NODELIST",
+    "SLURM_JOB_ID",
 )
 
 
@@ -25,16 +40,26 @@ def clean_env(monkeypatch):
 
 def test_torchrun_variables():
     env = {
-        "RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
-        "MASTER_ADDR": "node7", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "job",
+        "RANK": "5",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "8",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "node7",
+        "MASTER_PORT": "29500",
+        "TORCHELASTIC_RUN_ID": "job",
     }
     assert detect_cluster_placement(env) == ClusterPlacement("torchrun", 5, 8, 1, 4, "node7", 29500)
 
 
 def test_slurm_variables_with_rendezvous_on_the_first_node():
     env = {
-        "SLURM_PROCID": "6", "SLURM_NTASKS": "8", "SLURM_LOCALID": "2", "SLURM_NODEID": "1",
-        "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[007-008],cpu1", "SLURM_JOB_ID": "123456",
+        "SLURM_PROCID": "6",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_TASKS_PER_NODE": "4(x2)",
+        "SLURM_JOB_NODELIST": "gpu[007-008],cpu1",
+        "SLURM_JOB_ID": "123456",
     }
     placement = detect_cluster_placement(env)
     assert placement == ClusterPlacement("SLURM", 6, 8, 2, 4, "gpu007", 20000 + 123456 % 20000)
@@ -46,8 +71,14 @@ def test_slurm_variables_with_rendezvous_on_the_first_node():
 
 @pytest.mark.parametrize(
     "nodelist, first",
-    [("node1", "node1"), ("a[3-5]", "a3"), ("gpu[12,14-15]", "gpu12"), ("r[01-02]n[1-4],x", "r01n1"),
-     ("h1,h[2-3]", "h1"), ("rack-[9-10]-ib", "rack-9-ib")],
+    [
+        ("node1", "node1"),
+        ("a[3-5]", "a3"),
+        ("gpu[12,14-15]", "gpu12"),
+        ("r[01-02]n[1-4],x", "r01n1"),
+        ("h1,h[2-3]", "h1"),
+        ("rack-[9-10]-ib", "rack-9-ib"),
+    ],
 )
 def test_first_slurm_host(nodelist, first):
     assert first_slurm_host(nodelist) == first
@@ -75,8 +106,16 @@ def test_missing_or_bad_variable_is_named():
     with pytest.raises(RuntimeError, match="MASTER_PORT is not set"):
         detect_cluster_placement({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(RuntimeError, match="SLURM_PROCID='x'"):
-        detect_cluster_placement({"SLURM_PROCID": "x", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
-                                  "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "1", "SLURM_LOCALID": "0"})
+        detect_cluster_placement(
+            {
+                "SLURM_PROCID": "x",
+                "SLURM_NTASKS": "2",
+                "SLURM_NTASKS_PER_NODE": "2",
+                "SLURM_JOB_NODELIST": "n1",
+                "SLURM_JOB_ID": "1",
+                "SLURM_LOCALID": "0",
+            }
+        )
 
 
 def _unused_port():
@@ -94,7 +133,10 @@ def test_unreachable_peers_fail_within_the_timeout_naming_address_and_timeout(cl
         variables = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
     else:
         variables = {
-            "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"
+            "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": str(rank),
+            "SLURM_NTASKS": "2",
+            "SLURM_NTASKS_PER_NODE": "2",
         }
     for name, value in dict(variables, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
         clean_env.setenv(name, value)

@@ -1,5 +1,6 @@
 """Kill a training run with SIGKILL at a random moment, resume it, and get the same weights as a
 run that was never interrupted; no checkpoint on disk is ever partial."""
+
 import json
 import random
 import signal
@@ -20,11 +21,34 @@ PERIOD = 7  # not a divisor of MAX_ITER: the run ends between two periodic check
 
 def _command(output_dir, *extra):
     return [
-        sys.executable, str(SCRIPT), "--random-augment", "--step-sleep", "0.02", *extra,
-        "MODEL.DEVICE", "cpu", "SEED", "11", "OUTPUT_DIR", str(output_dir),
-        "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(PERIOD),
-        "SOLVER.IMS_PER_BATCH", "3", "SOLVER.BASE_LR", "0.05", "SOLVER.WARMUP_ITERS", "5",
-        "SOLVER.STEPS", "(40,)", "SOLVER.WEIGHT_DECAY", "0.001", "DATALOADER.NUM_WORKERS", "0",
+        sys.executable,
+        str(SCRIPT),
+        "--random-augment",
+        "--step-sleep",
+        "0.02",
+        *extra,
+        "MODEL.DEVICE",
+        "cpu",
+        "SEED",
+        "11",
+        "OUTPUT_DIR",
+        str(output_dir),
+        "SOLVER.MAX_ITER",
+        str(MAX_ITER),
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(PERIOD),
+        "SOLVER.IMS_PER_BATCH",
+        "3",
+        "SOLVER.BASE_LR",
+        "0.05",
+        "SOLVER.WARMUP_ITERS",
+        "5",
+        "SOLVER.STEPS",
+        "(40,)",
+        "SOLVER.WEIGHT_DECAY",
+        "0.001",
+        "DATALOADER.NUM_WORKERS",
+        "0",
     ]
 
 

@@ -1,12 +1,13 @@
 """SimpleTrainer is loss-agnostic: it sums whatever losses a model returns and steps."""
+
 import copy
 import itertools
 import json
 
 import pytest
 import torch
-from torch import nn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
 from detlib.engine import AMPTrainer, ModelWithLoss, SimpleTrainer, hooks
 from detlib.utils.events import JSONWriter, TensorboardXWriter, get_event_storage
@@ -211,8 +212,12 @@ def test_amp_trainer_runs_the_forward_in_bfloat16_on_cpu():
 
     model = Probe()
     before = model.linear.weight.detach().clone()
-    trainer = AMPTrainer(model, itertools.repeat(torch.randn(8, 4)), torch.optim.SGD(model.parameters(), lr=0.1),
-                         precision=torch.bfloat16)
+    trainer = AMPTrainer(
+        model,
+        itertools.repeat(torch.randn(8, 4)),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        precision=torch.bfloat16,
+    )
     assert trainer.grad_scaler is None  # bfloat16 needs no loss scaling
     trainer.train(0, 3)
     assert model.dtypes == [torch.bfloat16] * 3

@@ -8,6 +8,7 @@ the mapper draws from NumPy and Python's generators (like augmentations) and the
 torch's (like proposal sampling). Without it a step is a deterministic function of the sampled
 indices, so that a 2-process run can be compared with a 1-process one.
 """
+
 import datetime
 import os
 import random

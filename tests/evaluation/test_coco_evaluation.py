@@ -122,18 +122,20 @@ def test_imperfect_predictions_equal_pycocotools_on_the_result_file(tmp_path):
     for task in ("bbox", "segm"):
         expected = _pycocotools_stats(json_file, out / "coco_instances_results.json", task)
         ours = [results[task][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
-        np.testing.assert_allclose(
-            np.nan_to_num(ours, nan=-100.0), np.where(expected < 0, -100.0, expected), rtol=1e-9
-        )
+        np.testing.assert_allclose(np.nan_to_num(ours, nan=-100.0), np.where(expected < 0, -100.0, expected), rtol=1e-9)
         assert 0 < results[task]["AP"] < 100
 
 
 def test_empty_predictions_score_zero(tmp_path):
     _write_dataset(tmp_path, "eval_empty")
     evaluator = COCOEvaluator("eval_empty", tasks=("bbox", "segm"), output_dir=str(tmp_path))
-    empty = Instances((H, W), pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
-                      pred_classes=torch.zeros(0, dtype=torch.int64),
-                      pred_masks=torch.zeros(0, H, W, dtype=torch.bool))
+    empty = Instances(
+        (H, W),
+        pred_boxes=Boxes(torch.zeros(0, 4)),
+        scores=torch.zeros(0),
+        pred_classes=torch.zeros(0, dtype=torch.int64),
+        pred_masks=torch.zeros(0, H, W, dtype=torch.bool),
+    )
     for image_id in (1, 2, 3):
         evaluator.process([{"image_id": image_id}], [{"instances": empty}])
     results = evaluator.evaluate()
@@ -234,7 +236,9 @@ def test_process_streams_each_image_to_the_rank_file(tmp_path):
         assert int(image) == image_id
         encoded = json.loads(payload)
         assert len(encoded) == len(instances)
-        assert all(r["category_id"] in (3, 7) and len(r["bbox"]) == 4 and "counts" in r["segmentation"] for r in encoded)
+        assert all(
+            r["category_id"] in (3, 7) and len(r["bbox"]) == 4 and "counts" in r["segmentation"] for r in encoded
+        )
     assert not (out / "coco_instances_results.json").exists()  # written by evaluate() only
     evaluator.evaluate()
     assert len(json.load(open(out / "coco_instances_results.json"))) == len(anns)
@@ -254,7 +258,11 @@ def test_an_interrupted_run_leaves_nothing_a_later_run_reads(tmp_path):
     later.evaluate()
     assert json.load(open(out / "coco_instances_results.json")) == []  # image 3 has no objects
     leftover = os.path.basename(crashed._stream.path)
-    assert {p.name for p in out.iterdir()} == {"coco_instances_results.json", leftover, os.path.basename(later._stream.path)}
+    assert {p.name for p in out.iterdir()} == {
+        "coco_instances_results.json",
+        leftover,
+        os.path.basename(later._stream.path),
+    }
     del crashed, later  # a stream's file goes with it
     assert [p.name for p in out.iterdir()] == ["coco_instances_results.json"]
 
@@ -262,10 +270,12 @@ def test_an_interrupted_run_leaves_nothing_a_later_run_reads(tmp_path):
 def test_evaluators_sharing_an_output_dir_keep_their_own_predictions(tmp_path):
     _, anns = _write_dataset(tmp_path, "eval_shared_dir")
     out = str(tmp_path / "out")
-    together = DatasetEvaluators([
-        COCOEvaluator("eval_shared_dir", tasks=("bbox",), output_dir=out),
-        COCOEvaluator("eval_shared_dir", tasks=("segm",), output_dir=out),
-    ])
+    together = DatasetEvaluators(
+        [
+            COCOEvaluator("eval_shared_dir", tasks=("bbox",), output_dir=out),
+            COCOEvaluator("eval_shared_dir", tasks=("segm",), output_dir=out),
+        ]
+    )
     alone = COCOEvaluator("eval_shared_dir", output_dir=str(tmp_path / "alone"))
     for image_id, instances in _degraded_outputs(anns).items():
         together.process([{"image_id": image_id}], [{"instances": instances}])
@@ -335,6 +345,7 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     for label in ("shared_dir", "temp_dir_other_host"):
         for task in ("bbox", "segm"):
             assert on_main[label][task] == pytest.approx(expected[task], nan_ok=True), (label, task)
+
     def by_image(path):
         return sorted(json.load(open(path)), key=lambda r: (r["image_id"], -r["score"]))
 

@@ -1,4 +1,5 @@
 """faster-coco-eval against pycocotools' COCOeval, the reference, on sets built to hit every rule."""
+
 import copy
 import json
 
@@ -52,11 +53,17 @@ def _synthetic_set(seed):
                 counts.append(run)
                 segmentation = {"size": [SIZE, SIZE], "counts": counts}
             category = int(rng.choice(CATEGORY_IDS))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                "bbox": [x, y, w, h], "area": float(mask_util.area(rle)), "iscrowd": crowd,
-                "segmentation": segmentation,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
+                    "area": float(mask_util.area(rle)),
+                    "iscrowd": crowd,
+                    "segmentation": segmentation,
+                }
+            )
             if image_id % 5 == 0:
                 continue  # an image whose objects are all missed
             for _ in range(int(rng.integers(0, 3))):  # hits, near misses and duplicates
@@ -77,8 +84,7 @@ def _result(image_id, category, box, rng):
     rle = mask_util.merge(mask_util.frPyObjects([_box_polygon(x, y, w, h, rng)], SIZE, SIZE))
     rle["counts"] = rle["counts"].decode("ascii")
     score = float(np.round(rng.random(), 2))  # ties in score, as real detectors produce
-    return {"image_id": image_id, "category_id": category, "bbox": [x, y, w, h], "score": score,
-            "segmentation": rle}
+    return {"image_id": image_id, "category_id": category, "bbox": [x, y, w, h], "score": score, "segmentation": rle}
 
 
 def _reference(json_file, results, iou_type, image_ids, max_dets):
@@ -121,8 +127,12 @@ def test_backend_equals_pycocotools(tmp_path, iou_type, use_fast_impl, seed, ima
         json.dump(dataset, f)
     expected = _reference(json_file, results, iou_type, image_ids, max_dets)
     ours = evaluate_predictions_on_coco(
-        load_coco_json(json_file, use_fast_impl), copy.deepcopy(results), iou_type,
-        image_ids=image_ids, max_dets=max_dets, use_fast_impl=use_fast_impl,
+        load_coco_json(json_file, use_fast_impl),
+        copy.deepcopy(results),
+        iou_type,
+        image_ids=image_ids,
+        max_dets=max_dets,
+        use_fast_impl=use_fast_impl,
     )
     reference = _precision_metrics(expected)
     assert (reference[:6] > 0).all()  # every area range has matches
@@ -137,5 +147,7 @@ def test_no_predictions_score_zero(tmp_path, use_fast_impl):
     json_file = str(tmp_path / "gt.json")
     with open(json_file, "w") as f:
         json.dump(dataset, f)
-    ours = evaluate_predictions_on_coco(load_coco_json(json_file, use_fast_impl), [], "bbox", use_fast_impl=use_fast_impl)
+    ours = evaluate_predictions_on_coco(
+        load_coco_json(json_file, use_fast_impl), [], "bbox", use_fast_impl=use_fast_impl
+    )
     assert ours.stats[0] == 0.0 and ours.stats[1] == 0.0

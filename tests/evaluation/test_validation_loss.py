@@ -69,11 +69,13 @@ def test_validation_loader_keeps_annotations_and_resizes_like_test_time(tmp_path
     for image_id, (h, w) in enumerate([(20, 40), (30, 30)], start=1):
         Image.fromarray(np.full((h, w, 3), 60 * image_id, np.uint8)).save(tmp_path / f"{image_id}.png")
         images.append({"id": image_id, "file_name": f"{image_id}.png", "height": h, "width": w})
-        annotations.append({"id": image_id, "image_id": image_id, "category_id": 4, "bbox": [2, 3, 10, 8],
-                            "area": 80.0, "iscrowd": 0})
+        annotations.append(
+            {"id": image_id, "image_id": image_id, "category_id": 4, "bbox": [2, 3, 10, 8], "area": 80.0, "iscrowd": 0}
+        )
     json_file = tmp_path / "val.json"
-    json_file.write_text(json.dumps({"images": images, "annotations": annotations,
-                                     "categories": [{"id": 4, "name": "thing"}]}))
+    json_file.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 4, "name": "thing"}]})
+    )
     if "val_loss_set" in DatasetCatalog.list():
         DatasetCatalog.remove("val_loss_set")
         MetadataCatalog.remove("val_loss_set")

@@ -1,4 +1,5 @@
 """A tiny Mask R-CNN on the shapes config and a fixed two-image batch, shared by the tests of docs/extend.md."""
+
 import sys
 from pathlib import Path
 
@@ -14,13 +15,20 @@ sys.path.insert(0, str(REPO / "projects" / "MaskScoring"))
 
 # The shapes Mask R-CNN made small enough that building it and one training step take well under a second.
 TINY_OVERRIDES = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.FPN.OUT_CHANNELS", "16",
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "64",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.ROI_MASK_HEAD.CONV_DIM", "8",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.FPN.OUT_CHANNELS",
+    "16",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "64",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "64",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "32",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    "8",
 ]
 
 

@@ -2,6 +2,7 @@
 The code in docs/extend.md and docs/design.md runs and does what the text says. Every ```python block
 whose first line is `# snippet: NAME` is executed here, once, and its result checked.
 """
+
 import math
 import re
 from pathlib import Path
@@ -26,6 +27,8 @@ def _snippets():
 
 
 SNIPPETS = _snippets()
+
+
 def run_snippet(name):
     """Execute a snippet and return its namespace; what it registers is undone after the test (tests/conftest.py)."""
     namespace = {"__name__": f"docs_snippet_{name}"}
@@ -46,7 +49,11 @@ def test_new_backbone_trains_in_mask_rcnn(tiny_cfg, batch, run_losses):
     assert {s.channels for s in shapes.values()} == {16}
     features = model.backbone(torch.zeros(1, 3, 64, 128))
     assert {name: tuple(f.shape[-2:]) for name, f in features.items()} == {
-        "p2": (16, 32), "p3": (8, 16), "p4": (4, 8), "p5": (2, 4), "p6": (1, 2)
+        "p2": (16, 32),
+        "p3": (8, 16),
+        "p4": (4, 8),
+        "p5": (2, 4),
+        "p6": (1, 2),
     }
 
     losses, _ = run_losses(model, batch)
@@ -73,8 +80,7 @@ def test_registered_box_loss_by_hand_and_from_config(tiny_cfg):
 
     model = build_model(
         tiny_cfg(
-            "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "balanced_l1",
-            "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS.gamma", 1.0,
+            "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "balanced_l1", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS.gamma", 1.0
         )
     )
     assert model.roi_heads.box_predictor.box_loss.params == {"alpha": 0.5, "gamma": 1.0}

@@ -3,6 +3,7 @@ The loss registries as a user meets them: built-in classification losses against
 formulas, a loss registered with one decorator and selected from the config, and every invalid
 loss setting failing when the model is built, naming the valid choices.
 """
+
 import math
 
 import pytest
@@ -114,11 +115,16 @@ def test_user_registered_loss_selected_by_config_is_the_one_used(user_loss_calls
     brier_calls, box_calls = user_loss_calls
     baseline = build_model(tiny_cfg())
     cfg = tiny_cfg(
-        "MODEL.RPN.CLS_LOSS_TYPE", "test_brier",
-        "MODEL.RPN.CLS_LOSS_PARAMS.scale", 3.0,
-        "MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE", "test_brier",
-        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "test_squared_deltas",
-        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS.scale", 0.5,
+        "MODEL.RPN.CLS_LOSS_TYPE",
+        "test_brier",
+        "MODEL.RPN.CLS_LOSS_PARAMS.scale",
+        3.0,
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS_TYPE",
+        "test_brier",
+        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
+        "test_squared_deltas",
+        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS.scale",
+        0.5,
     )
     model = build_model(cfg)
     model.load_state_dict(baseline.state_dict())

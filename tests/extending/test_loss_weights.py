@@ -2,6 +2,7 @@
 MODEL.LOSS_WEIGHTS and MODEL.ROI_BOX_HEAD.CLS_LOSS_WEIGHTS change the losses exactly as documented:
 the same model, inputs and sampling seed, with and without the weights.
 """
+
 import math
 
 import pytest
@@ -25,15 +26,23 @@ def _pair(tiny_cfg, *overrides):
 def test_loss_weights_scale_each_term(tiny_cfg, batch, run_losses):
     stock, weighted = _pair(
         tiny_cfg,
-        "MODEL.LOSS_WEIGHTS.loss_rpn_cls", 2.0,
-        "MODEL.LOSS_WEIGHTS.loss_rpn_loc", 0.5,
-        "MODEL.LOSS_WEIGHTS.loss_cls", 3.0,
-        "MODEL.LOSS_WEIGHTS.loss_box_reg", 0.25,
-        "MODEL.LOSS_WEIGHTS.loss_mask", 1.5,
+        "MODEL.LOSS_WEIGHTS.loss_rpn_cls",
+        2.0,
+        "MODEL.LOSS_WEIGHTS.loss_rpn_loc",
+        0.5,
+        "MODEL.LOSS_WEIGHTS.loss_cls",
+        3.0,
+        "MODEL.LOSS_WEIGHTS.loss_box_reg",
+        0.25,
+        "MODEL.LOSS_WEIGHTS.loss_mask",
+        1.5,
         # Detectron2's own weights multiply with them.
-        "MODEL.RPN.LOSS_WEIGHT", 4.0,
-        "MODEL.RPN.BBOX_REG_LOSS_WEIGHT", 3.0,
-        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", 2.0,
+        "MODEL.RPN.LOSS_WEIGHT",
+        4.0,
+        "MODEL.RPN.BBOX_REG_LOSS_WEIGHT",
+        3.0,
+        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT",
+        2.0,
     )
     base, _ = run_losses(stock, batch)
     scaled, _ = run_losses(weighted, batch)

@@ -3,6 +3,7 @@ The worked example of docs/extend.md, projects/MaskScoring: its IoU targets by h
 and rescoring, selection by one config line, and a few training iterations from the command line
 with the stock trainer, its loss and diagnostics reaching metrics.json.
 """
+
 import json
 import math
 import os
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from mask_scoring import MaskIoUHead, MaskScoringROIHeads, mask_iou_targets  # on sys.path by conftest.py
 
 from detlib.layers import ShapeSpec
 from detlib.modeling.meta_arch.build import build_model
 from detlib.modeling.roi_heads import StandardROIHeads
 from detlib.structures import BitMasks, Boxes, Instances
 from detlib.utils.events import EventStorage
-from mask_scoring import MaskIoUHead, MaskScoringROIHeads, mask_iou_targets  # on sys.path by conftest.py
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,13 +129,19 @@ def test_trains_from_the_command_line_with_the_stock_trainer(tmp_path, tiny_over
     command = [
         sys.executable,
         str(REPO / "projects" / "MaskScoring" / "train_net.py"),
-        "--config-file", str(REPO / "projects" / "MaskScoring" / "configs" / "mask_scoring_R18_FPN_shapes.yaml"),
+        "--config-file",
+        str(REPO / "projects" / "MaskScoring" / "configs" / "mask_scoring_R18_FPN_shapes.yaml"),
         *tiny_overrides,
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", "2",
-        "DATASETS.TEST", "()",
-        "DATALOADER.NUM_WORKERS", "0",
-        "OUTPUT_DIR", str(tmp_path),
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "2",
+        "DATASETS.TEST",
+        "()",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "OUTPUT_DIR",
+        str(tmp_path),
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     # Run from the repository so the shapes dataset is generated (once) under its datasets/.

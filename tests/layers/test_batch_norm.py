@@ -1,4 +1,5 @@
 """FrozenBatchNorm2d against nn.BatchNorm2d in eval mode, its checkpoint compatibility, and get_norm."""
+
 from collections import OrderedDict
 
 import pytest
@@ -67,7 +68,9 @@ def test_frozen_bn_half_precision_input_keeps_dtype():
 
 def test_convert_frozen_batchnorm_replaces_nested_and_top_level():
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), _random_bn(4, seed=1), nn.ReLU(),
+        nn.Conv2d(3, 4, 3, padding=1),
+        _random_bn(4, seed=1),
+        nn.ReLU(),
         nn.Sequential(nn.Conv2d(4, 4, 1), _random_bn(4, eps=1e-4, seed=2)),
     ).eval()
     x = torch.randn(2, 3, 6, 6)
@@ -113,20 +116,26 @@ def test_version2_checkpoint_running_var_included_eps():
     # Checkpoints before version 3 stored var + eps in running_var.
     frozen = FrozenBatchNorm2d(2, eps=0.01)
     state = _versioned_state(
-        {"weight": torch.ones(2), "bias": torch.zeros(2), "running_mean": torch.zeros(2),
-         "running_var": torch.tensor([1.01, 4.01])}, version=2,
+        {
+            "weight": torch.ones(2),
+            "bias": torch.zeros(2),
+            "running_mean": torch.zeros(2),
+            "running_var": torch.tensor([1.01, 4.01]),
+        },
+        version=2,
     )
     frozen.load_state_dict(state)
     torch.testing.assert_close(frozen.running_var, torch.tensor([1.0, 4.0]))
     x = torch.ones(1, 2, 1, 1)
-    torch.testing.assert_close(frozen(x).flatten(), torch.tensor([1 / 1.01 ** 0.5, 1 / 4.01 ** 0.5]))
+    torch.testing.assert_close(frozen(x).flatten(), torch.tensor([1 / 1.01**0.5, 1 / 4.01**0.5]))
 
 
 def test_version1_checkpoint_without_running_stats():
     # The oldest checkpoints had only the affine part; statistics default to mean 0, var 1 - eps + eps.
     frozen = FrozenBatchNorm2d(2)
-    frozen.load_state_dict(_versioned_state({"weight": torch.tensor([2.0, 3.0]), "bias": torch.tensor([1.0, 0.0])},
-                                            version=1))
+    frozen.load_state_dict(
+        _versioned_state({"weight": torch.tensor([2.0, 3.0]), "bias": torch.tensor([1.0, 0.0])}, version=1)
+    )
     x = torch.tensor([1.0, -2.0]).reshape(1, 2, 1, 1)
     torch.testing.assert_close(frozen(x).flatten(), torch.tensor([3.0, -6.0]), rtol=0, atol=1e-6)
 

@@ -3,6 +3,7 @@ detlib._C, the compiled ops: the build in use is current, its operators are regi
 with torchvision's schemas and give torchvision's results, and a missing or stale build is refused with
 an ImportError that says how to rebuild it. Self-contained (.ci/check_wheel runs it against an installed wheel).
 """
+
 import sys
 
 import pytest
@@ -65,4 +66,3 @@ def test_built_against_other_torch(monkeypatch):
     monkeypatch.setattr(_extension.load_extension(), "TORCH_VERSION", "0.0.1")
     with pytest.raises(ImportError, match="built against torch 0.0.1.*pip install"):
         _extension.load_extension()
-

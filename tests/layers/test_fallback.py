@@ -3,6 +3,7 @@ When detlib._C cannot be used, detlib.layers falls back to torchvision's kernels
 and the build command, the same detections on the Detectron2 parity case, and an ImportError instead
 when DETLIB_REQUIRE_EXT=1. Each case runs in a subprocess that hides the extension before importing detlib.
 """
+
 import json
 import os
 import subprocess
@@ -28,7 +29,11 @@ def run_python(code: str, hide_extension: bool, args=(), **env) -> subprocess.Co
     environment.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **env)
     source = (HIDE_EXTENSION if hide_extension else "") + textwrap.dedent(code)
     return subprocess.run(
-        [sys.executable, "-c", source, *map(str, args)], capture_output=True, text=True, env=environment, cwd=REPO,
+        [sys.executable, "-c", source, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO,
         timeout=600,
     )
 

@@ -1,4 +1,5 @@
 """detlib.layers.nms / batched_nms against torchvision.ops, index for index."""
+
 import pytest
 import torch
 from torchvision import ops

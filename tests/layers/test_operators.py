@@ -3,6 +3,7 @@ torch.ops.detlib as PyTorch operators: torch.library.opcheck (schema, fake kerne
 AOT dispatch with dynamic shapes), and torch.compile / torch.export through detlib.layers and the modules
 that use them, with no graph break caused by detlib's ops and outputs equal to eager.
 """
+
 import pytest
 import torch
 import torchvision

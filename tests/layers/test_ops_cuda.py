@@ -1,4 +1,5 @@
 """CUDA kernels of detlib._C against torchvision.ops on the same GPU, and against detlib's CPU kernels."""
+
 import pytest
 import torch
 from torchvision import ops
@@ -138,8 +139,9 @@ def forward_and_grad(fn, x: torch.Tensor, rois: torch.Tensor, upstream: torch.Te
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.25])
 def test_roi_align_float64_matches_torchvision(aligned, sampling_ratio, scale):
     x = features((2, 3, 23, 31), seed=1, dtype=torch.float64)
-    rois = random_rois(40, seed=int(scale * 8) + sampling_ratio, batch=2, height=23, width=31, scale=scale,
-                       dtype=torch.float64)
+    rois = random_rois(
+        40, seed=int(scale * 8) + sampling_ratio, batch=2, height=23, width=31, scale=scale, dtype=torch.float64
+    )
     kwargs = dict(output_size=(5, 4), spatial_scale=scale, sampling_ratio=sampling_ratio, aligned=aligned)
     upstream = features((40, 3, 5, 4), seed=2, dtype=torch.float64)
     out, grad = forward_and_grad(roi_align, x, rois, upstream, **kwargs)

@@ -1,4 +1,5 @@
 """detlib.layers.roi_align / ROIAlign against torchvision.ops.roi_align: values and input gradients."""
+
 import pytest
 import torch
 from torchvision import ops
@@ -6,8 +7,9 @@ from torchvision import ops
 from detlib.layers import ROIAlign, roi_align
 
 
-def random_rois(num_rois: int, batch_size: int, height: int, width: int, scale: float, seed: int,
-                dtype=torch.float64) -> torch.Tensor:
+def random_rois(
+    num_rois: int, batch_size: int, height: int, width: int, scale: float, seed: int, dtype=torch.float64
+) -> torch.Tensor:
     """[K, 5] rois in input-image pixels; about a third reach outside the feature map."""
     g = torch.Generator().manual_seed(seed)
     image_h, image_w = height / scale, width / scale
@@ -44,8 +46,13 @@ def test_forward_and_input_grad_match_torchvision(aligned, sampling_ratio, scale
 def test_tiny_and_inverted_rois_match_torchvision():
     x = features().requires_grad_()
     rois = torch.tensor(
-        [[0, 3.0, 3.0, 3.0, 3.0], [1, 5.0, 2.0, 5.2, 9.0], [0, 9.0, 8.0, 4.0, 2.0], [1, -30, -30, -20, -20],
-         [0, 16.5, 12.5, 40.0, 40.0]],
+        [
+            [0, 3.0, 3.0, 3.0, 3.0],
+            [1, 5.0, 2.0, 5.2, 9.0],
+            [0, 9.0, 8.0, 4.0, 2.0],
+            [1, -30, -30, -20, -20],
+            [0, 16.5, 12.5, 40.0, 40.0],
+        ],
         dtype=torch.float64,
     )
     for aligned in (True, False):
@@ -55,8 +62,10 @@ def test_tiny_and_inverted_rois_match_torchvision():
             torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
             grad_out = torch.randn_like(out)
             torch.testing.assert_close(
-                torch.autograd.grad(out, x, grad_out)[0], torch.autograd.grad(expected, x, grad_out)[0],
-                rtol=0, atol=1e-6,
+                torch.autograd.grad(out, x, grad_out)[0],
+                torch.autograd.grad(expected, x, grad_out)[0],
+                rtol=0,
+                atol=1e-6,
             )
 
 
@@ -78,8 +87,9 @@ def test_empty_rois():
 
 def test_gradcheck():
     x = features(batch_size=2, channels=2, height=6, width=7).requires_grad_()
-    rois = torch.tensor([[0, 0.5, 1.0, 5.5, 4.0], [1, -1.0, 2.0, 3.0, 7.5], [1, 2.2, 0.3, 6.4, 2.9]],
-                        dtype=torch.float64)
+    rois = torch.tensor(
+        [[0, 0.5, 1.0, 5.5, 4.0], [1, -1.0, 2.0, 3.0, 7.5], [1, 2.2, 0.3, 6.4, 2.9]], dtype=torch.float64
+    )
     for aligned in (True, False):
         for sampling_ratio in (0, 2):
             assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, (2, 3), 1.0, sampling_ratio, aligned), (x,))

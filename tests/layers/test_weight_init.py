@@ -1,4 +1,5 @@
 """Caffe2-style initializations: their distributions against the formulas they implement."""
+
 import math
 
 import torch

@@ -1,5 +1,6 @@
 """model_zoo.get_config_file resolves the repository's configs/ in a checkout and the packaged copy that
 setup.py puts into a built package (detlib/model_zoo/configs)."""
+
 import os
 import shutil
 import subprocess
@@ -32,8 +33,12 @@ def test_built_package_resolves_its_packaged_configs(tmp_path):
     shutil.copytree(REPO / "configs", package / "model_zoo" / "configs")
     code = f"from detlib.model_zoo import get_config_file; print(get_config_file({NAME!r}))"
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=120,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == package / "model_zoo" / "configs" / NAME

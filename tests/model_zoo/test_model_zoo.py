@@ -1,4 +1,5 @@
 """Detectron2's trained models for detlib's zoo configs: their URLs, and `model_zoo.get`."""
+
 import pickle
 import re
 import zipfile

@@ -1,5 +1,6 @@
 """ResNet and FPN backbones: shapes per depth, freezing, norms, torchvision as a numeric reference,
 hand-written FPN reference, and the Detectron2 parity checkpoint loading by name."""
+
 import math
 import pickle
 import re
@@ -14,11 +15,11 @@ from detlib.config import get_cfg
 from detlib.layers import FrozenBatchNorm2d, ShapeSpec
 from detlib.modeling.backbone import (
     FPN,
-    LastLevelMaxPool,
     Backbone,
     BasicBlock,
     BasicStem,
     BottleneckBlock,
+    LastLevelMaxPool,
     ResNet,
     build_backbone,
     build_resnet_backbone,
@@ -94,8 +95,10 @@ def test_make_stage_per_block_arguments():
 
 
 def test_resnet_with_classifier():
-    stages = [ResNet.make_stage(BasicBlock, 1, in_channels=c_in, out_channels=c_out, stride_per_block=[s])
-              for c_in, c_out, s in [(8, 8, 1), (8, 16, 2)]]
+    stages = [
+        ResNet.make_stage(BasicBlock, 1, in_channels=c_in, out_channels=c_out, stride_per_block=[s])
+        for c_in, c_out, s in [(8, 8, 1), (8, 16, 2)]
+    ]
     model = ResNet(BasicStem(3, 8), stages, num_classes=5)
     assert model(torch.randn(2, 3, 32, 32))["linear"].shape == (2, 5)
     assert model.output_shape() == {}
@@ -170,8 +173,11 @@ PARTS = ["stem", "res2", "res3", "res4", "res5"]
 def test_freeze_at(freeze_at):
     torch.manual_seed(0)
     model = build_resnet_backbone(resnet_cfg(18, freeze_at=freeze_at, NORM="BN"), RGB).train()
-    running_means = {name: m.running_mean.clone() for name, m in model.named_modules()
-                     if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))}
+    running_means = {
+        name: m.running_mean.clone()
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))
+    }
     x = torch.randn(4, 3, 32, 32)
     loss = sum(f.square().mean() for f in model(x).values())
     assert loss.requires_grad == (freeze_at < len(PARTS))
@@ -210,8 +216,10 @@ def test_frozen_stages_keep_eval_outputs():
 
 
 # ----------------------------------------------------------------------------------------------- norms
-@pytest.mark.parametrize("norm, norm_type", [("GN", nn.GroupNorm), ("BN", nn.BatchNorm2d),
-                                             ("SyncBN", nn.SyncBatchNorm), ("FrozenBN", FrozenBatchNorm2d)])
+@pytest.mark.parametrize(
+    "norm, norm_type",
+    [("GN", nn.GroupNorm), ("BN", nn.BatchNorm2d), ("SyncBN", nn.SyncBatchNorm), ("FrozenBN", FrozenBatchNorm2d)],
+)
 def test_resnet_norms_build_and_train(norm, norm_type):
     torch.manual_seed(0)
     model = build_resnet_backbone(resnet_cfg(18, NORM=norm), RGB).train()
@@ -315,13 +323,18 @@ def test_fpn_shapes_names_and_divisibility():
     assert all(s.channels == 16 for s in shapes.values())
 
     own_keys = {k for k in model.state_dict() if not k.startswith("bottom_up.")}
-    expected = {f"fpn_{kind}{level}.{p}" for kind in ("lateral", "output") for level in range(2, 6)
-                for p in ("weight", "bias")}
+    expected = {
+        f"fpn_{kind}{level}.{p}" for kind in ("lateral", "output") for level in range(2, 6) for p in ("weight", "bias")
+    }
     assert own_keys == expected
 
     out = model(torch.randn(1, 3, 64, 96))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "p2": (1, 16, 16, 24), "p3": (1, 16, 8, 12), "p4": (1, 16, 4, 6), "p5": (1, 16, 2, 3), "p6": (1, 16, 1, 2)
+        "p2": (1, 16, 16, 24),
+        "p3": (1, 16, 8, 12),
+        "p4": (1, 16, 4, 6),
+        "p5": (1, 16, 2, 3),
+        "p6": (1, 16, 1, 2),
     }
 
 
@@ -407,9 +420,9 @@ def test_loads_detectron2_parity_checkpoint_by_name(d2_case):
     model = build_backbone(cfg)
     with open(d2_case / "model.pkl", "rb") as f:
         weights = pickle.load(f, encoding="latin1")["model"]
-    checkpoint = {k[len("backbone."):]: torch.from_numpy(v) for k, v in weights.items() if k.startswith("backbone.")}
+    checkpoint = {k[len("backbone.") :]: torch.from_numpy(v) for k, v in weights.items() if k.startswith("backbone.")}
     state = model.state_dict()
-    assert sorted(checkpoint) == sorted(state), (set(checkpoint) ^ set(state))
+    assert sorted(checkpoint) == sorted(state), set(checkpoint) ^ set(state)
     assert {k: tuple(v.shape) for k, v in checkpoint.items()} == {k: tuple(v.shape) for k, v in state.items()}
     assert "bottom_up.stem.conv1.norm.running_var" in state and "bottom_up.res3.0.shortcut.weight" in state
 

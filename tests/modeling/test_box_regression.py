@@ -79,7 +79,9 @@ def test_dense_loss_on_deltas():
     loss = dense_box_regression_loss(anchors, transform, pred, gt_boxes, fg_mask, build_box_loss("smooth_l1"))
     torch.testing.assert_close(loss, torch.tensor(0.85))  # |0.5| + |-0.25| + |0| + |0.1|
     # beta 0.5: 0.5 * 0.25**2 / 0.5 + 0.5 * 0.1**2 / 0.5 for the quadratic part, 0.5 - 0.25 for the linear one
-    loss_beta = dense_box_regression_loss(anchors, transform, pred, gt_boxes, fg_mask, build_box_loss("smooth_l1", beta=0.5))
+    loss_beta = dense_box_regression_loss(
+        anchors, transform, pred, gt_boxes, fg_mask, build_box_loss("smooth_l1", beta=0.5)
+    )
     torch.testing.assert_close(loss_beta, torch.tensor(0.25 + 0.0625 + 0.01))
     loss.backward()
     assert torch.isfinite(pred[0].grad).all()
@@ -95,5 +97,7 @@ def test_dense_loss_on_boxes():
     torch.testing.assert_close(loss, torch.tensor(0.5))
     # Plain tensors as anchors and `...` as the mask (every element counts), as the box head calls it.
     one_anchor = [torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
-    loss_all = dense_box_regression_loss(one_anchor, transform, [torch.zeros(1, 1, 4)], [gt_boxes[0][:1]], ..., build_box_loss("giou"))
+    loss_all = dense_box_regression_loss(
+        one_anchor, transform, [torch.zeros(1, 1, 4)], [gt_boxes[0][:1]], ..., build_box_loss("giou")
+    )
     torch.testing.assert_close(loss_all, torch.tensor(0.5))

@@ -4,12 +4,7 @@ import torch
 from detlib.modeling.matcher import Matcher
 
 # 2 gt x 5 predictions. Best gt per prediction: 0.5 (gt1), 0.8 (gt0), 0.45 (gt1), 0.1 (gt1), 0.5 (gt1).
-IOU = torch.tensor(
-    [
-        [0.1, 0.8, 0.35, 0.0, 0.0],
-        [0.5, 0.2, 0.45, 0.1, 0.5],
-    ]
-)
+IOU = torch.tensor([[0.1, 0.8, 0.35, 0.0, 0.0], [0.5, 0.2, 0.45, 0.1, 0.5]])
 
 
 def test_labels_by_threshold():

@@ -32,9 +32,7 @@ def test_convert_boxes_to_pooler_format():
     a = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
     b = torch.tensor([[9.0, 10.0, 11.0, 12.0]])
     rois = convert_boxes_to_pooler_format([Boxes(a), Boxes(torch.zeros(0, 4)), Boxes(b)])
-    expected = torch.tensor(
-        [[0.0, 1.0, 2.0, 3.0, 4.0], [0.0, 5.0, 6.0, 7.0, 8.0], [2.0, 9.0, 10.0, 11.0, 12.0]]
-    )
+    expected = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0], [0.0, 5.0, 6.0, 7.0, 8.0], [2.0, 9.0, 10.0, 11.0, 12.0]])
     assert torch.equal(rois, expected)
 
 

@@ -159,9 +159,7 @@ def test_fast_rcnn_inference_by_hand():
     a2 = [12.0, 10.0, 52.0, 50.0]  # IoU with a: 38 * 40 / (2 * 1600 - 1520) = 0.905
     b = [60.0, 60.0, 120.0, 90.0]  # sticks out of the 100 x 100 image
     boxes = torch.tensor([a + a, a2 + a2, b + b, [float("nan")] * 8])
-    scores = torch.tensor(
-        [[0.9, 0.05, 0.05], [0.8, 0.15, 0.05], [0.3, 0.02, 0.68], [0.99, 0.0, 0.01]]
-    )
+    scores = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.15, 0.05], [0.3, 0.02, 0.68], [0.99, 0.0, 0.01]])
     result, kept = fast_rcnn_inference_single_image(boxes, scores, (100, 100), 0.05, 0.5, topk_per_image=100)
     # class 0: a (0.9) suppresses a2 (0.8), b (0.3) survives; class 1: a2 (0.15); a's 0.05 is not > 0.05.
     assert result.scores.tolist() == pytest.approx([0.9, 0.3, 0.15])

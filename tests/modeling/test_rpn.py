@@ -98,7 +98,9 @@ def test_losses_by_hand():
 
 def test_loss_weights_and_box_loss_choice():
     images, features, gt = _inputs()
-    weighted = _tiny_rpn(loss_weight={"loss_rpn_cls": 2.0, "loss_rpn_loc": 0.5}, box_loss=build_box_loss("smooth_l1", beta=1.0)).train()
+    weighted = _tiny_rpn(
+        loss_weight={"loss_rpn_cls": 2.0, "loss_rpn_loc": 0.5}, box_loss=build_box_loss("smooth_l1", beta=1.0)
+    ).train()
     with EventStorage(0):
         _, losses = weighted(images, features, gt)
     cls = (_bce(2.0, 1) + _bce(-1.0, 0) + _bce(0.5, 0) + _bce(0.0, 0)) / 8
@@ -173,8 +175,14 @@ def test_find_top_proposals_nms_per_level():
     level1 = torch.tensor([[shifted]])
     logits = [torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[2.5]])]
     (result,) = find_top_rpn_proposals(
-        [level0, level1], logits, [(40, 40)], nms_thresh=0.7, pre_nms_topk=2, post_nms_topk=10,
-        min_box_size=0.0, training=False,
+        [level0, level1],
+        logits,
+        [(40, 40)],
+        nms_thresh=0.7,
+        pre_nms_topk=2,
+        post_nms_topk=10,
+        min_box_size=0.0,
+        training=False,
     )
     # Level 0 keeps its top 2 (box, shifted) and NMS drops `shifted`; level 1's box overlaps `box`
     # just as much but NMS runs within levels only.

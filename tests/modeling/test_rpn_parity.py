@@ -1,4 +1,5 @@
 """The RPN proposals of the Detectron2 parity case A: same weights, same input, same proposals."""
+
 import json
 import pickle
 
@@ -27,7 +28,7 @@ def case(d2_case):
     with open(d2_case / "model.pkl", "rb") as f:
         weights = pickle.load(f)["model"]
     for prefix, module in (("backbone.", backbone), ("proposal_generator.", rpn)):
-        state = {k[len(prefix):]: torch.from_numpy(v) for k, v in weights.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: torch.from_numpy(v) for k, v in weights.items() if k.startswith(prefix)}
         module.load_state_dict(state, strict=True)
     expected = np.load(d2_case / "expected_inference.npz")
     return cfg, backbone.eval(), rpn.eval(), expected

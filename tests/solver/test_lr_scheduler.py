@@ -44,8 +44,13 @@ def test_multistep_with_linear_warmup_matches_the_formula():
 
 def test_constant_warmup_and_the_class_form_agree():
     optimizer = _optimizer()
-    lrs = _lrs(WarmupMultiStepLR(optimizer, [6], max_iter=10, gamma=0.5, warmup_factor=0.1, warmup_iters=3,
-                                 warmup_method="constant"), optimizer, 10)
+    lrs = _lrs(
+        WarmupMultiStepLR(
+            optimizer, [6], max_iter=10, gamma=0.5, warmup_factor=0.1, warmup_iters=3, warmup_method="constant"
+        ),
+        optimizer,
+        10,
+    )
     assert lrs == pytest.approx([0.1] * 3 + [1.0] * 3 + [0.5] * 4)
 
 

@@ -3,26 +3,14 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from detlib.structures import (
-    Boxes,
-    BoxMode,
-    matched_pairwise_iou,
-    pairwise_intersection,
-    pairwise_ioa,
-    pairwise_iou,
-)
+from detlib.structures import Boxes, BoxMode, matched_pairwise_iou, pairwise_intersection, pairwise_ioa, pairwise_iou
 
 
 def test_pairwise_iou_hand_values():
     a = Boxes([[0, 0, 10, 10], [0, 0, 2, 2]])
     b = Boxes([[5, 5, 15, 15], [0, 0, 10, 10], [20, 20, 30, 30], [1, 0, 3, 2]])
     # (0,0,10,10) vs (5,5,15,15): inter 25, union 175. (0,0,2,2) vs (1,0,3,2): inter 2, union 6.
-    expected = torch.tensor(
-        [
-            [25 / 175, 1.0, 0.0, 4 / 100],
-            [0.0, 4 / 100, 0.0, 2 / 6],
-        ]
-    )
+    expected = torch.tensor([[25 / 175, 1.0, 0.0, 4 / 100], [0.0, 4 / 100, 0.0, 2 / 6]])
     torch.testing.assert_close(pairwise_iou(a, b), expected)
     torch.testing.assert_close(
         pairwise_intersection(a, b), torch.tensor([[25.0, 100.0, 0.0, 4.0], [0.0, 4.0, 0.0, 2.0]])

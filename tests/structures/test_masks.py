@@ -30,7 +30,9 @@ def test_polygons_to_bitmask_square_and_union():
     np.testing.assert_array_equal(polygons_to_bitmask([np.array(SQUARE)], 8, 9), expected)
     second = np.array(SQUARE) + 4  # pixels 6..9, overlapping nothing
     union = polygons_to_bitmask([np.array(SQUARE), second], 12, 12)
-    np.testing.assert_array_equal(union, _square_mask(12, 12, 2, 6, 2, 6).numpy() | _square_mask(12, 12, 6, 10, 6, 10).numpy())
+    np.testing.assert_array_equal(
+        union, _square_mask(12, 12, 2, 6, 2, 6).numpy() | _square_mask(12, 12, 6, 10, 6, 10).numpy()
+    )
     assert not polygons_to_bitmask([], 3, 4).any()
 
 
@@ -116,7 +118,9 @@ def test_polygon_indexing_and_cat():
 
 
 def test_bitmasks_basics():
-    tensor = torch.stack([_square_mask(6, 7, 1, 4, 2, 5), torch.zeros(6, 7, dtype=torch.bool), _square_mask(6, 7, 5, 6, 6, 7)])
+    tensor = torch.stack(
+        [_square_mask(6, 7, 1, 4, 2, 5), torch.zeros(6, 7, dtype=torch.bool), _square_mask(6, 7, 5, 6, 6, 7)]
+    )
     masks = BitMasks(tensor.numpy().astype(np.uint8))
     assert masks.tensor.dtype == torch.bool and masks.image_size == (6, 7) and len(masks) == 3
     torch.testing.assert_close(

@@ -6,6 +6,7 @@
 The splits are generated on first use under `$DETLIB_DATASETS/shapes_mini/`: `shapes_mini_train`
 (MINI_TRAIN_IMAGES images) and `shapes_mini_val` (MINI_VAL_IMAGES), drawn like `shapes_train`.
 """
+
 import os
 import sys
 
@@ -23,7 +24,9 @@ MINI_VAL_IMAGES = 8
 
 
 def register_mini_shapes(root: str) -> None:
-    register_shapes("shapes_mini_train", os.path.join(root, "shapes_mini", "train"), ShapesSpec(MINI_TRAIN_IMAGES, seed=0))
+    register_shapes(
+        "shapes_mini_train", os.path.join(root, "shapes_mini", "train"), ShapesSpec(MINI_TRAIN_IMAGES, seed=0)
+    )
     register_shapes("shapes_mini_val", os.path.join(root, "shapes_mini", "val"), ShapesSpec(MINI_VAL_IMAGES, seed=1))
 
 

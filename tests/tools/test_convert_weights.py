@@ -1,4 +1,5 @@
 """tools/convert_weights.py: any loadable checkpoint to a .safetensors file of its model weights."""
+
 import os
 import pickle
 import subprocess
@@ -42,7 +43,9 @@ def test_a_caffe2_backbone_converts_and_still_finds_its_place(tmp_path):
     out = tmp_path / "R.safetensors"
     subprocess.run(
         [sys.executable, str(REPO / "tools" / "convert_weights.py"), str(source), str(out)],
-        check=True, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
     )
 
     class Stem(nn.Module):

@@ -1,4 +1,5 @@
 """`tools/demo.py`: one PNG per input image, at the input's size, with the predictions drawn."""
+
 import importlib.util
 from pathlib import Path
 
@@ -46,11 +47,24 @@ def images(tmp_path) -> list:
 
 
 def _run_demo(weights, images, output_dir, threshold, *extra):
-    _load_demo().main([
-        "--config-file", str(CONFIG), "--input", *map(str, images), "--output", str(output_dir),
-        "--confidence-threshold", str(threshold), *extra,
-        "--opts", "MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu",
-    ])
+    _load_demo().main(
+        [
+            "--config-file",
+            str(CONFIG),
+            "--input",
+            *map(str, images),
+            "--output",
+            str(output_dir),
+            "--confidence-threshold",
+            str(threshold),
+            *extra,
+            "--opts",
+            "MODEL.WEIGHTS",
+            str(weights),
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
 
 
 def test_demo_draws_predictions_into_pngs(weights, images, tmp_path):

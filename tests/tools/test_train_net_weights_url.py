@@ -1,6 +1,7 @@
 """`train_net.py --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml` loads its
 `detectron2://ImageNetPretrained/MSRA/R-50.pkl` from a mirror (`DETLIB_DETECTRON2_URL`, a server on
 127.0.0.1) and trains. The Caffe2 R-50 file is written from ResNet-50's published layout."""
+
 import os
 import pickle
 import subprocess
@@ -59,9 +60,24 @@ def test_train_net_loads_the_imagenet_backbone_from_a_mirror_and_trains(tmp_path
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     output_dir = tmp_path / "out"
     short_run = [
-        "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", '("shapes_mini_train",)', "DATASETS.TEST", "()",
-        "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "1", "DATALOADER.NUM_WORKERS", "0",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "OUTPUT_DIR", str(output_dir),
+        "MODEL.DEVICE",
+        "cpu",
+        "DATASETS.TRAIN",
+        '("shapes_mini_train",)',
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.MAX_ITER",
+        "1",
+        "SOLVER.IMS_PER_BATCH",
+        "1",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "64",
+        "OUTPUT_DIR",
+        str(output_dir),
     ]
     command = [sys.executable, str(SCRIPT), "--config-file", str(CONFIG), *short_run]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

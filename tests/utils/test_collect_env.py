@@ -1,4 +1,5 @@
 """`python -m detlib.collect_env` runs and reports the versions and the NMS / ROIAlign kernels in use."""
+
 import importlib.metadata
 import os
 import subprocess

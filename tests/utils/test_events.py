@@ -88,9 +88,12 @@ def test_json_writer_writes_each_iteration_once_and_every_scalar(tmp_path):
 def test_json_writer_of_a_resumed_run_drops_the_interrupted_runs_later_lines(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text(
-        json.dumps({"iteration": 4, "loss": 1.0}) + "\n"
-        + json.dumps({"iteration": 9, "loss": 2.0}) + "\n"
-        + json.dumps({"iteration": 14, "loss": 3.0}) + "\n"
+        json.dumps({"iteration": 4, "loss": 1.0})
+        + "\n"
+        + json.dumps({"iteration": 9, "loss": 2.0})
+        + "\n"
+        + json.dumps({"iteration": 14, "loss": 3.0})
+        + "\n"
         + '{"iteration": 19, "lo'  # the process was killed while writing
     )
     writer = JSONWriter(str(path))

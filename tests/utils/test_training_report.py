@@ -21,11 +21,7 @@ def test_load_metrics_groups_values_by_name(tmp_path):
         ],
     )
     series = load_metrics(str(metrics))
-    assert series == {
-        "loss_cls": [(0, 1.5), (1, 1.25)],
-        "lr": [(0, 0.01), (1, 0.02)],
-        "bbox/AP": [(1, 12.5)],
-    }
+    assert series == {"loss_cls": [(0, 1.5), (1, 1.25)], "lr": [(0, 0.01), (1, 0.02)], "bbox/AP": [(1, 12.5)]}
 
 
 def test_a_corrupt_line_names_the_file_and_line(tmp_path):
@@ -44,8 +40,10 @@ def test_writes_curves_only_for_what_the_run_logged(tmp_path):
     ]
     _write_metrics(
         metrics,
-        [{"iteration": 0, "total_loss": 1.0, "lr": 0.1}, {"iteration": 5, "bbox/AP": 10.0, "segm/AP": 8.0,
-                                                          "bbox/AP-circle": 3.0}],
+        [
+            {"iteration": 0, "total_loss": 1.0, "lr": 0.1},
+            {"iteration": 5, "bbox/AP": 10.0, "segm/AP": 8.0, "bbox/AP-circle": 3.0},
+        ],
     )
     written = write_training_curves(str(metrics), str(tmp_path))
     assert written[-1] == str(tmp_path / "ap.png")

@@ -1,4 +1,5 @@
 """Dataset loaders and the built-in registrations (COCO 2017, synthetic shapes and keypoint shapes)."""
+
 from . import builtin  # noqa: F401  registers the built-in datasets
 from .coco import convert_to_coco_dict, convert_to_coco_json, load_coco_json, register_coco_instances
 from .shapes import SHAPES_CLASSES, ShapesSpec, generate_shapes

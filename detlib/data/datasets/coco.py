@@ -1,4 +1,5 @@
 """COCO instances JSON <-> detlib dataset records."""
+
 import json
 import logging
 import math
@@ -189,7 +190,9 @@ def load_coco_json(
     if without_area:
         logger.warning(
             "Left out %d annotations of %s whose polygons all have fewer than 3 points (no area); ids: %s",
-            len(without_area), json_file, without_area[:10],
+            len(without_area),
+            json_file,
+            without_area[:10],
         )
     logger.info("Loaded %d images from %s.", len(records), json_file)
     return list(records.values())
@@ -250,9 +253,7 @@ def convert_to_coco_dict(dataset_name: str) -> dict:
     classes = metadata.get("thing_classes")
     if classes is None:
         raise ValueError(f"Dataset '{dataset_name}' has no 'thing_classes' metadata; cannot write COCO categories.")
-    categories = [
-        {"id": to_dataset_id[i] if to_dataset_id else i, "name": name} for i, name in enumerate(classes)
-    ]
+    categories = [{"id": to_dataset_id[i] if to_dataset_id else i, "name": name} for i, name in enumerate(classes)]
 
     images, annotations = [], []
     for record in records:

@@ -11,6 +11,7 @@ pixel extent of the visible mask. Objects may overlap, but each keeps most of it
 A split is written as `<dir>/annotations.json` (COCO instances format) and `<dir>/images/*.png`,
 and regenerated only when missing or generated with different parameters.
 """
+
 import json
 import logging
 import os

@@ -1,4 +1,5 @@
 """Training on several datasets at once, at a chosen mix."""
+
 from typing import Optional, Sequence
 
 import torch

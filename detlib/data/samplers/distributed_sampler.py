@@ -1,4 +1,5 @@
 """Index samplers for training (infinite, shuffled, sharded) and inference (each index once)."""
+
 import logging
 import math
 from collections import defaultdict

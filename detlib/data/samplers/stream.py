@@ -1,5 +1,6 @@
 """Endless training streams that can start anywhere in constant time, and the record of how far a
 trainer has consumed one (what a checkpoint saves so that `--resume` skips nothing by replaying)."""
+
 import logging
 from typing import Collection, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -106,8 +107,11 @@ class EpochStreamSampler(Sampler):
             self.skip = frozenset(int(i) for i in state["consumed_ahead"])
         else:
             logger.warning(
-                "The data position was saved by %d ranks and %d run now: rank %d restarts at the beginning "
-                "of epoch %d", state["world_size"], self.world_size, self.rank, state["epoch"],
+                "The data position was saved by %d ranks and %d run now: rank %d restarts at the beginning of epoch %d",
+                state["world_size"],
+                self.world_size,
+                self.rank,
+                state["epoch"],
             )
             self.start = StreamCursor(0, int(state["epoch"]), self.rank)
             self.skip = frozenset()

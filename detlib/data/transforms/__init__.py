@@ -1,4 +1,5 @@
 """A small transform API: deterministic `Transform`s and the random `Augmentation`s that make them."""
+
 from .augmentation import AugInput, Augmentation, AugmentationList, apply_augmentations
 from .augmentation_impl import RandomCrop, RandomFlip, Resize, ResizeShortestEdge
 from .transform import (

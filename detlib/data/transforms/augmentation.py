@@ -6,6 +6,7 @@ An `Augmentation` names the inputs it needs in `input_args` (attributes of `AugI
 and returns it, so the caller can apply the same transform to anything else (polygons, masks).
 Randomness comes from numpy's global generator, which the data loader seeds per worker.
 """
+
 from typing import Any, List, Optional, Sequence
 
 import numpy as np

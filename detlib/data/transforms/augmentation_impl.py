@@ -1,4 +1,5 @@
 """The augmentations detection training uses: resizing, flipping, cropping."""
+
 import sys
 from typing import Sequence, Tuple, Union
 

@@ -5,6 +5,7 @@ Deterministic transforms: once created, a `Transform` maps an image and everythi
 Conventions: images are H x W x C (or H x W) numpy arrays; coordinates are N x 2 float arrays of
 (x, y) in absolute pixels, where pixel (i, j) covers [j, j+1) x [i, i+1); boxes are N x 4 XYXY.
 """
+
 from abc import ABC, abstractmethod
 from typing import Iterable, List, Optional
 

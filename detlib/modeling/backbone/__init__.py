@@ -1,4 +1,5 @@
 """Backbones: the `Backbone` interface, its registry, ResNet and FPN."""
+
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
 from .fpn import FPN, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn_backbone, build_retinanet_resnet_fpn_backbone

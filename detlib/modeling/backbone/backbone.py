@@ -1,4 +1,5 @@
 """`Backbone`: the interface every feature extractor of a detector implements."""
+
 from abc import ABCMeta, abstractmethod
 from typing import Dict
 

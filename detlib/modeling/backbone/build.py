@@ -1,4 +1,5 @@
 """`BACKBONE_REGISTRY` and `build_backbone`: how a config names its backbone."""
+
 from typing import Optional
 
 from detlib.layers import ShapeSpec

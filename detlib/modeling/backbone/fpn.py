@@ -1,4 +1,5 @@
 """Feature Pyramid Network (Lin et al. 2017) on top of a bottom-up backbone, in Detectron2's layout."""
+
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -91,20 +92,25 @@ class FPN(Backbone):
         input_shapes = bottom_up.output_shape()
         missing = [f for f in in_features if f not in input_shapes]
         if missing:
-            raise ValueError(f"FPN input features {missing} are not outputs of the bottom-up backbone "
-                             f"(it has {list(input_shapes)}).")
+            raise ValueError(
+                f"FPN input features {missing} are not outputs of the bottom-up backbone (it has {list(input_shapes)})."
+            )
         strides = [input_shapes[f].stride for f in in_features]
         for finer, coarser in zip(strides[:-1], strides[1:]):
             if coarser != 2 * finer:
-                raise ValueError(f"FPN input strides must double from one feature to the next; got {strides} "
-                                 f"for {list(in_features)}.")
+                raise ValueError(
+                    f"FPN input strides must double from one feature to the next; got {strides} "
+                    f"for {list(in_features)}."
+                )
 
         use_bias = norm == ""
         lateral_convs, output_convs = [], []
         for feature, stride in zip(in_features, strides):
             level = int(math.log2(stride))
             # 1x1 lateral conv to the pyramid's width, then a same-size 3x3 conv; a bias only without norm.
-            lateral = Conv2d(input_shapes[feature].channels, out_channels, 1, bias=use_bias, norm=get_norm(norm, out_channels))
+            lateral = Conv2d(
+                input_shapes[feature].channels, out_channels, 1, bias=use_bias, norm=get_norm(norm, out_channels)
+            )
             output = Conv2d(out_channels, out_channels, 3, padding=1, bias=use_bias, norm=get_norm(norm, out_channels))
             c2_xavier_fill(lateral)
             c2_xavier_fill(output)

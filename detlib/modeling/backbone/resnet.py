@@ -4,6 +4,7 @@ ResNet and ResNeXt backbones (He et al. 2016; Xie et al. 2017) in Detectron2's l
 Module names match Detectron2's (`stem.conv1`, `res2.0.conv1`, `res3.0.shortcut`, `<conv>.norm`), so its
 checkpoints load by name. The stem has stride 4; stages res2..res5 have strides 4, 8, 16, 32.
 """
+
 from typing import Dict, List, Optional, Sequence, Type
 
 import torch
@@ -16,23 +17,10 @@ from detlib.layers.weight_init import c2_msra_fill
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY
 
-__all__ = [
-    "BasicStem",
-    "BasicBlock",
-    "BottleneckBlock",
-    "ResNet",
-    "make_stage",
-    "build_resnet_backbone",
-]
+__all__ = ["BasicStem", "BasicBlock", "BottleneckBlock", "ResNet", "make_stage", "build_resnet_backbone"]
 
 # Residual blocks in res2..res5 for each depth; 18 and 34 use BasicBlock, deeper nets BottleneckBlock.
-_BLOCKS_PER_STAGE = {
-    18: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-}
+_BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
 def _conv_norm(in_channels: int, out_channels: int, kernel: int, norm, stride: int = 1, **conv_args) -> Conv2d:
@@ -277,8 +265,11 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {r.RES5_DILATION}.")
     basic = depth < 50
     if basic:
-        for key, value, required in (("RES2_OUT_CHANNELS", r.RES2_OUT_CHANNELS, 64),
-                                     ("RES5_DILATION", r.RES5_DILATION, 1), ("NUM_GROUPS", r.NUM_GROUPS, 1)):
+        for key, value, required in (
+            ("RES2_OUT_CHANNELS", r.RES2_OUT_CHANNELS, 64),
+            ("RES5_DILATION", r.RES5_DILATION, 1),
+            ("NUM_GROUPS", r.NUM_GROUPS, 1),
+        ):
             if value != required:
                 raise ValueError(f"ResNet-{depth} (BasicBlock) needs MODEL.RESNETS.{key} = {required}, got {value}.")
 

@@ -1,4 +1,5 @@
 """The registry of meta-architectures (whole models) and `build_model`."""
+
 from typing import Any
 
 import torch

@@ -7,6 +7,7 @@ Inputs are Detectron2's list of per-image dicts:
   * "instances" (training): gt `Instances` with `gt_boxes`, `gt_classes` (and `gt_masks`);
   * "proposals" (without a proposal generator): `Instances` with `proposal_boxes`, `objectness_logits`.
 """
+
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -72,9 +73,7 @@ class _RCNNBase(nn.Module):
                 )
             images.append((image - self.pixel_mean) / self.pixel_std)
         return ImageList.from_tensors(
-            images,
-            self.backbone.size_divisibility,
-            padding_constraints=self.backbone.padding_constraints,
+            images, self.backbone.size_divisibility, padding_constraints=self.backbone.padding_constraints
         )
 
     def _gt_instances(self, batched_inputs: List[Dict]) -> Optional[List[Instances]]:
@@ -175,7 +174,10 @@ class GeneralizedRCNN(_RCNNBase):
         return {**detector_losses, **proposal_losses}
 
     def inference(
-        self, batched_inputs: List[Dict[str, Tensor]], detected_instances: InstancesList = None, do_postprocess: bool = True
+        self,
+        batched_inputs: List[Dict[str, Tensor]],
+        detected_instances: InstancesList = None,
+        do_postprocess: bool = True,
     ):
         """
         Args:
@@ -224,7 +226,12 @@ class ProposalNetwork(_RCNNBase):
 
     @configurable
     def __init__(
-        self, *, pixel_mean: Sequence[float], pixel_std: Sequence[float], backbone: Backbone, proposal_generator: nn.Module
+        self,
+        *,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        backbone: Backbone,
+        proposal_generator: nn.Module,
     ):
         super().__init__()
         self.backbone, self.proposal_generator = backbone, proposal_generator

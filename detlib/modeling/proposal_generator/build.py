@@ -1,4 +1,5 @@
 """The registry of proposal generators and the function that builds the configured one."""
+
 from typing import Dict, Optional
 
 from torch import nn

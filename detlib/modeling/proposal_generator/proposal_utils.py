@@ -1,4 +1,5 @@
 """Turning dense box predictions into per-image proposals, and adding the gt boxes to them."""
+
 import math
 from typing import List, Sequence, Tuple, Union
 

@@ -2,6 +2,7 @@
 Region Proposal Network (Faster R-CNN, Ren et al. 2015): an objectness score and box deltas for every
 anchor, its own losses in training, and per-image proposals in both modes.
 """
+
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -184,7 +185,9 @@ class RPN(nn.Module):
         rpn = cfg.MODEL.RPN
         missing = [f for f in rpn.IN_FEATURES if f not in input_shape]
         if missing:
-            raise ValueError(f"MODEL.RPN.IN_FEATURES {missing} are not among the backbone outputs {sorted(input_shape)}")
+            raise ValueError(
+                f"MODEL.RPN.IN_FEATURES {missing} are not among the backbone outputs {sorted(input_shape)}"
+            )
         shapes = [input_shape[f] for f in rpn.IN_FEATURES]
         weights = cfg.MODEL.LOSS_WEIGHTS
         # Detectron2's per-head weights multiply with detlib's per-term MODEL.LOSS_WEIGHTS.

@@ -1,4 +1,5 @@
 """Second-stage heads: box head and predictor, mask and keypoint heads, and the RoI heads that run them."""
+
 from .box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead, build_box_head
 from .cascade_rcnn import CascadeROIHeads
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference

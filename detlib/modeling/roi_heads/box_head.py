@@ -1,4 +1,5 @@
 """Box heads: per-RoI feature transforms between the pooler and the box predictor."""
+
 from typing import List
 
 from torch import nn

@@ -5,6 +5,7 @@ them, and inference (score threshold, per-class NMS, top-k per image).
 Shapes used below: R proposals in a batch, K foreground classes, B = 4 box coordinates. Class
 index K is background. Boxes are XYXY in input-image pixels.
 """
+
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -56,7 +57,12 @@ def fast_rcnn_inference(
 
 
 def fast_rcnn_inference_single_image(
-    boxes: Tensor, scores: Tensor, image_shape: Tuple[int, int], score_thresh: float, nms_thresh: float, topk_per_image: int
+    boxes: Tensor,
+    scores: Tensor,
+    image_shape: Tuple[int, int],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
 ) -> Tuple[Instances, Tensor]:
     """`fast_rcnn_inference` for one image."""
     finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
@@ -311,4 +317,3 @@ class FastRCNNOutputLayers(nn.Module):
         scores, _ = predictions
         probs = F.softmax(scores, dim=-1)
         return probs.split([p.num_instances() for p in proposals], dim=0)
-

@@ -4,6 +4,7 @@ predicted class's mask probabilities at inference.
 
 Shapes: R RoIs, C mask classes (1 when class-agnostic), M x M mask resolution (28 by default).
 """
+
 from typing import Dict, List
 
 import torch

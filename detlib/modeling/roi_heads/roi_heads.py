@@ -2,6 +2,7 @@
 The second stage of R-CNN: label and sample the proposals against the gt, pool their features,
 and run the box (and mask, keypoint) heads, which compute their own losses in training.
 """
+
 import inspect
 from typing import Dict, List, Optional, Tuple
 
@@ -274,9 +275,7 @@ class StandardROIHeads(ROIHeads):
         scales, pooled_shape = cls._pooled_shape(input_shape, in_features, head.POOLER_RESOLUTION, "ROI_MASK_HEAD")
         ret = {"mask_in_features": in_features}
         if head.POOLER_TYPE:
-            ret["mask_pooler"] = ROIPooler(
-                head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE
-            )
+            ret["mask_pooler"] = ROIPooler(head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE)
             ret["mask_head"] = build_mask_head(cfg, pooled_shape)
         else:
             ret["mask_pooler"] = None

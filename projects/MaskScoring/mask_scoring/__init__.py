@@ -1,4 +1,5 @@
 """Mask Scoring R-CNN on detlib. Importing the package registers `MaskScoringROIHeads`."""
+
 from .maskiou_head import MaskIoUHead, mask_iou_targets
 from .roi_heads import MaskScoringROIHeads
 

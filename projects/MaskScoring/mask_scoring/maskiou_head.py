@@ -9,6 +9,7 @@ the IoU of that mask with the ground truth; at inference a detection's score bec
 Shapes: R RoIs, C x S x S pooled RoI features, K classes, M x M mask logits (M = 2S in Mask R-CNN).
 Boxes are XYXY in input-image pixels.
 """
+
 from typing import List, Sequence
 
 import torch

@@ -1,4 +1,5 @@
 """`MaskScoringROIHeads`: Mask R-CNN's RoI heads plus a MaskIoU head that rescores the masks."""
+
 from typing import List
 
 import torch
@@ -57,6 +58,9 @@ class MaskScoringROIHeads(StandardROIHeads):
         """
         mask_logits = self.mask_head.layers(mask_features)
         if self.training:
-            return {**self.mask_head.loss(mask_logits, instances), **self.maskiou_head(mask_features, mask_logits, instances)}
+            return {
+                **self.mask_head.loss(mask_logits, instances),
+                **self.maskiou_head(mask_features, mask_logits, instances),
+            }
         instances = self.mask_head.inference(mask_logits, instances)
         return self.maskiou_head(mask_features, mask_logits, instances)

@@ -16,7 +16,7 @@ from .losses import (
 )
 from .nms import batched_nms, nms
 from .roi_align import ROIAlign, roi_align
-from .shape_spec import ShapeSpec
+from .shape_spec import ShapeSpec, select_features
 from .wrappers import (
     BatchNorm2d,
     Conv2d,

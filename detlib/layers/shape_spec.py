@@ -1,9 +1,9 @@
 """`ShapeSpec`: what a module knows about a tensor it will receive or produce."""
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, List, Optional, Sequence
 
-__all__ = ["ShapeSpec"]
+__all__ = ["ShapeSpec", "select_features"]
 
 
 @dataclass
@@ -19,3 +19,14 @@ class ShapeSpec:
     height: Optional[int] = None
     width: Optional[int] = None
     stride: Optional[int] = None
+
+
+def select_features(input_shape: Dict[str, "ShapeSpec"], names: Sequence[str], key: str) -> List["ShapeSpec"]:
+    """
+    The shapes of the features `names`, in that order. A name the backbone does not produce is an
+    error naming the config key `key` that asked for it and the features there are.
+    """
+    missing = [name for name in names if name not in input_shape]
+    if missing:
+        raise ValueError(f"{key} {missing} are not among the backbone's outputs {sorted(input_shape)}")
+    return [input_shape[name] for name in names]

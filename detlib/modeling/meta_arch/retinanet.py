@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detlib.config import configurable
-from detlib.layers import ShapeSpec, batched_nms, cat, get_norm
+from detlib.layers import ShapeSpec, batched_nms, cat, get_norm, select_features
 from detlib.layers.losses import (
     CLS_LOSS_REGISTRY,
     BoxLoss,
@@ -196,12 +196,7 @@ class RetinaNetHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         node = cfg.MODEL.RETINANET
-        missing = [f for f in node.IN_FEATURES if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.RETINANET.IN_FEATURES {missing} are not among the backbone outputs {sorted(input_shape)}"
-            )
-        shapes = [input_shape[f] for f in node.IN_FEATURES]
+        shapes = select_features(input_shape, node.IN_FEATURES, "MODEL.RETINANET.IN_FEATURES")
         channels = {shape.channels for shape in shapes}
         if len(channels) != 1:
             raise ValueError(f"RetinaNetHead shares its convs across levels, which have channels {sorted(channels)}")

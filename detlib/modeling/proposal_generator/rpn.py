@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from detlib.config import configurable
-from detlib.layers import Conv2d, ShapeSpec, cat
+from detlib.layers import Conv2d, ShapeSpec, cat, select_features
 from detlib.layers.losses import (
     BoxLoss,
     ClassificationLoss,
@@ -183,12 +183,7 @@ class RPN(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         rpn = cfg.MODEL.RPN
-        missing = [f for f in rpn.IN_FEATURES if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.RPN.IN_FEATURES {missing} are not among the backbone outputs {sorted(input_shape)}"
-            )
-        shapes = [input_shape[f] for f in rpn.IN_FEATURES]
+        shapes = select_features(input_shape, rpn.IN_FEATURES, "MODEL.RPN.IN_FEATURES")
         weights = cfg.MODEL.LOSS_WEIGHTS
         # Detectron2's per-head weights multiply with detlib's per-term MODEL.LOSS_WEIGHTS.
         loss_weight = {

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from detlib.config import configurable
-from detlib.layers import ShapeSpec
+from detlib.layers import ShapeSpec, select_features
 from detlib.modeling.matcher import Matcher
 from detlib.modeling.poolers import ROIPooler
 from detlib.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
@@ -244,13 +244,11 @@ class StandardROIHeads(ROIHeads):
     def _pooled_shape(
         input_shape: Dict[str, ShapeSpec], in_features: List[str], resolution: int, branch: str
     ) -> Tuple[Tuple[float, ...], ShapeSpec]:
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise ValueError(f"{branch} IN_FEATURES {missing} are not among the backbone's outputs {list(input_shape)}")
-        channels = {input_shape[f].channels for f in in_features}
+        shapes = select_features(input_shape, in_features, f"MODEL.{branch}.IN_FEATURES")
+        channels = {shape.channels for shape in shapes}
         if len(channels) != 1:
             raise ValueError(f"{branch}: the features {in_features} must have the same channels, got {channels}")
-        scales = tuple(1.0 / input_shape[f].stride for f in in_features)
+        scales = tuple(1.0 / shape.stride for shape in shapes)
         return scales, ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
 
     @classmethod

@@ -4,7 +4,7 @@ and run the box (and mask, keypoint) heads, which compute their own losses in tr
 """
 
 import inspect
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -252,6 +252,19 @@ class StandardROIHeads(ROIHeads):
         return scales, ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
 
     @classmethod
+    def _branch_input(
+        cls, input_shape: Dict[str, ShapeSpec], in_features: List[str], head, branch: str
+    ) -> Tuple[Optional[ROIPooler], Union[ShapeSpec, Dict[str, ShapeSpec]]]:
+        """
+        The pooler of a mask or keypoint branch, and what its head is built from: the pooled shape, or,
+        without a POOLER_TYPE, the feature dict itself (the head then pools for itself).
+        """
+        scales, pooled_shape = cls._pooled_shape(input_shape, in_features, head.POOLER_RESOLUTION, branch)
+        if not head.POOLER_TYPE:
+            return None, {f: input_shape[f] for f in in_features}
+        return ROIPooler(head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE), pooled_shape
+
+    @classmethod
     def _init_box_head(cls, cfg, input_shape):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         head = cfg.MODEL.ROI_BOX_HEAD
@@ -269,16 +282,8 @@ class StandardROIHeads(ROIHeads):
         if not cfg.MODEL.MASK_ON:
             return {}
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        head = cfg.MODEL.ROI_MASK_HEAD
-        scales, pooled_shape = cls._pooled_shape(input_shape, in_features, head.POOLER_RESOLUTION, "ROI_MASK_HEAD")
-        ret = {"mask_in_features": in_features}
-        if head.POOLER_TYPE:
-            ret["mask_pooler"] = ROIPooler(head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE)
-            ret["mask_head"] = build_mask_head(cfg, pooled_shape)
-        else:
-            ret["mask_pooler"] = None
-            ret["mask_head"] = build_mask_head(cfg, {f: input_shape[f] for f in in_features})
-        return ret
+        pooler, head_input = cls._branch_input(input_shape, in_features, cfg.MODEL.ROI_MASK_HEAD, "ROI_MASK_HEAD")
+        return {"mask_in_features": in_features, "mask_pooler": pooler, "mask_head": build_mask_head(cfg, head_input)}
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):
@@ -286,12 +291,7 @@ class StandardROIHeads(ROIHeads):
             return {}
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         head = cfg.MODEL.ROI_KEYPOINT_HEAD
-        scales, pooled_shape = cls._pooled_shape(input_shape, in_features, head.POOLER_RESOLUTION, "ROI_KEYPOINT_HEAD")
-        if not head.POOLER_TYPE:  # the head pools for itself, from the feature dict
-            pooler, head_input = None, {f: input_shape[f] for f in in_features}
-        else:
-            pooler = ROIPooler(head.POOLER_RESOLUTION, scales, head.POOLER_SAMPLING_RATIO, head.POOLER_TYPE)
-            head_input = pooled_shape
+        pooler, head_input = cls._branch_input(input_shape, in_features, head, "ROI_KEYPOINT_HEAD")
         return {
             "keypoint_in_features": in_features,
             "keypoint_pooler": pooler,

@@ -146,3 +146,25 @@ def test_unreachable_peers_fail_within_the_timeout_naming_address_and_timeout(cl
     with pytest.raises(RendezvousError, match=expected):
         launch(lambda: ran.append(1), 1, timeout=datetime.timedelta(seconds=2))
     assert not ran and time.monotonic() - start < 60
+
+
+def _leave_with(code: int, marker_prefix: str) -> None:
+    import atexit
+
+    from detlib.utils import comm
+
+    atexit.register(lambda: open(f"{marker_prefix}.{comm.get_rank()}", "w").close())
+    if code:
+        raise SystemExit(code)
+
+
+def test_spawned_workers_run_their_exit_handlers_and_pass_on_exit_codes(tmp_path):
+    from detlib.engine import PREEMPTED_EXIT_CODE
+
+    # Workers leave through os._exit (see launch._exit_worker); Python's exit handlers must still run first.
+    launch(_leave_with, num_gpus_per_machine=2, args=(0, str(tmp_path / "clean")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.0", "clean.1"]
+    with pytest.raises(SystemExit) as stop:
+        launch(_leave_with, num_gpus_per_machine=2, args=(PREEMPTED_EXIT_CODE, str(tmp_path / "preempted")))
+    assert stop.value.code == PREEMPTED_EXIT_CODE
+    assert (tmp_path / "preempted.0").exists() and (tmp_path / "preempted.1").exists()

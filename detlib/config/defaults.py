@@ -30,6 +30,10 @@ _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"  # name in META_ARCH_REGISTRY
 _C.MODEL.WEIGHTS = ""
 # torch.compile the backbone, RPN head and box head (opt-in: the first batches of each input size are slow).
 _C.MODEL.COMPILE = False
+# Memory layout of the model's 4-D weights, which convolutions propagate to their outputs: "channels_last",
+# "contiguous" (NCHW), or "auto": channels_last on the CPU, where oneDNN convolutions run faster in it
+# (docs/benchmarks.md), contiguous elsewhere (not measured on CUDA yet). Results are the same up to rounding.
+_C.MODEL.MEMORY_FORMAT = "auto"
 # Per-channel mean and std subtracted from / divided into the input image, in INPUT.FORMAT channel
 # order. The defaults match the Caffe2-converted ImageNet ResNets (BGR, 0..255, std 1).
 _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
@@ -175,6 +179,9 @@ _C.MODEL.ROI_MASK_HEAD.NORM = ""
 # One mask per box instead of one per class.
 _C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
 _C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"
+# In training, at most this many foreground proposals per image (drawn at random) train the mask head; 0 = all
+# of them, as in Detectron2. Proposals of one object overlap heavily, so fewer cost less and teach nearly as much.
+_C.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE = 0
 
 # Keypoint head (not implemented by detlib) --------------------------------------------------------
 _C.MODEL.ROI_KEYPOINT_HEAD = CN()

@@ -136,6 +136,23 @@ def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
     return DistributedDataParallel(model, **kwargs)
 
 
+def _amp_precision(cfg) -> Optional[torch.dtype]:
+    """The autocast dtype of training (`SOLVER.AMP`), or None for float32. bfloat16 asked for on a CPU that only
+    emulates it would be slower than float32, so such a run trains in float32, saying so."""
+    from detlib.modeling.acceleration import cpu_has_fast_bfloat16  # see DefaultTrainer.build_model
+
+    if not cfg.SOLVER.AMP.ENABLED:
+        return None
+    precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
+    if precision == torch.bfloat16 and torch.device(cfg.MODEL.DEVICE).type == "cpu" and not cpu_has_fast_bfloat16():
+        logger.warning(
+            "SOLVER.AMP asks for bfloat16, but this CPU has no native bfloat16 (AVX-512 BF16 or AMX): "
+            "training in float32 instead."
+        )
+        return None
+    return precision
+
+
 def _scale_to_world_size(cfg, world_size: int):
     """Adapt a config tuned for SOLVER.REFERENCE_WORLD_SIZE processes to `world_size`: the batch
     and lr scale with the number of processes, iteration counts inversely (linear scaling rule)."""
@@ -205,9 +222,8 @@ class DefaultTrainer(TrainerBase):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
-        if cfg.SOLVER.AMP.ENABLED:
-            precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
-            self._trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
+        if _amp_precision(cfg) is not None:
+            self._trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, precision=_amp_precision(cfg))
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

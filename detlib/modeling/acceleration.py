@@ -1,7 +1,8 @@
-"""Opt-in faster ways to run a built model: low-precision inference (`TEST.AMP`) and `torch.compile` (`MODEL.COMPILE`).
+"""Faster ways to run a built model: the weights' memory layout (`MODEL.MEMORY_FORMAT`, channels_last on the CPU
+by default), and the opt-in low-precision inference (`TEST.AMP`) and `torch.compile` (`MODEL.COMPILE`).
 
-Both work on the model's parts in place (hooks, `nn.Module.compile`), so parameter names, checkpoints and the
-model's interface stay those of the eager float32 model.
+All work on the model in place (weight layout, hooks, `nn.Module.compile`), so parameter names, checkpoints and
+the model's interface stay those of the eager float32 model.
 """
 
 import logging
@@ -10,12 +11,26 @@ from typing import Iterable, List
 import torch
 from torch import nn
 
-__all__ = ["COMPILED_PARTS", "LOW_PRECISION_PARTS", "accelerate_from_config", "autocast_at_inference", "compile_parts"]
+__all__ = [
+    "COMPILED_PARTS",
+    "LOW_PRECISION_PARTS",
+    "accelerate_from_config",
+    "autocast_at_inference",
+    "compile_parts",
+    "cpu_has_fast_bfloat16",
+    "memory_format_for",
+]
 
 # The parts whose work is convolutions and matrix products. Box regression, decoding, NMS and mask pasting stay
 # in float32: box coordinates need more than bfloat16's 8 bits of mantissa.
 LOW_PRECISION_PARTS = ("backbone", "proposal_generator.rpn_head", "roi_heads.box_head")
 COMPILED_PARTS = ("backbone", "proposal_generator.rpn_head", "roi_heads.box_head")
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX); elsewhere oneDNN emulates it, slower
+    than float32."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _parts(model: nn.Module, names: Iterable[str]) -> List[nn.Module]:
@@ -67,13 +82,29 @@ def compile_parts(model: nn.Module, names: Iterable[str] = COMPILED_PARTS) -> No
         part.compile()
 
 
+_MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def memory_format_for(name: str, device: torch.device) -> torch.memory_format:
+    """The layout `MODEL.MEMORY_FORMAT` = `name` means on `device` ("auto": channels_last on the CPU only)."""
+    if name == "auto":
+        return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    if name not in _MEMORY_FORMATS:
+        raise ValueError(f"MODEL.MEMORY_FORMAT must be 'auto' or one of {sorted(_MEMORY_FORMATS)}, got {name!r}")
+    return _MEMORY_FORMATS[name]
+
+
 def accelerate_from_config(model: nn.Module, cfg) -> nn.Module:
-    """Apply `cfg.TEST.AMP` and `cfg.MODEL.COMPILE` to a built `model` on `cfg.MODEL.DEVICE`."""
+    """Apply `cfg.MODEL.MEMORY_FORMAT`, `cfg.TEST.AMP` and `cfg.MODEL.COMPILE` to a built `model` on
+    `cfg.MODEL.DEVICE`."""
+    # Convolutions give their output the layout of their weight, so converting the weights is enough: from the
+    # first convolution on, feature maps are channels_last too. Checkpoints load into and save from it by value.
+    model.to(memory_format=memory_format_for(cfg.MODEL.MEMORY_FORMAT, torch.device(cfg.MODEL.DEVICE)))
     if cfg.TEST.AMP.ENABLED:
         device_type = torch.device(cfg.MODEL.DEVICE).type
         if device_type == "cuda":
             dtype = torch.float16
-        elif torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        elif cpu_has_fast_bfloat16():
             dtype = torch.bfloat16
         else:
             dtype = None

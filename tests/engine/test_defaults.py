@@ -10,7 +10,7 @@ from tiny_train_net import TinyTrainer
 from detlib.config import get_cfg
 from detlib.data import build_detection_train_loader
 from detlib.engine import DefaultTrainer, default_argument_parser, default_setup
-from detlib.engine.defaults import _scale_to_world_size, verify_results
+from detlib.engine.defaults import _amp_precision, _scale_to_world_size, verify_results
 from detlib.evaluation import DatasetEvaluator
 from detlib.modeling import META_ARCH_REGISTRY
 from detlib.utils.env import seed_all_rng
@@ -226,3 +226,20 @@ def test_resume_reads_no_sample_of_the_batches_already_trained_on(tmp_path):
     assert CountingTinyTrainer.decoded == uninterrupted[48:]
     for name, value in trainer.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fast_bfloat16", [True, False])
+def test_bfloat16_training_on_a_cpu_without_native_bfloat16_runs_in_float32(monkeypatch, fast_bfloat16):
+    from detlib.engine import defaults
+    from detlib.modeling import acceleration
+
+    monkeypatch.setattr(acceleration, "cpu_has_fast_bfloat16", lambda: fast_bfloat16)
+    warned = []
+    monkeypatch.setattr(defaults.logger, "warning", lambda message, *args: warned.append(message % args))
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16"])
+    assert _amp_precision(cfg) == (torch.bfloat16 if fast_bfloat16 else None)
+    assert len(warned) == (0 if fast_bfloat16 else 1)
+    assert all("training in float32" in w for w in warned)
+    cfg.SOLVER.AMP.ENABLED = False
+    assert _amp_precision(cfg) is None

@@ -1,4 +1,4 @@
-"""Opt-in acceleration: TEST.AMP (low-precision inference) and MODEL.COMPILE, applied by build_model."""
+"""Acceleration applied by build_model: MODEL.MEMORY_FORMAT (default), TEST.AMP and MODEL.COMPILE (opt-in)."""
 
 import pytest
 import torch
@@ -6,6 +6,7 @@ import torch
 from detlib.config import get_cfg
 from detlib.model_zoo import get_config_file
 from detlib.modeling import build_model
+from detlib.modeling.acceleration import memory_format_for
 from detlib.structures import pairwise_iou
 
 TINY = [
@@ -40,6 +41,72 @@ def test_config_keys_default_off():
     cfg = get_cfg()
     assert cfg.TEST.AMP.ENABLED is False
     assert cfg.MODEL.COMPILE is False
+    assert cfg.MODEL.MEMORY_FORMAT == "auto"
+
+
+def test_memory_format_names():
+    assert memory_format_for("auto", torch.device("cpu")) == torch.channels_last
+    assert memory_format_for("auto", torch.device("cuda")) == torch.contiguous_format
+    assert memory_format_for("contiguous", torch.device("cpu")) == torch.contiguous_format
+    assert memory_format_for("channels_last", torch.device("cuda")) == torch.channels_last
+    with pytest.raises(ValueError, match="MODEL.MEMORY_FORMAT.*'nhwc'"):
+        memory_format_for("nhwc", torch.device("cpu"))
+
+
+def _conv_weights(model):
+    return [p for name, p in model.named_parameters() if p.dim() == 4]
+
+
+def test_channels_last_model_gives_the_contiguous_models_results():
+    torch.manual_seed(0)
+    reference = build_model(_cfg("MODEL.MEMORY_FORMAT", "contiguous"))
+    fast = build_model(_cfg())  # auto: channels_last on the CPU
+    fast.load_state_dict(reference.state_dict())
+    assert all(p.is_contiguous() for p in _conv_weights(reference))
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in _conv_weights(fast))
+    assert not all(p.is_contiguous() for p in _conv_weights(fast))  # not all 1x1: the layout really changed
+
+    image = _image()
+    inputs = [{"image": image, "height": 96, "width": 128}]
+    reference.eval(), fast.eval()
+    with torch.no_grad():
+        x = reference.preprocess_image(inputs).tensor
+        features = fast.backbone(x)
+        assert features["p2"].is_contiguous(memory_format=torch.channels_last)
+        for name, value in reference.backbone(x).items():
+            torch.testing.assert_close(features[name], value, rtol=1e-4, atol=1e-4)
+        expected, got = reference(inputs)[0]["instances"], fast(inputs)[0]["instances"]
+    assert len(got) == len(expected) > 0
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor, rtol=0, atol=1e-3)
+    torch.testing.assert_close(got.scores, expected.scores, rtol=0, atol=1e-4)
+    assert torch.equal(got.pred_classes, expected.pred_classes)
+    assert (got.pred_masks != expected.pred_masks).float().mean() < 1e-3
+
+    # Training: same losses, and gradients of the same values (in the weights' own layout).
+    reference.train(), fast.train()
+    batch = [dict(inputs[0], instances=_instances())]
+    torch.manual_seed(1)
+    expected_losses = reference(batch)
+    torch.manual_seed(1)
+    losses = fast(batch)
+    for name, value in expected_losses.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-4, atol=1e-5)
+    sum(expected_losses.values()).backward()
+    sum(losses.values()).backward()
+    for (name, p), q in zip(fast.named_parameters(), reference.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=name)
+            assert p.grad.stride() == p.stride(), name
+
+
+def _instances():
+    from detlib.structures import Boxes, Instances, PolygonMasks
+
+    instances = Instances((96, 128))
+    instances.gt_boxes = Boxes(torch.tensor([[30.0, 20.0, 90.0, 60.0]]))
+    instances.gt_classes = torch.tensor([1])
+    instances.gt_masks = PolygonMasks([[[30.0, 20.0, 90.0, 20.0, 90.0, 60.0, 30.0, 60.0]]])
+    return instances
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no fast bfloat16")

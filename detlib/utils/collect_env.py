@@ -40,8 +40,6 @@ def _extension_rows() -> List[Tuple[str, str]]:
 def collect_env_info() -> str:
     """A table of the software and hardware in use: Python, torch and its CUDA, GPUs, detlib's compiled
     ops (how they were built, whether they are in use) and the versions of the libraries detlib uses."""
-    import torchvision
-
     import detlib
 
     rows = [
@@ -49,7 +47,8 @@ def collect_env_info() -> str:
         ("Python", sys.version.replace("\n", " ")),
         ("detlib", f"{detlib.__version__} @ {os.path.dirname(detlib.__file__)}"),
         ("PyTorch", f"{torch.__version__} @ {os.path.dirname(torch.__file__)}"),
-        ("torchvision", torchvision.__version__),
+        # From its metadata: importing torchvision takes seconds, and a training run's start-up pays for it.
+        ("torchvision", _version("torchvision") or "not installed"),
         ("PyTorch CUDA build", str(torch.version.cuda)),
         ("cuDNN", str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "not available"),
         ("CUDA available", str(torch.cuda.is_available())),

@@ -153,7 +153,8 @@ def _leave_with(code: int, marker_prefix: str) -> None:
 
     from detlib.utils import comm
 
-    atexit.register(lambda: open(f"{marker_prefix}.{comm.get_rank()}", "w").close())
+    marker = f"{marker_prefix}.{comm.get_rank()}"  # the rank now: at exit the process group is gone
+    atexit.register(lambda: open(marker, "w").close())
     if code:
         raise SystemExit(code)
 

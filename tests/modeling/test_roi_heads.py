@@ -14,6 +14,7 @@ from detlib.modeling.roi_heads import (
     ROIHeads,
     StandardROIHeads,
     build_roi_heads,
+    random_subset,
     select_foreground_proposals,
 )
 from detlib.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
@@ -266,6 +267,18 @@ def test_select_foreground_proposals():
     assert masks[0].tolist() == [True, False, False, True]
 
 
+def test_random_subset():
+    p = Instances((10, 10), proposal_boxes=Boxes(torch.arange(24.0).reshape(6, 4)), gt_classes=torch.arange(6))
+    assert random_subset(p, 6) is p and random_subset(p, 10) is p
+    torch.manual_seed(0)
+    subset = random_subset(p, 4)
+    picked = subset.gt_classes.tolist()
+    assert len(picked) == len(set(picked)) == 4
+    assert torch.equal(subset.proposal_boxes.tensor, p.proposal_boxes.tensor[subset.gt_classes])  # fields stay aligned
+    seen = {c for _ in range(30) for c in random_subset(p, 2).gt_classes.tolist()}
+    assert seen == set(range(6))  # every proposal can be drawn
+
+
 # --- StandardROIHeads -----------------------------------------------------------------------------
 
 
@@ -340,6 +353,27 @@ def test_standard_roi_heads_train_with_and_without_gt():
         _, losses = heads(None, {k: v[:1] for k, v in _features().items()}, [proposals[0][:1]], [empty])
     assert losses["loss_box_reg"].item() == 0 and losses["loss_mask"].item() == 0 and losses["loss_cls"] > 0
     sum(losses.values()).backward()
+
+
+def test_mask_head_trains_on_at_most_train_rois_per_image_foreground_proposals():
+    cfg = _small_cfg()
+    cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE = 1
+    torch.manual_seed(0)
+    heads = build_roi_heads(cfg, _shapes()).train()
+    assert build_roi_heads(_small_cfg(), _shapes()).mask_train_rois_per_image == 0  # default: all of them
+    seen = []
+    heads.mask_head.register_forward_pre_hook(lambda module, args: seen.append([len(i) for i in args[1]]))
+    targets = _targets()
+    targets.gt_boxes.scale(0.6, 0.6)
+    targets.gt_masks.scale(0.6, 0.6)
+    targets = Instances((64, 64), **targets.get_fields())
+    proposals = [Instances((64, 64), **_proposals().get_fields()) for _ in range(2)]
+    with EventStorage(0) as storage:
+        _, losses = heads(None, _features(), proposals, [targets, targets])
+    # Each image has 2 foreground proposals (its gt boxes, appended); the box head still samples both.
+    assert storage.latest()["roi_head/num_fg_samples"][0] == 2.0
+    assert seen == [[1, 1]]
+    assert losses["loss_mask"] > 0
 
 
 def test_standard_roi_heads_inference_and_given_boxes():

@@ -20,7 +20,14 @@ from .mask_head import (
     mask_rcnn_inference,
     mask_rcnn_loss,
 )
-from .roi_heads import ROI_HEADS_REGISTRY, ROIHeads, StandardROIHeads, build_roi_heads, select_foreground_proposals
+from .roi_heads import (
+    ROI_HEADS_REGISTRY,
+    ROIHeads,
+    StandardROIHeads,
+    build_roi_heads,
+    random_subset,
+    select_foreground_proposals,
+)
 
 __all__ = [
     "ROI_BOX_HEAD_REGISTRY",
@@ -46,5 +53,6 @@ __all__ = [
     "StandardROIHeads",
     "CascadeROIHeads",
     "build_roi_heads",
+    "random_subset",
     "select_foreground_proposals",
 ]

@@ -25,7 +25,14 @@ from .fast_rcnn import FastRCNNOutputLayers
 from .keypoint_head import build_keypoint_head, select_proposals_with_visible_keypoints
 from .mask_head import build_mask_head
 
-__all__ = ["ROI_HEADS_REGISTRY", "ROIHeads", "StandardROIHeads", "build_roi_heads", "select_foreground_proposals"]
+__all__ = [
+    "ROI_HEADS_REGISTRY",
+    "ROIHeads",
+    "StandardROIHeads",
+    "build_roi_heads",
+    "random_subset",
+    "select_foreground_proposals",
+]
 
 # Per image, the gt instances: given in training only.
 TargetList = Optional[List[Instances]]
@@ -61,6 +68,14 @@ def select_foreground_proposals(
         fg_proposals.append(per_image[torch.nonzero(is_fg, as_tuple=True)[0]])
         fg_masks.append(is_fg)
     return fg_proposals, fg_masks
+
+
+def random_subset(proposals: Instances, max_count: int) -> Instances:
+    """`proposals` itself when it has at most `max_count` entries, else `max_count` of them drawn at random
+    (without replacement, in random order)."""
+    if len(proposals) <= max_count:
+        return proposals
+    return proposals[torch.randperm(len(proposals), device=proposals.proposal_boxes.device)[:max_count]]
 
 
 class ROIHeads(nn.Module):
@@ -194,6 +209,7 @@ class StandardROIHeads(ROIHeads):
         mask_in_features: Optional[List[str]] = None,
         mask_pooler: Optional[ROIPooler] = None,
         mask_head: Optional[nn.Module] = None,
+        mask_train_rois_per_image: int = 0,
         train_on_pred_boxes: bool = False,
         keypoint_in_features: Optional[List[str]] = None,
         keypoint_pooler: Optional[ROIPooler] = None,
@@ -209,6 +225,8 @@ class StandardROIHeads(ROIHeads):
             box_pooler: pools the box features of each proposal.
             mask_in_features, mask_pooler, mask_head: the mask branch; absent when masks are off.
                 Without a pooler, the mask head gets the feature dict itself.
+            mask_train_rois_per_image: in training, the mask head sees at most this many foreground
+                proposals per image, a random subset; 0: all of them.
             train_on_pred_boxes: train the mask branch on the box branch's refined boxes instead of
                 the proposals.
             keypoint_in_features, keypoint_pooler, keypoint_head: the keypoint branch, likewise.
@@ -224,6 +242,7 @@ class StandardROIHeads(ROIHeads):
             raise ValueError("StandardROIHeads: mask_in_features given without a mask_head")
         if self.mask_on:
             self.mask_in_features, self.mask_pooler, self.mask_head = mask_in_features, mask_pooler, mask_head
+            self.mask_train_rois_per_image = mask_train_rois_per_image
         self.keypoint_on = keypoint_in_features is not None
         if self.keypoint_on and keypoint_head is None:
             raise ValueError("StandardROIHeads: keypoint_in_features given without a keypoint_head")
@@ -283,7 +302,12 @@ class StandardROIHeads(ROIHeads):
             return {}
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         pooler, head_input = cls._branch_input(input_shape, in_features, cfg.MODEL.ROI_MASK_HEAD, "ROI_MASK_HEAD")
-        return {"mask_in_features": in_features, "mask_pooler": pooler, "mask_head": build_mask_head(cfg, head_input)}
+        return {
+            "mask_in_features": in_features,
+            "mask_pooler": pooler,
+            "mask_head": build_mask_head(cfg, head_input),
+            "mask_train_rois_per_image": cfg.MODEL.ROI_MASK_HEAD.TRAIN_ROIS_PER_IMAGE,
+        }
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):
@@ -371,6 +395,8 @@ class StandardROIHeads(ROIHeads):
 
         if self.training:
             instances, _ = select_foreground_proposals(instances, self.num_classes)
+            if self.mask_train_rois_per_image > 0:
+                instances = [random_subset(i, self.mask_train_rois_per_image) for i in instances]
         if self.mask_pooler is not None:
             boxes = [i.proposal_boxes if self.training else i.pred_boxes for i in instances]
             mask_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)

@@ -162,18 +162,21 @@ class FPN(Backbone):
             {"p2": ..., "p6": ...}: each (N, out_channels, H / stride, W / stride), finest level first.
         """
         bottom_up_features = self.bottom_up(x)
+        source = self.top_block.in_feature if self.top_block is not None else None
         top_down = self.lateral_convs[0](bottom_up_features[self.in_features[-1]])
         results = [self.output_convs[0](top_down)]
         finer_features = self.in_features[-2::-1]
         for feature, lateral_conv, output_conv in zip(finer_features, self.lateral_convs[1:], self.output_convs[1:]):
-            upsampled = F.interpolate(top_down, scale_factor=2.0, mode="nearest")
-            top_down = lateral_conv(bottom_up_features[feature]) + upsampled
+            # Each bottom-up map is let go once used and the sum is made in place, so that at the finest (largest)
+            # level fewer maps of its size are alive at once. Same values; autograd keeps what backward needs.
+            bottom_up = bottom_up_features[feature] if feature == source else bottom_up_features.pop(feature)
+            top_down = lateral_conv(bottom_up).add_(F.interpolate(top_down, scale_factor=2.0, mode="nearest"))
+            del bottom_up
             if self._fuse_type == "avg":
                 top_down = top_down / 2
             results.insert(0, output_conv(top_down))
 
         if self.top_block is not None:
-            source = self.top_block.in_feature
             if source in bottom_up_features:
                 top_input = bottom_up_features[source]
             else:

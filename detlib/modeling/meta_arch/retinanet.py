@@ -76,7 +76,7 @@ def _conv_tower(in_channels: int, conv_dims: Sequence[int], norm: str) -> nn.Seq
         norm_layer = get_norm(norm, cout)
         if norm_layer is not None:
             layers.append(norm_layer)
-        layers.append(nn.ReLU())
+        layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 

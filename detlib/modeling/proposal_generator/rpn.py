@@ -84,7 +84,7 @@ class StandardRPNHead(nn.Module):
 
     @staticmethod
     def _rpn_conv(in_channels: int, out_channels: int) -> nn.Module:
-        return Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, activation=nn.ReLU())
+        return Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, activation=nn.ReLU(inplace=True))
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):

@@ -51,7 +51,7 @@ class FastRCNNConvFCHead(nn.Sequential):
         for i, dim in enumerate(fc_dims, start=1):
             self.fcs.append(nn.Linear(in_features, dim))
             self.add_module(f"fc{i}", self.fcs[-1])
-            self.add_module(f"fc_relu{i}", nn.ReLU())
+            self.add_module(f"fc_relu{i}", nn.ReLU(inplace=True))
             in_features = dim
         # R x D after an fc layer, else R x C x H x W.
         self._output_size = in_features if fc_dims else (channels, height, width)
@@ -64,7 +64,7 @@ class FastRCNNConvFCHead(nn.Sequential):
     def _conv(self, name: str, in_channels: int, out_channels: int, norm: str) -> Conv2d:
         """A 3x3 same-size conv with norm and ReLU, registered as `name`; bias only without a norm."""
         norm_layer = get_norm(norm, out_channels)
-        layer = Conv2d(in_channels, out_channels, 3, padding=1, bias=not norm, norm=norm_layer, activation=nn.ReLU())
+        layer = Conv2d(in_channels, out_channels, 3, padding=1, bias=not norm, norm=norm_layer, activation=nn.ReLU(inplace=True))
         self.add_module(name, layer)
         return layer
 

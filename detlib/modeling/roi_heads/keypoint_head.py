@@ -191,7 +191,7 @@ class KRCNNConvDeconvUpsampleHead(BaseKeypointRCNNHead, nn.Sequential):
         channels = input_shape.channels
         for index, width in enumerate(conv_dims, start=1):
             self.add_module(f"conv_fcn{index}", Conv2d(channels, width, 3, stride=1, padding=1))
-            self.add_module(f"conv_fcn_relu{index}", nn.ReLU())
+            self.add_module(f"conv_fcn_relu{index}", nn.ReLU(inplace=True))
             channels = width
         # Kernel 4, stride 2, padding 1: exactly twice the input size.
         self.score_lowres = nn.ConvTranspose2d(channels, num_keypoints, kernel_size=4, stride=2, padding=1)

@@ -185,13 +185,13 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
         for index, width in enumerate(conv_dims[:-1], start=1):
             # Same-size 3x3 conv, ReLU, and the norm if any (then without a bias).
             norm = get_norm(conv_norm, width)
-            conv = Conv2d(channels, width, 3, 1, 1, bias=not conv_norm, norm=norm, activation=nn.ReLU())
+            conv = Conv2d(channels, width, 3, 1, 1, bias=not conv_norm, norm=norm, activation=nn.ReLU(inplace=True))
             self.add_module(f"mask_fcn{index}", conv)
             self.conv_norm_relus.append(conv)
             channels = width
 
         self.deconv = nn.ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2, padding=0)
-        self.add_module("deconv_relu", nn.ReLU())
+        self.add_module("deconv_relu", nn.ReLU(inplace=True))
         self.predictor = Conv2d(conv_dims[-1], num_classes, kernel_size=1, stride=1, padding=0)
 
         for layer in self.conv_norm_relus + [self.deconv]:

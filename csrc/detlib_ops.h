@@ -1,5 +1,6 @@
 // Kernels behind torch.ops.detlib.*. register_ops.cpp validates every input (shape, dtype, device) and makes it
-// contiguous before calling these, so the kernels assume well-formed contiguous tensors.
+// contiguous (in the memory format `layout` where the kernel takes one) before calling these, so the kernels
+// assume well-formed contiguous tensors.
 // Boxes are XYXY in absolute pixels; rois are [K, 5] rows of (batch index, x1, y1, x2, y2).
 #pragma once
 
@@ -17,17 +18,18 @@ namespace detlib {
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
 
 // ROIAlign with torchvision.ops.roi_align semantics. input [N, C, H, W], rois [K, 5] of input's
-// dtype -> [K, C, pooled_height, pooled_width]. aligned=true shifts sampling by -0.5 pixel.
+// dtype -> [K, C, pooled_height, pooled_width]. aligned=true shifts sampling by -0.5 pixel. input is
+// contiguous in `layout`, at::MemoryFormat::Contiguous (NCHW) or ChannelsLast (NHWC); the output is NCHW.
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                                 int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                                 bool aligned);
+                                 int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned,
+                                 at::MemoryFormat layout);
 
 // Gradient of roi_align_forward w.r.t. its input: grad [K, C, PH, PW] -> [batch_size, channels,
-// height, width].
+// height, width]. grad is contiguous in `layout` (Contiguous or ChannelsLast), and so is the result.
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
                                   int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
-                                  bool aligned);
+                                  bool aligned, at::MemoryFormat layout);
 
 #ifdef WITH_CUDA
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);

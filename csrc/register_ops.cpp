@@ -78,6 +78,15 @@ void check_roi_align_args(const at::Tensor& rois, int64_t pooled_height, int64_t
   TORCH_CHECK(spatial_scale > 0, "roi_align: spatial_scale must be positive, got ", spatial_scale);
 }
 
+// The CPU ROIAlign kernels read and write NCHW and channels_last (NHWC) maps in place, in the layout a tensor's
+// strides suggest: detlib runs channels_last on the CPU (MODEL.MEMORY_FORMAT auto), and copying a whole FPN
+// level to NCHW for every pooling would cost more time and memory than the pooling. The backward pass returns
+// grad_input in grad's layout; operators.py hands it grad in the layout of the forward pass's input.
+at::MemoryFormat cpu_layout(const at::Tensor& t) {
+  return t.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
+                                                                      : at::MemoryFormat::Contiguous;
+}
+
 at::Tensor roi_align_forward(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                              int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   TORCH_CHECK(input.dim() == 4, "roi_align: input must be a Tensor[N, C, H, W] feature map, got shape ",
@@ -95,8 +104,9 @@ at::Tensor roi_align_forward(const at::Tensor& input, const at::Tensor& rois, do
     no_cuda("roi_align");
 #endif
   }
-  return roi_align_forward_cpu(input.contiguous(), rois.contiguous(), spatial_scale, pooled_height, pooled_width,
-                               sampling_ratio, aligned);
+  const at::MemoryFormat layout = cpu_layout(input);
+  return roi_align_forward_cpu(input.contiguous(layout), rois.contiguous(), spatial_scale, pooled_height, pooled_width,
+                               sampling_ratio, aligned, layout);
 }
 
 at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
@@ -121,8 +131,9 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, do
     no_cuda("roi_align backward");
 #endif
   }
-  return roi_align_backward_cpu(grad.contiguous(), rois.contiguous(), spatial_scale, pooled_height, pooled_width,
-                                batch_size, channels, height, width, sampling_ratio, aligned);
+  const at::MemoryFormat layout = cpu_layout(grad);
+  return roi_align_backward_cpu(grad.contiguous(layout), rois.contiguous(), spatial_scale, pooled_height,
+                                pooled_width, batch_size, channels, height, width, sampling_ratio, aligned, layout);
 }
 
 }  // namespace

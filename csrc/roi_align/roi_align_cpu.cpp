@@ -13,6 +13,11 @@
 // of its image reads (or writes) it, instead of each roi fetching every channel from memory. Work is
 // split over channels in the forward and in the backward pass alike: a gradient plane is written by
 // one thread only, so the backward pass needs neither atomics nor reductions.
+//
+// Channels_last (NHWC) maps, what detlib's models use on the CPU, are read and written in place rather than
+// copied to NCHW: there a pixel's channels are contiguous, and the same two passes work on all channels (or a
+// block of them) at once. The forward pass is split over rois, the backward pass over blocks of channels, so
+// again each gradient value is written by one thread, in a fixed order.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -164,6 +169,78 @@ struct AllRois {
   }
 };
 
+// The two passes over one row of bins (one ph), shared by both layouts. A pixel (row, col) of the map holds
+// `lanes` consecutive values at base + (row * width + col) * pixel_stride: one channel's value in NCHW
+// (lanes = pixel_stride = 1), all channels or a block of them in NHWC (pixel_stride = channels). The buffer
+// holds `lanes` values for each of the roi's columns.
+
+// Forward, pass 1: buffer = the rows of bin row ph, interpolated along y, at each of the roi's columns.
+template <typename T>
+inline void interpolate_rows(const RoiSampling<T>& s, int64_t ph, const T* base, int64_t pixel_stride,
+                             int64_t lanes, T* buffer) {
+  const int64_t num_columns = static_cast<int64_t>(s.columns.size());
+  std::fill(buffer, buffer + num_columns * lanes, T(0));
+  for (int64_t r = s.ys.begin[ph]; r < s.ys.begin[ph + 1]; ++r) {
+    const T* row = base + s.ys.offset[r] * pixel_stride;
+    const T w = s.ys.weight[r];
+    if (s.contiguous && lanes == pixel_stride) {  // the roi's part of the row is one run of memory
+      const T* src = row + s.columns[0] * pixel_stride;
+      for (int64_t i = 0; i < num_columns * lanes; ++i) buffer[i] += w * src[i];
+    } else {
+      for (int64_t u = 0; u < num_columns; ++u) {
+        const T* src = row + s.columns[u] * pixel_stride;
+        T* dst = buffer + u * lanes;
+        for (int64_t l = 0; l < lanes; ++l) dst[l] += w * src[l];
+      }
+    }
+  }
+}
+
+// Forward, pass 2: bin (ph, pw) = the buffer combined along x and averaged, `lanes` values.
+template <typename T>
+inline void combine_columns(const RoiSampling<T>& s, int64_t pw, const T* buffer, int64_t lanes, T* bin) {
+  std::fill(bin, bin + lanes, T(0));
+  for (int64_t q = s.xs.begin[pw]; q < s.xs.begin[pw + 1]; ++q) {
+    const T w = s.xs.weight[q];
+    const T* src = buffer + s.slot[q] * lanes;
+    for (int64_t l = 0; l < lanes; ++l) bin[l] += w * src[l];
+  }
+  for (int64_t l = 0; l < lanes; ++l) bin[l] /= s.count;
+}
+
+// Backward, pass 1: adds the gradient of bin (ph, pw), already divided by the sample count, to the buffer
+// (the gradient w.r.t. bin row ph's y-interpolated values) at the bin's columns.
+template <typename T>
+inline void spread_columns(const RoiSampling<T>& s, int64_t pw, const T* bin_grad, int64_t lanes, T* buffer) {
+  for (int64_t q = s.xs.begin[pw]; q < s.xs.begin[pw + 1]; ++q) {
+    const T w = s.xs.weight[q];
+    T* dst = buffer + s.slot[q] * lanes;
+    for (int64_t l = 0; l < lanes; ++l) dst[l] += bin_grad[l] * w;
+  }
+}
+
+// Backward, pass 2: adds the buffer, weighted along y, to the gradient of the rows of bin row ph.
+template <typename T>
+inline void scatter_rows(const RoiSampling<T>& s, int64_t ph, const T* buffer, int64_t pixel_stride,
+                         int64_t lanes, T* base) {
+  const int64_t num_columns = static_cast<int64_t>(s.columns.size());
+  for (int64_t r = s.ys.begin[ph]; r < s.ys.begin[ph + 1]; ++r) {
+    T* row = base + s.ys.offset[r] * pixel_stride;
+    const T w = s.ys.weight[r];
+    if (s.contiguous && lanes == pixel_stride) {
+      T* dst = row + s.columns[0] * pixel_stride;
+      for (int64_t i = 0; i < num_columns * lanes; ++i) dst[i] += w * buffer[i];
+    } else {
+      for (int64_t u = 0; u < num_columns; ++u) {
+        T* dst = row + s.columns[u] * pixel_stride;
+        const T* src = buffer + u * lanes;
+        for (int64_t l = 0; l < lanes; ++l) dst[l] += w * src[l];
+      }
+    }
+  }
+}
+
+// NCHW input [N, C, H, W] -> output [K, C, PH, PW], one channel plane at a time (see the top of the file).
 template <typename T>
 void forward_kernel(const T* input, const AllRois<T>& all, T* output, int64_t channels, int64_t height,
                     int64_t width, int64_t pooled_height, int64_t pooled_width) {
@@ -173,32 +250,43 @@ void forward_kernel(const T* input, const AllRois<T>& all, T* output, int64_t ch
     for (int64_t c = c_begin; c < c_end; ++c) {
       for (const int64_t n : all.order) {
         const RoiSampling<T>& s = all.rois[n];
-        const int64_t num_columns = static_cast<int64_t>(s.columns.size());
         const T* plane = input + (s.batch_index * channels + c) * height * width;
         T* out = output + (n * channels + c) * pooled_height * pooled_width;
         for (int64_t ph = 0; ph < pooled_height; ++ph) {
-          std::fill(buffer, buffer + num_columns, T(0));
-          for (int64_t r = s.ys.begin[ph]; r < s.ys.begin[ph + 1]; ++r) {
-            const T* row = plane + s.ys.offset[r];
-            const T w = s.ys.weight[r];
-            if (s.contiguous) {
-              const T* src = row + s.columns[0];
-              for (int64_t u = 0; u < num_columns; ++u) buffer[u] += w * src[u];
-            } else {
-              for (int64_t u = 0; u < num_columns; ++u) buffer[u] += w * row[s.columns[u]];
-            }
-          }
-          for (int64_t pw = 0; pw < pooled_width; ++pw) {
-            T sum = 0;
-            for (int64_t q = s.xs.begin[pw]; q < s.xs.begin[pw + 1]; ++q) sum += s.xs.weight[q] * buffer[s.slot[q]];
-            out[ph * pooled_width + pw] = sum / s.count;
-          }
+          interpolate_rows(s, ph, plane, 1, 1, buffer);
+          for (int64_t pw = 0; pw < pooled_width; ++pw) combine_columns(s, pw, buffer, 1, out + ph * pooled_width + pw);
         }
       }
     }
   });
 }
 
+// NHWC (channels_last) input, stored [N, H, W, C] -> output [K, C, PH, PW] (NCHW). A pixel's channels are
+// contiguous, so every step works on all channels at once; work is split over rois.
+template <typename T>
+void forward_kernel_nhwc(const T* input, const AllRois<T>& all, T* output, int64_t channels, int64_t height,
+                         int64_t width, int64_t pooled_height, int64_t pooled_width) {
+  const int64_t num_rois = static_cast<int64_t>(all.rois.size());
+  const int64_t bins = pooled_height * pooled_width;
+  at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> along_y(all.max_columns * channels), bin(channels);
+    for (int64_t n = begin; n < end; ++n) {
+      const RoiSampling<T>& s = all.rois[n];
+      const T* image = input + s.batch_index * height * width * channels;
+      T* out = output + n * channels * bins;
+      for (int64_t ph = 0; ph < pooled_height; ++ph) {
+        interpolate_rows(s, ph, image, channels, channels, along_y.data());
+        for (int64_t pw = 0; pw < pooled_width; ++pw) {
+          combine_columns(s, pw, along_y.data(), channels, bin.data());
+          T* dst = out + ph * pooled_width + pw;
+          for (int64_t c = 0; c < channels; ++c) dst[c * bins] = bin[c];
+        }
+      }
+    }
+  });
+}
+
+// grad [K, C, PH, PW] -> grad_input [N, C, H, W], both NCHW.
 template <typename T>
 void backward_kernel(const T* grad, const AllRois<T>& all, T* grad_input, int64_t channels, int64_t height,
                      int64_t width, int64_t pooled_height, int64_t pooled_width) {
@@ -208,27 +296,48 @@ void backward_kernel(const T* grad, const AllRois<T>& all, T* grad_input, int64_
     for (int64_t c = c_begin; c < c_end; ++c) {
       for (const int64_t n : all.order) {
         const RoiSampling<T>& s = all.rois[n];
-        const int64_t num_columns = static_cast<int64_t>(s.columns.size());
         T* plane = grad_input + (s.batch_index * channels + c) * height * width;
         const T* grad_bins = grad + (n * channels + c) * pooled_height * pooled_width;
         for (int64_t ph = 0; ph < pooled_height; ++ph) {
-          std::fill(buffer, buffer + num_columns, T(0));
+          std::fill(buffer, buffer + s.columns.size(), T(0));
           for (int64_t pw = 0; pw < pooled_width; ++pw) {
             const T bin_grad = grad_bins[ph * pooled_width + pw] / s.count;
-            for (int64_t q = s.xs.begin[pw]; q < s.xs.begin[pw + 1]; ++q) {
-              buffer[s.slot[q]] += bin_grad * s.xs.weight[q];
-            }
+            spread_columns(s, pw, &bin_grad, 1, buffer);
           }
-          for (int64_t r = s.ys.begin[ph]; r < s.ys.begin[ph + 1]; ++r) {
-            T* row = plane + s.ys.offset[r];
-            const T w = s.ys.weight[r];
-            if (s.contiguous) {
-              T* dst = row + s.columns[0];
-              for (int64_t u = 0; u < num_columns; ++u) dst[u] += w * buffer[u];
-            } else {
-              for (int64_t u = 0; u < num_columns; ++u) row[s.columns[u]] += w * buffer[u];
-            }
+          scatter_rows(s, ph, buffer, 1, 1, plane);
+        }
+      }
+    }
+  });
+}
+
+// grad and grad_input both NHWC (channels_last): grad stored [K, PH, PW, C], grad_input [N, H, W, C]. Work is
+// split over blocks of channels, so that each thread alone writes its channels of grad_input: no atomics, and
+// every gradient value is summed in the same order (rois by image, then bins) whatever the number of threads.
+template <typename T>
+void backward_kernel_nhwc(const T* grad, const AllRois<T>& all, T* grad_input, int64_t channels, int64_t height,
+                          int64_t width, int64_t pooled_height, int64_t pooled_width) {
+  constexpr int64_t kAlign = 16;  // channels per block: a multiple of 16 (a cache line of float)
+  const int64_t per_thread = (channels + at::get_num_threads() - 1) / at::get_num_threads();
+  const int64_t block = std::max<int64_t>(kAlign, (per_thread + kAlign - 1) / kAlign * kAlign);
+  const int64_t num_blocks = (channels + block - 1) / block;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+    std::vector<T> along_y(all.max_columns * block), bin_grad(block);
+    T* buffer = along_y.data();
+    for (int64_t k = block_begin; k < block_end; ++k) {
+      const int64_t c0 = k * block, lanes = std::min(block, channels - c0);
+      for (const int64_t n : all.order) {
+        const RoiSampling<T>& s = all.rois[n];
+        T* image = grad_input + s.batch_index * height * width * channels + c0;
+        const T* grad_bins = grad + n * pooled_height * pooled_width * channels + c0;
+        for (int64_t ph = 0; ph < pooled_height; ++ph) {
+          std::fill(buffer, buffer + s.columns.size() * lanes, T(0));
+          for (int64_t pw = 0; pw < pooled_width; ++pw) {
+            const T* g = grad_bins + (ph * pooled_width + pw) * channels;
+            for (int64_t l = 0; l < lanes; ++l) bin_grad[l] = g[l] / s.count;
+            spread_columns(s, pw, bin_grad.data(), lanes, buffer);
           }
+          scatter_rows(s, ph, buffer, channels, lanes, image);
         }
       }
     }
@@ -238,16 +347,20 @@ void backward_kernel(const T* grad, const AllRois<T>& all, T* grad_input, int64_
 }  // namespace
 
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                                 int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                                 bool aligned) {
+                                 int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned,
+                                 at::MemoryFormat layout) {
   const int64_t num_rois = rois.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
-  at::Tensor output = at::zeros({num_rois, channels, pooled_height, pooled_width}, input.options());
-  if (num_rois == 0 || height == 0 || width == 0) return output;
+  if (num_rois == 0 || height == 0 || width == 0) {
+    return at::zeros({num_rois, channels, pooled_height, pooled_width}, input.options());
+  }
+  at::Tensor output = at::empty({num_rois, channels, pooled_height, pooled_width}, input.options());  // all written
+  const bool nhwc = layout == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward_cpu", [&] {
     const AllRois<scalar_t> all(rois.data_ptr<scalar_t>(), num_rois, input.size(0), spatial_scale, pooled_height,
                                 pooled_width, height, width, sampling_ratio, aligned);
-    forward_kernel(input.data_ptr<scalar_t>(), all, output.data_ptr<scalar_t>(), channels, height, width,
-                   pooled_height, pooled_width);
+    auto kernel = nhwc ? forward_kernel_nhwc<scalar_t> : forward_kernel<scalar_t>;
+    kernel(input.data_ptr<scalar_t>(), all, output.data_ptr<scalar_t>(), channels, height, width, pooled_height,
+           pooled_width);
   });
   return output;
 }
@@ -255,15 +368,19 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
                                   int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
-                                  bool aligned) {
+                                  bool aligned, at::MemoryFormat layout) {
   const int64_t num_rois = rois.size(0);
-  at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
+  // In `layout`: at::zeros would ignore the memory format.
+  at::Tensor grad_input = at::empty({batch_size, channels, height, width}, grad.options().memory_format(layout));
+  grad_input.zero_();
   if (num_rois == 0 || height == 0 || width == 0) return grad_input;
+  const bool nhwc = layout == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward_cpu", [&] {
     const AllRois<scalar_t> all(rois.data_ptr<scalar_t>(), num_rois, batch_size, spatial_scale, pooled_height,
                                 pooled_width, height, width, sampling_ratio, aligned);
-    backward_kernel(grad.data_ptr<scalar_t>(), all, grad_input.data_ptr<scalar_t>(), channels, height, width,
-                    pooled_height, pooled_width);
+    auto kernel = nhwc ? backward_kernel_nhwc<scalar_t> : backward_kernel<scalar_t>;
+    kernel(grad.data_ptr<scalar_t>(), all, grad_input.data_ptr<scalar_t>(), channels, height, width, pooled_height,
+           pooled_width);
   });
   return grad_input;
 }

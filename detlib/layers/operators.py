@@ -6,8 +6,14 @@ saved torch.export program is loaded. Importing it requires `detlib._C` to be lo
 """
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 __all__ = []
+
+
+def _cpu_layout(t: torch.Tensor) -> torch.memory_format:
+    """The layout the CPU ROIAlign kernels work in for `t` (csrc/register_ops.cpp, cpu_layout): its strides'."""
+    return torch.channels_last if suggest_memory_format(t) == torch.channels_last else torch.contiguous_format
 
 
 @torch.library.register_fake("detlib::nms")
@@ -46,17 +52,26 @@ def _roi_align_backward_fake(
 ):
     torch._check(grad.dim() == 4, lambda: f"roi_align backward: grad must be 4-d, got shape {list(grad.shape)}")
     torch._check(rois.dim() == 2 and rois.size(1) == 5, lambda: "roi_align backward: rois must be Tensor[K, 5]")
-    return grad.new_empty((batch_size, channels, height, width))
+    # The CPU kernel returns grad_input in grad's layout, the CUDA kernel NCHW.
+    layout = _cpu_layout(grad) if grad.device.type == "cpu" else torch.contiguous_format
+    return torch.empty(
+        (batch_size, channels, height, width), dtype=grad.dtype, device=grad.device, memory_format=layout
+    )
 
 
 def _roi_align_setup_context(ctx, inputs, output) -> None:
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
     ctx.save_for_backward(rois)
     ctx.geometry = (spatial_scale, pooled_height, pooled_width, *input.shape, sampling_ratio, aligned)
+    # On the CPU the kernels work in the input's layout (NCHW or channels_last) and the backward kernel returns
+    # grad_input in grad's: hand it grad in the input's layout, a copy of the small pooled gradient at most.
+    ctx.layout = _cpu_layout(input) if input.device.type == "cpu" else None
 
 
 def _roi_align_backward(ctx, grad_output):
     (rois,) = ctx.saved_tensors
+    if ctx.layout is not None:
+        grad_output = grad_output.to(memory_format=ctx.layout)
     grad_input = torch.ops.detlib._roi_align_backward(grad_output, rois, *ctx.geometry)
     # Gradients w.r.t. input only: the rois' coordinates, sizes and flags get none (as torchvision).
     return grad_input, None, None, None, None, None, None

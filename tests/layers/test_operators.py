@@ -53,12 +53,15 @@ def test_opcheck_nms(n):
 
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck_roi_align(aligned, dtype):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_opcheck_roi_align(aligned, dtype, memory_format):
+    # channels_last: the CPU kernels work in that layout and the backward kernel returns it; the fake kernels agree.
     g = torch.Generator().manual_seed(3)
-    features = torch.randn(2, 3, 12, 16, generator=g, dtype=dtype).requires_grad_(True)
+    features = torch.randn(2, 3, 12, 16, generator=g, dtype=dtype).contiguous(memory_format=memory_format)
+    features.requires_grad_(True)
     rois = torch.cat([torch.tensor([[0.0], [1.0], [0.0], [1.0]]), random_boxes(4, 3, size=40.0)], 1).to(dtype)
     torch.library.opcheck(torch.ops.detlib.roi_align.default, (features, rois, 0.25, 3, 2, 2, aligned))
-    grad = torch.randn(4, 3, 3, 2, generator=g, dtype=dtype)
+    grad = torch.randn(4, 3, 3, 2, generator=g, dtype=dtype).contiguous(memory_format=memory_format)
     torch.library.opcheck(
         torch.ops.detlib._roi_align_backward.default, (grad, rois, 0.25, 3, 2, 2, 3, 12, 16, 2, aligned)
     )

@@ -128,6 +128,99 @@ def test_autocast_pools_in_float32():
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
+# Rois for the channels_last tests: random ones (some reaching outside the map) plus empty, inverted, tiny and
+# wholly outside ones, on both images.
+def mixed_rois(height: int, width: int, scale: float, seed: int, dtype=torch.float32) -> torch.Tensor:
+    special = torch.tensor(
+        [
+            [0, 3.0, 3.0, 3.0, 3.0],
+            [1, 5.0, 2.0, 5.2, 9.0],
+            [0, 9.0, 8.0, 4.0, 2.0],
+            [1, -30, -30, -20, -20],
+            [0, -5.0, -3.0, 20.0, 11.0],
+            [1, 16.5, 12.5, 400.0, 400.0],
+        ],
+        dtype=dtype,
+    )
+    special[:, 1:] /= scale
+    return torch.cat([random_rois(12, 2, height, width, scale, seed, dtype=dtype), special])
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+@pytest.mark.parametrize("output_size", [7, 14])
+def test_channels_last_matches_torchvision(aligned, sampling_ratio, output_size):
+    x = features(channels=19, height=13, width=17, dtype=torch.float32, seed=1)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = x.requires_grad_()
+    rois = mixed_rois(13, 17, 0.5, seed=20 + sampling_ratio)
+    args = (output_size, 0.5, sampling_ratio, aligned)
+
+    out = roi_align(x_cl, rois, *args)
+    expected = ops.roi_align(x, rois, *args)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+    grad_out = torch.randn_like(expected)
+    (grad,) = torch.autograd.grad(out, x_cl, grad_out)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
+    assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-4)
+
+
+def test_channels_last_float64_gradcheck_and_one_by_one_output():
+    x = features(batch_size=2, channels=3, height=6, width=7).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    rois = torch.tensor(
+        [[0, 0.5, 1.0, 5.5, 4.0], [1, -1.0, 2.0, 3.0, 7.5], [1, 2.2, 0.3, 6.4, 2.9]], dtype=torch.float64
+    )
+    for output_size in ((2, 3), (1, 1)):
+        for aligned in (True, False):
+            fn = lambda t: roi_align(t, rois, output_size, 1.0, 0, aligned)
+            assert torch.autograd.gradcheck(fn, (x,))
+            # A 1x1 output's gradient has no layout of its own: the input's still decides the gradient's.
+            (grad,) = torch.autograd.grad(fn(x).sum(), x)
+            assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+
+
+def test_channels_last_input_is_not_copied():
+    # The CPU kernels read a channels_last map in place: no copy of it (or of anything its size) is made.
+    x = features(channels=16, height=24, width=32, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    rois = mixed_rois(24, 32, 0.25, seed=4)
+    x.requires_grad_()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        out = roi_align(x, rois, 7, 0.25, 0, True)
+        (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    copies = [
+        e.input_shapes
+        for e in prof.events()
+        if e.name in ("aten::copy_", "aten::contiguous", "aten::clone", "aten::_to_copy")
+    ]
+    assert not any(list(x.shape) in shapes for shapes in copies), copies
+    # Same values as from the NCHW map, which takes the other kernel.
+    x_nchw = x.detach().contiguous().requires_grad_()
+    out_nchw = roi_align(x_nchw, rois, 7, 0.25, 0, True)
+    torch.testing.assert_close(out, out_nchw, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grad, torch.autograd.grad(out_nchw, x_nchw, torch.ones_like(out))[0], rtol=0, atol=1e-4)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_backward_is_deterministic_across_thread_counts():
+    x = features(channels=40, height=20, width=24, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    rois = mixed_rois(20, 24, 0.5, seed=9)
+    out = roi_align(x, rois, 7, 0.5, 0, True)
+    grad_out = torch.randn_like(out)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            grads.append(torch.autograd.grad(out, x, grad_out, retain_graph=True)[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 @pytest.mark.parametrize(
     "x, rois, error, message",
     [

@@ -64,7 +64,9 @@ class FastRCNNConvFCHead(nn.Sequential):
     def _conv(self, name: str, in_channels: int, out_channels: int, norm: str) -> Conv2d:
         """A 3x3 same-size conv with norm and ReLU, registered as `name`; bias only without a norm."""
         norm_layer = get_norm(norm, out_channels)
-        layer = Conv2d(in_channels, out_channels, 3, padding=1, bias=not norm, norm=norm_layer, activation=nn.ReLU(inplace=True))
+        layer = Conv2d(
+            in_channels, out_channels, 3, padding=1, bias=not norm, norm=norm_layer, activation=nn.ReLU(inplace=True)
+        )
         self.add_module(name, layer)
         return layer
 

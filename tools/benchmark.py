@@ -23,6 +23,7 @@ import contextlib
 import copy
 import gc
 import io
+import itertools
 import json
 import logging
 import math
@@ -144,17 +145,20 @@ def roi_align_rows(
     sampling_ratios: Sequence[int],
     repeats: int,
     device: torch.device,
+    layouts: Sequence[str] = ("NCHW", "NHWC"),
 ) -> List[list]:
     from torchvision import ops
 
     from detlib.layers import roi_align
 
     scale = 0.25
-    features = torch.randn(2, 256, 200, 304, generator=torch.Generator().manual_seed(0)).to(device)
-    features.requires_grad_()
-    image_size = (round(features.shape[2] / scale), round(features.shape[3] / scale))
+    values = torch.randn(2, 256, 200, 304, generator=torch.Generator().manual_seed(0)).to(device)
+    image_size = (round(values.shape[2] / scale), round(values.shape[3] / scale))
     rows = []
-    for num_rois in roi_counts:
+    # NHWC: the features as a channels_last model makes them (detlib's CPU default); both ops get the same tensor.
+    for layout, num_rois in itertools.product(layouts, roi_counts):
+        memory_format = torch.channels_last if layout == "NHWC" else torch.contiguous_format
+        features = values.contiguous(memory_format=memory_format).requires_grad_()
         boxes, _ = proposal_boxes(num_rois, seed=num_rois, image_size=image_size)
         batch = torch.randint(0, 2, (num_rois, 1), generator=torch.Generator().manual_seed(1)).float()
         rois = torch.cat([batch, boxes], dim=1).to(device)
@@ -171,7 +175,7 @@ def roi_align_rows(
                     out = impls[which](features, rois, size, scale, ratio, True)
                     return torch.autograd.grad(out, features, grad)[0]
 
-                case = f"{num_rois} rois, {size}x{size}, ratio {ratio}"
+                case = f"{num_rois} rois, {size}x{size}, ratio {ratio}" + (", NHWC" if layout == "NHWC" else "")
                 for op, fn in (("roi_align fwd", forward), ("roi_align fwd+bwd", forward_backward)):
                     ours_ms, ours_out = timed(lambda: fn("ours"), repeats, device)
                     theirs_ms, theirs_out = timed(lambda: fn("theirs"), repeats, device)
@@ -183,7 +187,7 @@ def roi_align_rows(
 
 def print_progress(row: list) -> None:
     print(
-        f"  {row[0]:18s} {row[1]:34s} torchvision {row[2]:9.2f} ms  detlib {row[3]:9.2f} ms  x{row[4]:.2f}",
+        f"  {row[0]:18s} {row[1]:40s} torchvision {row[2]:9.2f} ms  detlib {row[3]:9.2f} ms  x{row[4]:.2f}",
         file=sys.stderr,
         flush=True,
     )

@@ -222,8 +222,9 @@ class DefaultTrainer(TrainerBase):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
-        if _amp_precision(cfg) is not None:
-            self._trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, precision=_amp_precision(cfg))
+        precision = _amp_precision(cfg)
+        if precision is not None:
+            self._trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

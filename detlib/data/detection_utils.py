@@ -23,6 +23,7 @@ __all__ = [
     "annotations_to_instances",
     "filter_empty_instances",
     "build_augmentation",
+    "build_test_resize",
 ]
 
 
@@ -262,4 +263,10 @@ def build_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
         if flip != "none":
             augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
         return augs
-    return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    return [build_test_resize(cfg)]
+
+
+def build_test_resize(cfg) -> T.ResizeShortestEdge:
+    """The one test-time resize (INPUT.MIN_SIZE_TEST, capped by MAX_SIZE_TEST), shared by the test loader,
+    `DefaultPredictor` and export's sample images, so that all three feed the model the same pixels."""
+    return T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from detlib.checkpoint import DetectionCheckpointer
 from detlib.collect_env import collect_env_info
 from detlib.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detlib.data import transforms as T
+from detlib.data.detection_utils import build_test_resize
 from detlib.evaluation import COCOEvaluator, DatasetEvaluator, inference_on_dataset
 from detlib.evaluation.validation_loss import build_validation_loader
 from detlib.solver import build_lr_scheduler, build_optimizer
@@ -439,7 +439,7 @@ class DefaultPredictor:
         if cfg.DATASETS.TEST:
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        self.resize = build_test_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"DefaultPredictor supports INPUT.FORMAT RGB or BGR, got '{self.input_format}'")

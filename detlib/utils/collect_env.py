@@ -52,9 +52,13 @@ def cpu_features() -> str:
         return "yes" if flags and all(name in flags for name in names) else ("no" if flags else "unknown")
 
     bf16 = "native" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "not native"
+    # Set, these cap the kernels below what the CPU has (the Makefile's test-isa does, to test another family).
+    caps = [
+        f"{name}={os.environ[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if name in os.environ
+    ]
     return (
         f"AVX-512: {has('avx512f')}, AVX-512 BF16: {has('avx512_bf16')}, AMX: {has('amx_bf16', 'amx_tile')}, "
-        f"oneDNN bfloat16: {bf16}"
+        f"oneDNN bfloat16: {bf16}" + (f" ({', '.join(caps)})" if caps else "")
     )
 
 
@@ -66,12 +70,39 @@ def _extension_rows() -> List[Tuple[str, str]]:
     if extension is None:
         return rows + [("detlib._C", "not loaded")]
     cuda = f"CUDA {extension.CUDA_VERSION}, arches {extension.CUDA_ARCHS}" if extension.WITH_CUDA else "no CUDA"
-    return rows + [
-        ("detlib._C", "loaded"),
-        ("detlib._C built against", f"torch {extension.TORCH_VERSION}, ABI version {extension.ABI_VERSION}"),
-        ("detlib._C compiler", f"{extension.COMPILER} (CXX11 ABI {int(extension.CXX11_ABI)})"),
-        ("detlib._C CUDA", cuda),
-    ]
+    return (
+        rows
+        + [
+            ("detlib._C", "loaded"),
+            ("detlib._C built against", f"torch {extension.TORCH_VERSION}, ABI version {extension.ABI_VERSION}"),
+            ("detlib._C compiler", f"{extension.COMPILER} (CXX11 ABI {int(extension.CXX11_ABI)})"),
+            ("detlib._C CUDA", cuda),
+        ]
+        + _uncovered_gpu_rows(extension)
+    )
+
+
+def _uncovered_gpu_rows(extension) -> List[Tuple[str, str]]:
+    """A warning for each visible GPU that detlib._C carries no code for (its CUDA kernels would fail there)."""
+    import torch
+
+    from .cuda_arches import arch_names, gpu_runs_build
+
+    if not (extension.WITH_CUDA and torch.cuda.is_available()):
+        return []
+    rows = []
+    for index in range(torch.cuda.device_count()):
+        capability = torch.cuda.get_device_capability(index)
+        if not gpu_runs_build(capability, arch_names(extension.CUDA_ARCHS)):
+            rows.append(
+                (
+                    "WARNING",
+                    f"GPU {index} (sm_{capability[0]}{capability[1]}) is not among detlib._C's CUDA arches "
+                    f"{extension.CUDA_ARCHS}: rebuild on it (`make setup`), or with TORCH_CUDA_ARCH_LIST="
+                    f"{capability[0]}.{capability[1]}, or all of torch's (`make wheel`)",
+                )
+            )
+    return rows
 
 
 def collect_env_info() -> str:

@@ -48,16 +48,10 @@ def timed_once(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def cpu_kernels() -> str:
-    """What decides which CPU kernels run, and so the last bits of every float result: ATen's vector ISA, whether
-    oneDNN has native bfloat16, and the environment variables that cap either."""
+    """What decides which CPU kernels run, and so the last bits of every float result and the bfloat16 speed."""
     from detlib.utils.collect_env import cpu_features
 
-    caps = [
-        f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if name in os.environ
-    ]
-    return f"ATen {torch.backends.cpu.get_cpu_capability()}, {cpu_features()}" + (
-        f" ({', '.join(caps)})" if caps else ""
-    )
+    return f"ATen {torch.backends.cpu.get_cpu_capability()}, {cpu_features()}"
 
 
 def describe_machine(device: torch.device) -> str:

@@ -178,6 +178,8 @@ DeformConvParams check_deform_conv_args(const char* op, const at::Tensor& input,
                 shapes);
   }
   TORCH_CHECK(bias.size(0) == out_channels, op, ": bias must be [", out_channels, "], got ", shapes);
+  TORCH_CHECK(input.size(2) * input.size(3) <= std::numeric_limits<int32_t>::max(), op,
+              ": input planes of 2^31 or more pixels are not supported, got ", shapes);
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{weight, "weight"},
                                 {offset, "offset"},
                                 {mask, "mask"},

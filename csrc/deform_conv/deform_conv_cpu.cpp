@@ -5,7 +5,7 @@
 //
 // Why it is faster than torchvision's CPU kernel: the sampling geometry (4 corner indices and weights) of a tap
 // depends on the offset group, not on the channel, so it is computed once per (offset group, tap, pixel) into a
-// table and every channel of the group reads it; the loops run under at::parallel_for.
+// table, and every channel of the group reads it while it is in the cache; the loops run under at::parallel_for.
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -22,7 +22,7 @@ namespace {
 // w.r.t. the position, which torchvision takes from the corners alone), the fractional position and the mask.
 template <typename scalar_t>
 struct Sample {
-  int64_t index[4];
+  int32_t index[4];  // register_ops.cpp checks that a plane has fewer than 2^31 elements
   scalar_t weight[4];
   scalar_t inside[4];
   scalar_t frac_h, frac_w, mask;
@@ -77,7 +77,7 @@ std::vector<Sample<scalar_t>> sample_table(const scalar_t* offset, const scalar_
         for (int c = 0; c < 4; ++c) {
           const int64_t cy = y0 + c / 2, cx = x0 + c % 2;
           const bool inside = cy >= 0 && cy < g.height && cx >= 0 && cx < g.width;
-          s.index[c] = inside ? cy * g.width + cx : 0;
+          s.index[c] = inside ? static_cast<int32_t>(cy * g.width + cx) : 0;
           s.inside[c] = inside ? scalar_t(1) : scalar_t(0);
           s.weight[c] = inside && in_range ? corner_weight[c] : scalar_t(0);
         }
@@ -93,56 +93,71 @@ inline scalar_t interpolate(const scalar_t* plane, const Sample<scalar_t>& s) {
          s.weight[3] * plane[s.index[3]];
 }
 
+// Samples are processed in blocks of kBlock pixels of one (offset group, tap) row, for every channel of the group
+// in turn, so that the block's table entries are read from the L1 cache by all those channels.
+constexpr int64_t kBlock = 256;
+
 // columns [C * K, P]: row c * K + k holds channel c sampled at tap k, times the mask.
 template <typename scalar_t>
 void fill_columns(const scalar_t* image, const std::vector<Sample<scalar_t>>& table, const Geometry& g,
                   scalar_t* columns) {
   const int64_t taps = g.taps(), pixels = g.pixels(), plane_size = g.height * g.width;
   const int64_t per_group = g.channels_per_offset_group();
-  at::parallel_for(0, g.channels * taps, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t channel = row / taps, tap = row % taps;
-      const scalar_t* plane = image + channel * plane_size;
-      const Sample<scalar_t>* samples = table.data() + ((channel / per_group) * taps + tap) * pixels;
-      scalar_t* column = columns + row * pixels;
-      for (int64_t p = 0; p < pixels; ++p) {
-        column[p] = samples[p].mask * interpolate(plane, samples[p]);
-      }
-    }
-  });
-}
-
-// grad_image [C, H, W] += the columns' gradient carried back through the sampling (each channel by one thread).
-template <typename scalar_t>
-void scatter_columns(const scalar_t* grad_columns, const std::vector<Sample<scalar_t>>& table, const Geometry& g,
-                     scalar_t* grad_image) {
-  const int64_t taps = g.taps(), pixels = g.pixels(), plane_size = g.height * g.width;
-  const int64_t per_group = g.channels_per_offset_group();
-  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t channel = begin; channel < end; ++channel) {
-      scalar_t* plane = grad_image + channel * plane_size;
-      for (int64_t tap = 0; tap < taps; ++tap) {
-        const Sample<scalar_t>* samples = table.data() + ((channel / per_group) * taps + tap) * pixels;
-        const scalar_t* column = grad_columns + (channel * taps + tap) * pixels;
-        for (int64_t p = 0; p < pixels; ++p) {
-          const Sample<scalar_t>& s = samples[p];
-          for (int c = 0; c < 4; ++c) {
-            plane[s.index[c]] += s.mask * s.weight[c] * column[p];
-          }
+  const int64_t blocks = (pixels + kBlock - 1) / kBlock;
+  at::parallel_for(0, g.offset_groups * taps * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row = item / blocks, group = row / taps, tap = row % taps;  // row: offset group * taps + tap
+      const int64_t first = (item % blocks) * kBlock, count = std::min(kBlock, pixels - first);
+      const Sample<scalar_t>* samples = table.data() + row * pixels + first;
+      for (int64_t channel = group * per_group; channel < (group + 1) * per_group; ++channel) {
+        const scalar_t* plane = image + channel * plane_size;
+        scalar_t* column = columns + (channel * taps + tap) * pixels + first;
+        for (int64_t p = 0; p < count; ++p) {
+          column[p] = samples[p].mask * interpolate(plane, samples[p]);
         }
       }
     }
   });
 }
 
+// grad_image [C, H, W] += the columns' gradient carried back through the sampling. Each thread owns a range of
+// channels (samples of different pixels add to the same input pixel); within it, blocks of samples as above.
+template <typename scalar_t>
+void scatter_columns(const scalar_t* grad_columns, const std::vector<Sample<scalar_t>>& table, const Geometry& g,
+                     scalar_t* grad_image) {
+  const int64_t taps = g.taps(), pixels = g.pixels(), plane_size = g.height * g.width;
+  const int64_t per_group = g.channels_per_offset_group();
+  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t group_begin = begin; group_begin < end;) {  // the part of [begin, end) in one offset group
+      const int64_t group = group_begin / per_group, group_end = std::min(end, (group + 1) * per_group);
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const Sample<scalar_t>* row = table.data() + (group * taps + tap) * pixels;
+        for (int64_t first = 0; first < pixels; first += kBlock) {
+          const int64_t count = std::min(kBlock, pixels - first);
+          for (int64_t channel = group_begin; channel < group_end; ++channel) {
+            scalar_t* plane = grad_image + channel * plane_size;
+            const scalar_t* column = grad_columns + (channel * taps + tap) * pixels + first;
+            for (int64_t p = 0; p < count; ++p) {
+              const Sample<scalar_t>& s = row[first + p];
+              for (int c = 0; c < 4; ++c) {
+                plane[s.index[c]] += s.mask * s.weight[c] * column[p];
+              }
+            }
+          }
+        }
+      }
+      group_begin = group_end;
+    }
+  });
+}
+
 // Gradients w.r.t. one image's offsets [2 * G * K, P] and mask [G * K, P]: for each sample, the sum over the
 // channels of its offset group of the column gradient times d(sample)/d(dy, dx) (and the sampled value for the
-// mask). Threads split the (group, tap) rows and pixel blocks; each writes only its own outputs.
+// mask). Threads split the (group, tap) rows' pixel blocks; each writes only its own outputs.
 template <typename scalar_t>
 void offset_and_mask_gradients(const scalar_t* image, const scalar_t* grad_columns,
                                const std::vector<Sample<scalar_t>>& table, const Geometry& g,
                                scalar_t* grad_offset, scalar_t* grad_mask) {
-  constexpr int64_t kBlock = 256;
   const int64_t taps = g.taps(), pixels = g.pixels(), plane_size = g.height * g.width;
   const int64_t per_group = g.channels_per_offset_group();
   const int64_t blocks = (pixels + kBlock - 1) / kBlock;

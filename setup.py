@@ -1,4 +1,4 @@
-"""Build and install detlib with its compiled ops, `detlib._C` (NMS and ROIAlign, csrc/).
+"""Build and install detlib with its compiled ops, `detlib._C` (NMS, ROIAlign, deformable convolution: csrc/).
 
     pip install .                  # or -e; C++ always, CUDA too when nvcc is found
     FORCE_CUDA=1 pip install .     # CUDA required: fail when nvcc is missing

@@ -6,6 +6,7 @@ prints the ratio.
     python tools/benchmark.py eval [--images N] [--segm-images N] [--repeats N]
     python tools/benchmark.py model [--device cpu|cuda] [--quick] [--repeats N] [--threads N] [--opts KEY VALUE ...]
     python tools/benchmark.py export --config-file CFG --image IMG [--repeats N] [KEY VALUE ...]
+    python tools/benchmark.py deform [--device cpu|cuda] [--batch N ...] [--repeats N]
 
 `python tools/benchmark.py SUBCOMMAND --help` describes each. Each benchmark is a module of tools/benchmarks/
 (tools/benchmarks/__init__.py gives the interface), registered by one line in BENCHMARKS below.
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "eval": "benchmarks.evaluation",
     "model": "benchmarks.model",
     "export": "benchmarks.export",
+    "deform": "benchmarks.deform_conv",
 }
 
 

@@ -1,5 +1,6 @@
 from .coco_evaluation import COCOEvaluator, instances_to_coco_json
 from .evaluator import DatasetEvaluator, DatasetEvaluators, inference_context, inference_on_dataset
+from .lvis_evaluation import LVISEvaluator
 from .prediction_grid import write_prediction_grid
 from .validation_loss import build_validation_loader, loss_on_dataset
 

@@ -1,12 +1,13 @@
 """COCO panoptic segmentation: the standard layout (PNG + segments_info) and Panoptic FPN's separated one."""
 
+import json
 import logging
 import os
 from typing import Any, Dict, List, Optional
 
 from ..bad_samples import BadSampleError
 from ..catalog import DatasetCatalog, MetadataCatalog
-from .coco import _read_json, _require, load_coco_json
+from .coco import _require, load_coco_json
 from .sem_seg import load_sem_seg
 
 __all__ = ["load_coco_panoptic_json", "register_coco_panoptic", "register_coco_panoptic_separated", "merge_to_panoptic"]
@@ -22,11 +23,17 @@ def load_coco_panoptic_json(json_file: str, image_dir: str, gt_dir: str, meta: D
     `thing_dataset_id_to_contiguous_id` / `stuff_dataset_id_to_contiguous_id` and which gains
     `isthing`. A category in neither map is an error naming the file, the image and the segment.
     """
-    data = _read_json(json_file)
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise BadSampleError(f"{json_file}: not valid JSON ({e}).") from e
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise BadSampleError(f"{json_file}: not a COCO panoptic file (field 'annotations' missing or not a list).")
     things = meta["thing_dataset_id_to_contiguous_id"]
     stuff = meta["stuff_dataset_id_to_contiguous_id"]
     records = []
-    for i, ann in enumerate(data.get("annotations", [])):
+    for i, ann in enumerate(data["annotations"]):
         where = f"{json_file}, annotations[{i}]"
         _require(ann, ("image_id", "file_name", "segments_info"), where)
         segments = []

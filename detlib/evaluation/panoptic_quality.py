@@ -23,23 +23,12 @@ import numpy as np
 from PIL import Image
 
 from detlib.data.bad_samples import BadSampleError
+from detlib.data.datasets.coco_panoptic import id2rgb, rgb2id
 
 __all__ = ["VOID", "rgb2id", "id2rgb", "PQStat", "pq_image_stats", "pq_compute"]
 
 VOID = 0
 _OFFSET = 256**3  # pairs (gt id, pred id) are counted as gt * _OFFSET + pred
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """Segment ids of an H x W x 3 RGB array."""
-    color = color.astype(np.int64)
-    return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """The H x W x 3 uint8 RGB encoding of segment ids (inverse of `rgb2id`)."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], axis=-1).astype(np.uint8)
 
 
 def read_segment_ids(png_file: str) -> np.ndarray:

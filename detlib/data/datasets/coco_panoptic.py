@@ -5,14 +5,35 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 from ..bad_samples import BadSampleError
 from ..catalog import DatasetCatalog, MetadataCatalog
 from .coco import _require, load_coco_json
 from .sem_seg import load_sem_seg
 
-__all__ = ["load_coco_panoptic_json", "register_coco_panoptic", "register_coco_panoptic_separated", "merge_to_panoptic"]
+__all__ = [
+    "rgb2id",
+    "id2rgb",
+    "load_coco_panoptic_json",
+    "register_coco_panoptic",
+    "register_coco_panoptic_separated",
+    "merge_to_panoptic",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def rgb2id(color: np.ndarray) -> np.ndarray:
+    """Segment ids of an H x W x 3 RGB panoptic PNG: R + 256 G + 256^2 B (COCO panoptic's encoding)."""
+    color = color.astype(np.int64)
+    return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
+
+
+def id2rgb(ids: np.ndarray) -> np.ndarray:
+    """The H x W x 3 uint8 RGB encoding of segment ids (inverse of `rgb2id`)."""
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], axis=-1).astype(np.uint8)
 
 
 def load_coco_panoptic_json(json_file: str, image_dir: str, gt_dir: str, meta: Dict[str, Any]) -> List[dict]:

@@ -1,0 +1,109 @@
+"""Each synthetic shapes format loads and scores end to end: ground truth given back as the
+prediction gets the perfect score of each metric, and a damaged one less."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detlib.config import get_cfg
+from detlib.data import DatasetCatalog, MetadataCatalog
+from detlib.data.datasets import ShapesSpec
+from detlib.data.datasets.coco_panoptic import rgb2id
+from detlib.data.datasets.shapes_formats import register_shapes_formats
+from detlib.evaluation import (
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    LVISEvaluator,
+    PascalVOCDetectionEvaluator,
+    SemSegEvaluator,
+    build_evaluator,
+)
+from detlib.structures import Boxes, BoxMode, Instances
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory):
+    return tmp_path_factory.mktemp("shapes_formats")
+
+
+@pytest.fixture
+def names(formats):
+    return register_shapes_formats("shapes_tiny", ShapesSpec(num_images=6, seed=3, image_size=(64, 64)), str(formats))
+
+
+def test_semantic_format_scores_100_mIoU_when_predicted_exactly(names):
+    records = DatasetCatalog.get(names["sem_seg"])
+    assert len(records) == 6 and all(r["file_name"].endswith(".jpg") for r in records)
+    evaluator = SemSegEvaluator(names["sem_seg"], distributed=False)
+    for r in records:
+        label = torch.as_tensor(np.asarray(Image.open(r["sem_seg_file_name"]), dtype=np.int64))
+        evaluator.process(
+            [{"file_name": r["file_name"]}],
+            [{"sem_seg": torch.nn.functional.one_hot(label, 5).permute(2, 0, 1).float()}],
+        )
+    metrics = evaluator.evaluate()["sem_seg"]
+    assert metrics["mIoU"] == pytest.approx(100) and metrics["pACC"] == pytest.approx(100)
+
+
+def test_panoptic_formats_load_and_score_100_PQ_when_predicted_exactly(names):
+    separated = DatasetCatalog.get(names["panoptic_separated"])
+    assert all("sem_seg_file_name" in r and "annotations" in r for r in separated)
+    assert MetadataCatalog.get(names["panoptic_stuffonly"]).evaluator_type == "sem_seg"
+    records = DatasetCatalog.get(names["panoptic"])
+    evaluator = COCOPanopticEvaluator(names["panoptic"], distributed=False)
+    things = MetadataCatalog.get(names["panoptic"]).thing_dataset_id_to_contiguous_id
+    for r in records:
+        ids = rgb2id(np.asarray(Image.open(r["pan_seg_file_name"])))
+        info = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]} for s in r["segments_info"]]
+        evaluator.process([r], [{"panoptic_seg": (torch.as_tensor(ids), info)}])
+    metrics = evaluator.evaluate()["panoptic_seg"]
+    assert metrics["PQ"] == pytest.approx(100) and metrics["PQ_st"] == pytest.approx(100)
+    assert len(things) == 4
+
+
+def _box_predictions(record, drop_first=False):
+    anns = record["annotations"][1:] if drop_first else record["annotations"]
+    instances = Instances((record["height"], record["width"]))
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.scores = torch.linspace(0.9, 0.5, len(anns))
+    instances.pred_classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
+    return instances
+
+
+@pytest.mark.parametrize("kind", ["voc", "lvis"])
+def test_box_formats_score_100_AP_when_predicted_exactly(names, kind):
+    records = DatasetCatalog.get(names[kind])
+    assert sum(len(r["annotations"]) for r in records) > 6
+    for drop_first, perfect in ((False, True), (True, False)):
+        if kind == "voc":
+            evaluator = PascalVOCDetectionEvaluator(names[kind], distributed=False)
+        else:
+            evaluator = LVISEvaluator(names[kind], tasks=("bbox",), distributed=False)
+        for r in records:
+            evaluator.process([r], [{"instances": _box_predictions(r, drop_first)}])
+        ap50 = evaluator.evaluate()["bbox"]["AP50"]
+        assert (ap50 == pytest.approx(100)) == perfect, (kind, drop_first, ap50)
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("sem_seg", [SemSegEvaluator]),
+        ("panoptic", [SemSegEvaluator, COCOEvaluator, COCOPanopticEvaluator]),
+        ("voc", [PascalVOCDetectionEvaluator]),
+        ("lvis", [LVISEvaluator]),
+    ],
+)
+def test_the_evaluator_type_picks_the_evaluators(names, kind, expected, tmp_path):
+    evaluator = build_evaluator(get_cfg(), names[kind], str(tmp_path))
+    built = evaluator._evaluators if isinstance(evaluator, DatasetEvaluators) else [evaluator]
+    assert [type(e) for e in built] == expected
+
+
+def test_an_unknown_evaluator_type_is_named(tmp_path):
+    MetadataCatalog.get("no_evaluator").set(evaluator_type="cityscapes_instance")
+    with pytest.raises(NotImplementedError, match="'no_evaluator' of evaluator_type 'cityscapes_instance'"):
+        build_evaluator(get_cfg(), "no_evaluator", str(tmp_path))

@@ -56,6 +56,13 @@ def read_image(file_name: str, format: str = None) -> np.ndarray:
     return convert_PIL_to_numpy(ImageOps.exif_transpose(image), format)
 
 
+def read_sem_seg(file_name: str, dtype=np.int64) -> np.ndarray:
+    """A semantic label PNG as an H x W integer array of its pixel values (grayscale or palette
+    indices, unconverted: the values are class ids)."""
+    with Image.open(file_name) as image:
+        return np.asarray(image, dtype=dtype)
+
+
 def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
     """
     Checks the image against the record's `height`/`width` (setting them when the record has

@@ -5,23 +5,17 @@ from collections import OrderedDict
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
-from PIL import Image
 
 from detlib.data import DatasetCatalog, MetadataCatalog
 from detlib.data.bad_samples import BadSampleError
+from detlib.data.detection_utils import read_sem_seg
 from detlib.utils import comm
 
 from .evaluator import DatasetEvaluator
 
-__all__ = ["SemSegEvaluator", "load_label_image", "segmentation_metrics"]
+__all__ = ["SemSegEvaluator", "segmentation_metrics"]
 
 logger = logging.getLogger(__name__)
-
-
-def load_label_image(file_name: str, dtype=np.int64) -> np.ndarray:
-    """A label PNG as an H x W integer array (its pixel values, unchanged)."""
-    with Image.open(file_name) as image:
-        return np.asarray(image, dtype=dtype)
 
 
 def segmentation_metrics(confusion: np.ndarray, class_names: List[str]) -> Dict[str, float]:
@@ -65,7 +59,7 @@ class SemSegEvaluator(DatasetEvaluator):
         distributed: bool = True,
         output_dir: Optional[str] = None,
         *,
-        sem_seg_loading_fn: Callable[..., np.ndarray] = load_label_image,
+        sem_seg_loading_fn: Callable[..., np.ndarray] = read_sem_seg,
         num_classes: Optional[int] = None,
         ignore_label: Optional[int] = None,
     ):

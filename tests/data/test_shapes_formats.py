@@ -107,3 +107,22 @@ def test_an_unknown_evaluator_type_is_named(tmp_path):
     MetadataCatalog.get("no_evaluator").set(evaluator_type="cityscapes_instance")
     with pytest.raises(NotImplementedError, match="'no_evaluator' of evaluator_type 'cityscapes_instance'"):
         build_evaluator(get_cfg(), "no_evaluator", str(tmp_path))
+
+
+def test_mapper_reads_and_transforms_the_semantic_labels_with_the_image(names):
+    from detlib.data import DatasetMapper
+    from detlib.data import transforms as T
+
+    record = DatasetCatalog.get(names["panoptic_separated"])[0]
+    labels = np.asarray(Image.open(record["sem_seg_file_name"]))
+    mapper = DatasetMapper(
+        is_train=True, augmentations=[T.ResizeShortestEdge(32, 32), T.RandomFlip(prob=1.0)], image_format="BGR"
+    )
+    mapped = mapper(record)
+    assert "sem_seg_file_name" not in mapped and mapped["sem_seg"].dtype == torch.int64
+    assert tuple(mapped["sem_seg"].shape) == tuple(mapped["image"].shape[1:]) == (32, 32)
+    # nearest-neighbour resize of the flipped labels: every label of the output is one of the input's
+    assert set(mapped["sem_seg"].unique().tolist()) <= set(np.unique(labels).tolist())
+    expected = torch.as_tensor(labels[::2, ::2][:, ::-1].astype(np.int64))  # 64 -> 32, then flipped
+    assert (mapped["sem_seg"] != expected).float().mean() < 0.1
+    assert len(mapped["instances"]) > 0

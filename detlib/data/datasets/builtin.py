@@ -114,21 +114,12 @@ _COCO_KEYPOINT_SPLITS = {
 # prefix -> (panoptic PNG directory, panoptic json, semantic PNG directory for the separated layout).
 # The instances split is the prefix without "_panoptic".
 _COCO_PANOPTIC_SPLITS = {
-    "coco_2017_train_panoptic": (
-        "coco/panoptic_train2017",
-        "coco/annotations/panoptic_train2017.json",
-        "coco/panoptic_stuff_train2017",
-    ),
-    "coco_2017_val_panoptic": (
-        "coco/panoptic_val2017",
-        "coco/annotations/panoptic_val2017.json",
-        "coco/panoptic_stuff_val2017",
-    ),
-    "coco_2017_val_100_panoptic": (
-        "coco/panoptic_val2017_100",
-        "coco/annotations/panoptic_val2017_100.json",
-        "coco/panoptic_stuff_val2017_100",
-    ),
+    f"coco_2017_{split}_panoptic": (
+        f"coco/panoptic_{files}",
+        f"coco/annotations/panoptic_{files}.json",
+        f"coco/panoptic_stuff_{files}",
+    )
+    for split, files in (("train", "train2017"), ("val", "val2017"), ("val_100", "val2017_100"))
 }
 
 

@@ -95,15 +95,11 @@ def register_coco_panoptic(
     `evaluator_type="coco_panoptic_seg"`, `ignore_label=255` and `label_divisor=1000`.
     """
     DatasetCatalog.register(name, lambda: load_coco_panoptic_json(panoptic_json, image_root, panoptic_root, metadata))
+    paths = dict(
+        image_root=image_root, panoptic_root=panoptic_root, panoptic_json=panoptic_json, json_file=instances_json
+    )
     MetadataCatalog.get(name).set(
-        panoptic_root=panoptic_root,
-        image_root=image_root,
-        panoptic_json=panoptic_json,
-        json_file=instances_json,
-        evaluator_type="coco_panoptic_seg",
-        ignore_label=255,
-        label_divisor=1000,
-        **metadata,
+        evaluator_type="coco_panoptic_seg", label_divisor=1000, ignore_label=255, **paths, **metadata
     )
 
 

@@ -4,6 +4,7 @@ from typing import List, Optional
 
 from detlib.data import MetadataCatalog
 
+from .cityscapes_evaluation import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 from .coco_evaluation import COCOEvaluator
 from .evaluator import DatasetEvaluator, DatasetEvaluators
 from .lvis_evaluation import LVISEvaluator
@@ -19,7 +20,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     The evaluators of `dataset_name`'s `evaluator_type`, as Detectron2's train_net picks them:
     "coco" -> COCO AP (boxes, masks, keypoints, proposal recall); "lvis" -> LVIS AP;
     "sem_seg" -> mIoU & co.; "coco_panoptic_seg" -> COCO AP, mIoU of the semantic part and PQ;
-    "pascal_voc" -> VOC AP. Results go under `output_folder`.
+    "pascal_voc" -> VOC AP; "cityscapes_instance" / "cityscapes_sem_seg" -> cityscapesscripts' AP /
+    IoU. Results go under `output_folder`.
     """
     metadata = MetadataCatalog.get(dataset_name)
     kind = metadata.get("evaluator_type")
@@ -36,10 +38,14 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
         evaluators.append(LVISEvaluator(dataset_name, output_dir=output_folder))
     if kind == "pascal_voc":
         evaluators.append(PascalVOCDetectionEvaluator(dataset_name, output_dir=output_folder))
+    if kind == "cityscapes_instance":
+        evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+    if kind == "cityscapes_sem_seg":
+        evaluators.append(CityscapesSemSegEvaluator(dataset_name))
     if not evaluators:
         raise NotImplementedError(
             f"No evaluator for dataset '{dataset_name}' of evaluator_type {kind!r}; supported: coco, lvis, "
-            "sem_seg, coco_panoptic_seg, pascal_voc. Pass evaluators to DefaultTrainer.test, or override "
+            "sem_seg, coco_panoptic_seg, pascal_voc, cityscapes_instance, cityscapes_sem_seg. Pass evaluators to DefaultTrainer.test, or override "
             "build_evaluator."
         )
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)

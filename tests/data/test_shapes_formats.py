@@ -104,8 +104,8 @@ def test_the_evaluator_type_picks_the_evaluators(names, kind, expected, tmp_path
 
 
 def test_an_unknown_evaluator_type_is_named(tmp_path):
-    MetadataCatalog.get("no_evaluator").set(evaluator_type="cityscapes_instance")
-    with pytest.raises(NotImplementedError, match="'no_evaluator' of evaluator_type 'cityscapes_instance'"):
+    MetadataCatalog.get("no_evaluator").set(evaluator_type="kitti")
+    with pytest.raises(NotImplementedError, match="'no_evaluator' of evaluator_type 'kitti'"):
         build_evaluator(get_cfg(), "no_evaluator", str(tmp_path))
 
 

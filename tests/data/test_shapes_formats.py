@@ -10,7 +10,7 @@ from detlib.config import get_cfg
 from detlib.data import DatasetCatalog, MetadataCatalog
 from detlib.data.datasets import ShapesSpec
 from detlib.data.datasets.coco_panoptic import rgb2id
-from detlib.data.datasets.shapes_formats import register_shapes_formats
+from detlib.data.datasets.shapes_formats import register_shapes_formats, write_shapes_formats
 from detlib.evaluation import (
     COCOEvaluator,
     COCOPanopticEvaluator,
@@ -25,12 +25,14 @@ from detlib.structures import Boxes, BoxMode, Instances
 
 @pytest.fixture(scope="module")
 def formats(tmp_path_factory):
-    return tmp_path_factory.mktemp("shapes_formats")
+    directory = tmp_path_factory.mktemp("shapes_formats")
+    write_shapes_formats(ShapesSpec(num_images=6, seed=3, image_size=(64, 64)), str(directory))
+    return directory
 
 
 @pytest.fixture
 def names(formats):
-    return register_shapes_formats("shapes_tiny", ShapesSpec(num_images=6, seed=3, image_size=(64, 64)), str(formats))
+    return register_shapes_formats("shapes_tiny", str(formats))
 
 
 def test_semantic_format_scores_100_mIoU_when_predicted_exactly(names):

@@ -23,7 +23,7 @@ from .pascal_voc import register_pascal_voc
 from .sem_seg import register_sem_seg
 from .shapes import SHAPES_CLASSES, ShapesSpec, generate_shapes
 
-__all__ = ["SHAPES_STUFF_CLASSES", "write_shapes_formats", "register_shapes_formats"]
+__all__ = ["SHAPES_STUFF_CLASSES", "shapes_format_paths", "write_shapes_formats", "register_shapes_formats"]
 
 # Semantic classes: background, then the shapes (label = shape class + 1).
 SHAPES_STUFF_CLASSES = ("background",) + SHAPES_CLASSES
@@ -63,14 +63,9 @@ def _voc_xml(image: dict, objects: list) -> str:
     )
 
 
-def write_shapes_formats(spec: ShapesSpec, out_dir: str) -> Dict[str, str]:
-    """Generates the shapes split of `spec` under `out_dir/coco` and writes every other format next
-    to it; returns the paths (keys: images, sem_seg, panoptic, panoptic_json, panoptic_stuff,
-    instances_json, voc, lvis_json)."""
-    instances_json = generate_shapes(spec, os.path.join(out_dir, "coco"))
-    with open(instances_json) as f:
-        coco = json.load(f)
-    paths = {
+def shapes_format_paths(out_dir: str) -> Dict[str, str]:
+    """Where `write_shapes_formats(spec, out_dir)` puts each format."""
+    return {
         "images": os.path.join(out_dir, "jpg"),
         "sem_seg": os.path.join(out_dir, "sem_seg"),
         "panoptic": os.path.join(out_dir, "panoptic"),
@@ -80,6 +75,15 @@ def write_shapes_formats(spec: ShapesSpec, out_dir: str) -> Dict[str, str]:
         "voc": os.path.join(out_dir, "voc"),
         "lvis_json": os.path.join(out_dir, "lvis.json"),
     }
+
+
+def write_shapes_formats(spec: ShapesSpec, out_dir: str) -> Dict[str, str]:
+    """Generates the shapes split of `spec` under `out_dir/coco` and writes every other format next
+    to it; returns `shapes_format_paths(out_dir)`."""
+    instances_json = generate_shapes(spec, os.path.join(out_dir, "coco"))
+    with open(instances_json) as f:
+        coco = json.load(f)
+    paths = shapes_format_paths(out_dir)
     for key in ("images", "sem_seg", "panoptic", "panoptic_stuff"):
         os.makedirs(paths[key], exist_ok=True)
     for sub in ("Annotations", "ImageSets/Main"):
@@ -152,13 +156,13 @@ def write_shapes_formats(spec: ShapesSpec, out_dir: str) -> Dict[str, str]:
     return paths
 
 
-def register_shapes_formats(prefix: str, spec: ShapesSpec, out_dir: str) -> Dict[str, str]:
+def register_shapes_formats(prefix: str, out_dir: str) -> Dict[str, str]:
     """
-    Writes the formats (`write_shapes_formats`) and registers them: `{prefix}_sem_seg`,
+    Registers the formats written to `out_dir` by `write_shapes_formats`: `{prefix}_sem_seg`,
     `{prefix}_panoptic` (standard), `{prefix}_panoptic_separated` and `{prefix}_panoptic_stuffonly`,
     `{prefix}_voc` and `{prefix}_lvis`. Returns the dataset names by format.
     """
-    paths = write_shapes_formats(spec, out_dir)
+    paths = shapes_format_paths(out_dir)
     things = {i + 1: i for i in range(len(SHAPES_CLASSES))}
     names = {
         "sem_seg": f"{prefix}_sem_seg",

@@ -54,7 +54,8 @@ def _voc_xml(image: dict, objects: list) -> str:
     for ann, _ in objects:
         x, y, w, h = ann["bbox"]  # tight pixel extent: pixels x .. x + w - 1, in 1-based indices x + 1 .. x + w
         body += (
-            f"<object><name>{SHAPES_CLASSES[ann['category_id'] - 1]}</name><difficult>0</difficult><bndbox>"
+            f"<object><name>{SHAPES_CLASSES[ann['category_id'] - 1]}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            "<difficult>0</difficult><bndbox>"
             f"<xmin>{int(x) + 1}</xmin><ymin>{int(y) + 1}</ymin><xmax>{int(x + w)}</xmax><ymax>{int(y + h)}</ymax>"
             "</bndbox></object>"
         )

@@ -6,8 +6,8 @@ import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-from detlib.checkpoint.detection_checkpoint import atomic_write
 from detlib.data import MetadataCatalog
+from detlib.utils.atomic_write import atomic_write
 
 from .coco_evaluation import _table, instances_to_coco_json
 from .evaluator import DatasetEvaluator
@@ -98,7 +98,8 @@ class LVISEvaluator(DatasetEvaluator):
         if self._output_dir:
             path = os.path.join(self._output_dir, "lvis_instances_results.json")
             logger.info("Saving results to %s", path)
-            atomic_write(path, lambda f: f.write(results_json.encode("utf-8")))
+            with atomic_write(path, "w", encoding="utf-8") as f:
+                f.write(results_json)
         lvis_results = json.loads(results_json)
         tasks = self._tasks or (("bbox", "segm") if any("segmentation" in r for r in lvis_results) else ("bbox",))
         results: Dict[str, Dict[str, float]] = OrderedDict()

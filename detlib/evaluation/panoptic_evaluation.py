@@ -9,9 +9,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from detlib.checkpoint.detection_checkpoint import atomic_write
 from detlib.data import MetadataCatalog
 from detlib.utils import comm
+from detlib.utils.atomic_write import atomic_write
 
 from .coco_evaluation import _table
 from .evaluator import DatasetEvaluator
@@ -119,7 +119,8 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         if self._output_dir and merged is not None:
             path = os.path.join(self._output_dir, "panoptic_predictions.json")
             content = '{"annotations": ' + merged[1] + ', "categories": ' + json.dumps(self._category_list()) + "}"
-            atomic_write(path, lambda f: f.write(content.encode("utf-8")))
+            with atomic_write(path, "w", encoding="utf-8") as f:
+                f.write(content)
         summary = pq_summary(stat, self._categories)
         results = OrderedDict()
         for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):

@@ -57,7 +57,7 @@ class LVISEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._max_dets = 300 if max_dets_per_image is None else int(max_dets_per_image)
         self._metadata = MetadataCatalog.get(dataset_name)
-        json_file = self._metadata.get("json_file")
+        json_file = getattr(self._metadata, "json_file", None)  # may be a property (synthetic data written on use)
         if not json_file:
             raise ValueError(f"LVISEvaluator needs the LVIS json of dataset '{dataset_name}' (metadata 'json_file').")
         self._lvis_gt = load_lvis_gt(json_file)

@@ -128,3 +128,19 @@ def test_mapper_reads_and_transforms_the_semantic_labels_with_the_image(names):
     expected = torch.as_tensor(labels[::2, ::2][:, ::-1].astype(np.int64))  # 64 -> 32, then flipped
     assert (mapped["sem_seg"] != expected).float().mean() < 0.1
     assert len(mapped["instances"]) > 0
+
+
+def test_builtin_lvis_and_voc_shapes_are_written_on_first_use_and_then_reused(tmp_path):
+    from detlib.data.datasets.builtin_shapes import register_shapes_lvis_and_voc
+
+    spec = ShapesSpec(num_images=3, seed=7, image_size=(48, 48))
+    register_shapes_lvis_and_voc("shapes_lazy", str(tmp_path / "formats"), spec)
+    assert not (tmp_path / "formats").exists()  # registering writes nothing
+    json_file = MetadataCatalog.get("shapes_lazy_lvis").json_file  # what LVISEvaluator reads first
+    assert json_file == str(tmp_path / "formats" / "lvis.json") and (tmp_path / "formats" / "voc").is_dir()
+    stamp = (tmp_path / "formats" / "lvis.json").stat().st_mtime_ns
+    assert len(DatasetCatalog.get("shapes_lazy_voc")) == 3 and len(DatasetCatalog.get("shapes_lazy_lvis")) == 3
+    register_shapes_lvis_and_voc("shapes_lazy_again", str(tmp_path / "formats"), spec)
+    DatasetCatalog.get("shapes_lazy_again_lvis")
+    assert (tmp_path / "formats" / "lvis.json").stat().st_mtime_ns == stamp  # complete: not written again
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shapes_formats.")]

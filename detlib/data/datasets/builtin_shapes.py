@@ -1,11 +1,14 @@
-"""The synthetic shapes datasets, generated under the datasets root on first use."""
+"""The synthetic shapes datasets (also as LVIS and Pascal VOC files), generated under the datasets root on first use."""
 
 import os
 from typing import Callable
 
 from ..catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json
+from .lvis import load_lvis_json
+from .pascal_voc import load_voc_instances
 from .shapes import SHAPES_CLASSES, ShapesSpec, generate_shapes
+from .shapes_formats import ensure_shapes_formats
 from .shapes_keypoints import (
     KEYPOINT_FLIP_MAP,
     KEYPOINT_NAMES,
@@ -19,6 +22,7 @@ __all__ = [
     "KEYPOINT_SHAPES_SPLITS",
     "register_shapes",
     "register_keypoint_shapes",
+    "register_shapes_lvis_and_voc",
     "register_all_shapes",
 ]
 
@@ -86,8 +90,50 @@ def register_keypoint_shapes(name: str, split_dir: str, spec: KeypointShapesSpec
     )
 
 
+class _ShapesFormatMetadata(Metadata):
+    """Metadata of a shapes split in another format (shapes_formats.py), whose files are written on
+    the first read of `json_file` or `dirname` (what the LVIS and VOC evaluators open)."""
+
+    def __init__(self, name: str, out_dir: str, spec: ShapesSpec):
+        super().__init__(name=name)
+        self._split = (out_dir, spec)
+
+    def _paths(self) -> dict:
+        if "_written" not in self.__dict__:  # checked (and written if needed) once per process
+            self._written = ensure_shapes_formats(self._split[1], self._split[0])
+        return self._written
+
+    @property
+    def json_file(self) -> str:
+        return self._paths()["lvis_json"]
+
+    @property
+    def dirname(self) -> str:
+        return self._paths()["voc"]
+
+
+def register_shapes_lvis_and_voc(prefix: str, out_dir: str, spec: ShapesSpec) -> None:
+    """
+    Registers `{prefix}_lvis` (LVIS json: federated negative and not-exhaustive categories, frequency
+    groups) and `{prefix}_voc` (VOC XML, 2007 metric) made from the shapes split of `spec`, written
+    to `out_dir` on first use.
+    """
+    lvis, voc = f"{prefix}_lvis", f"{prefix}_voc"
+    lvis_meta, voc_meta = _ShapesFormatMetadata(lvis, out_dir, spec), _ShapesFormatMetadata(voc, out_dir, spec)
+    DatasetCatalog.register(lvis, lambda: load_lvis_json(lvis_meta.json_file, out_dir, lvis))
+    MetadataCatalog[lvis] = lvis_meta.set(
+        evaluator_type="lvis", image_root=out_dir, thing_classes=list(SHAPES_CLASSES), thing_colors=list(_SHAPES_COLORS)
+    )
+    DatasetCatalog.register(voc, lambda: load_voc_instances(voc_meta.dirname, "val", SHAPES_CLASSES))
+    MetadataCatalog[voc] = voc_meta.set(
+        evaluator_type="pascal_voc", split="val", year=2007, thing_classes=list(SHAPES_CLASSES)
+    )
+
+
 def register_all_shapes(root: str) -> None:
     for name, (subdir, spec) in SHAPES_SPLITS.items():
         register_shapes(name, os.path.join(root, subdir), spec)
+        split = name[len("shapes_") :]
+        register_shapes_lvis_and_voc(f"shapes_{split}", os.path.join(root, "shapes_formats", split), spec)
     for name, (subdir, spec) in KEYPOINT_SHAPES_SPLITS.items():
         register_keypoint_shapes(name, os.path.join(root, subdir), spec)

@@ -10,6 +10,9 @@ Everything is derived from one shapes split (`generate_shapes`): its instance ma
 
 import json
 import os
+import shutil
+import tempfile
+from dataclasses import asdict
 from typing import Dict
 
 import cv2
@@ -23,11 +26,18 @@ from .pascal_voc import register_pascal_voc
 from .sem_seg import register_sem_seg
 from .shapes import SHAPES_CLASSES, ShapesSpec, generate_shapes
 
-__all__ = ["SHAPES_STUFF_CLASSES", "shapes_format_paths", "write_shapes_formats", "register_shapes_formats"]
+__all__ = [
+    "SHAPES_STUFF_CLASSES",
+    "shapes_format_paths",
+    "write_shapes_formats",
+    "ensure_shapes_formats",
+    "register_shapes_formats",
+]
 
 # Semantic classes: background, then the shapes (label = shape class + 1).
 SHAPES_STUFF_CLASSES = ("background",) + SHAPES_CLASSES
 _BACKGROUND_ID = len(SHAPES_CLASSES) + 1  # panoptic category id of the background stuff
+_MARKER = "formats.json"  # the ShapesSpec the directory was written for
 # LVIS frequency group of each shape class, so that APr, APc and APf are all defined.
 _LVIS_FREQUENCY = ("f", "c", "r", "c")
 
@@ -155,6 +165,38 @@ def write_shapes_formats(spec: ShapesSpec, out_dir: str) -> Dict[str, str]:
         with open(paths[key], "w") as f:
             json.dump(document, f)
     return paths
+
+
+def ensure_shapes_formats(spec: ShapesSpec, out_dir: str) -> Dict[str, str]:
+    """
+    `write_shapes_formats(spec, out_dir)` unless `out_dir` already holds them for `spec`. They are
+    written to a temporary directory renamed into place, so processes that race (the ranks of a
+    distributed run) never see a partial directory.
+    """
+    marker = json.dumps(asdict(spec), sort_keys=True)
+
+    def complete(directory: str) -> bool:
+        path = os.path.join(directory, _MARKER)
+        return os.path.exists(path) and open(path).read() == marker
+
+    if not complete(out_dir):
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".shapes_formats.", dir=parent)
+        try:
+            write_shapes_formats(spec, tmp)
+            with open(os.path.join(tmp, _MARKER), "w") as f:
+                f.write(marker)
+            if os.path.exists(out_dir) and not complete(out_dir):
+                shutil.rmtree(out_dir, ignore_errors=True)  # made with other parameters
+            try:
+                os.rename(tmp, out_dir)
+            except OSError:
+                if not complete(out_dir):  # another process put something else there
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return shapes_format_paths(out_dir)
 
 
 def register_shapes_formats(prefix: str, out_dir: str) -> Dict[str, str]:

@@ -41,7 +41,7 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._distributed = distributed
         for key in ("panoptic_json", "panoptic_root"):
-            if not self._metadata.get(key):
+            if not getattr(self._metadata, key, None):  # may be properties (synthetic data written on use)
                 raise ValueError(f"COCOPanopticEvaluator needs the metadata '{key}' of dataset '{dataset_name}'.")
         with open(self._metadata.panoptic_json) as f:
             gt = json.load(f)

@@ -1,6 +1,8 @@
 """Each synthetic shapes format loads and scores end to end: ground truth given back as the
 prediction gets the perfect score of each metric, and a damaged one less."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,39 @@ def test_builtin_lvis_and_voc_shapes_are_written_on_first_use_and_then_reused(tm
     DatasetCatalog.get("shapes_lazy_again_lvis")
     assert (tmp_path / "formats" / "lvis.json").stat().st_mtime_ns == stamp  # complete: not written again
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shapes_formats.")]
+
+
+def test_builtin_panoptic_shapes_score_100_with_panoptic_fpn_style_outputs(tmp_path):
+    """Panoptic FPN's outputs for the separated layout (things with their contiguous class, stuff with
+    its semantic class) made from the ground truth: 100 box AP, mIoU and PQ."""
+    from detlib.data.datasets.builtin_shapes import register_shapes_panoptic
+
+    spec = ShapesSpec(num_images=4, seed=2, image_size=(48, 48))
+    register_shapes_panoptic("shapes_pan", str(tmp_path / "formats"), spec)
+    evaluator = build_evaluator(get_cfg(), "shapes_pan_panoptic_separated", str(tmp_path / "out"))
+    assert [type(e) for e in evaluator._evaluators] == [SemSegEvaluator, COCOEvaluator, COCOPanopticEvaluator]
+    evaluator.reset()
+    for record in DatasetCatalog.get("shapes_pan_panoptic_separated"):
+        semantic = torch.as_tensor(np.asarray(Image.open(record["sem_seg_file_name"]), dtype=np.int64))
+        png = tmp_path / "formats" / "panoptic" / (os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
+        gt_ids = torch.as_tensor(rgb2id(np.asarray(Image.open(png))))
+        ids = torch.zeros_like(gt_ids)
+        segments = []
+        for k, ann in enumerate(record["annotations"]):  # the writer numbers an image's objects 1, 2, ...
+            ids[gt_ids == k + 1] = k + 1
+            segments.append({"id": k + 1, "category_id": ann["category_id"], "isthing": True})
+        if (semantic == 1).any():  # the background stuff: semantic class 1
+            ids[semantic == 1] = len(segments) + 1
+            segments.append({"id": len(segments) + 1, "category_id": 1, "isthing": False})
+        outputs = {
+            "instances": _box_predictions(record),
+            "sem_seg": torch.nn.functional.one_hot(semantic, 2).permute(2, 0, 1).float(),
+            "panoptic_seg": (ids, segments),
+        }
+        evaluator.process([record], [outputs])
+    results = evaluator.evaluate()
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100)
+    assert results["bbox"]["AP"] == pytest.approx(100)
+    assert results["panoptic_seg"]["PQ"] == pytest.approx(100) and results["panoptic_seg"]["PQ_st"] == pytest.approx(
+        100
+    )

@@ -1,14 +1,16 @@
 """The synthetic shapes datasets (also as LVIS and Pascal VOC files), generated under the datasets root on first use."""
 
 import os
-from typing import Callable
+from typing import Callable, List
 
 from ..catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json
+from .coco_panoptic import merge_to_panoptic
 from .lvis import load_lvis_json
 from .pascal_voc import load_voc_instances
+from .sem_seg import load_sem_seg
 from .shapes import SHAPES_CLASSES, ShapesSpec, generate_shapes
-from .shapes_formats import ensure_shapes_formats
+from .shapes_formats import SHAPES_STUFF_CLASSES, ensure_shapes_formats
 from .shapes_keypoints import (
     KEYPOINT_FLIP_MAP,
     KEYPOINT_NAMES,
@@ -23,6 +25,7 @@ __all__ = [
     "register_shapes",
     "register_keypoint_shapes",
     "register_shapes_lvis_and_voc",
+    "register_shapes_panoptic",
     "register_all_shapes",
 ]
 
@@ -111,6 +114,14 @@ class _ShapesFormatMetadata(Metadata):
     def dirname(self) -> str:
         return self._paths()["voc"]
 
+    @property
+    def panoptic_json(self) -> str:
+        return self._paths()["panoptic_json"]
+
+    @property
+    def panoptic_root(self) -> str:
+        return self._paths()["panoptic"]
+
 
 def register_shapes_lvis_and_voc(prefix: str, out_dir: str, spec: ShapesSpec) -> None:
     """
@@ -130,10 +141,56 @@ def register_shapes_lvis_and_voc(prefix: str, out_dir: str, spec: ShapesSpec) ->
     )
 
 
+class _ShapesPanopticMetadata(_ShapesFormatMetadata):
+    """As `_ShapesFormatMetadata`, with `json_file` the COCO instances json (what COCOEvaluator reads)."""
+
+    @property
+    def json_file(self) -> str:
+        return self._paths()["instances_json"]
+
+
+def register_shapes_panoptic(prefix: str, out_dir: str, spec: ShapesSpec) -> None:
+    """
+    Registers `{prefix}_panoptic_separated` (Panoptic FPN's layout: the shapes as instances, a
+    semantic map with class 0 for every shape pixel and 1 for the background; scored by COCO AP,
+    mIoU and PQ) and `{prefix}_sem_seg` (background + the 4 shapes as semantic classes), made from
+    the shapes split of `spec` and written to `out_dir` on first use.
+    """
+    separated, semantic = f"{prefix}_panoptic_separated", f"{prefix}_sem_seg"
+    meta = _ShapesPanopticMetadata(separated, out_dir, spec)
+    semantic_meta = _ShapesFormatMetadata(semantic, out_dir, spec)
+
+    def load_separated() -> List[dict]:
+        paths = meta._paths()
+        instances = load_coco_json(paths["instances_json"], paths["images"], separated)
+        return merge_to_panoptic(instances, load_sem_seg(paths["panoptic_stuff"], paths["images"]))
+
+    def load_semantic() -> List[dict]:
+        paths = semantic_meta._paths()
+        return load_sem_seg(paths["sem_seg"], paths["images"])
+
+    DatasetCatalog.register(separated, load_separated)
+    MetadataCatalog[separated] = meta.set(
+        evaluator_type="coco_panoptic_seg",
+        ignore_label=255,
+        thing_classes=list(SHAPES_CLASSES),
+        thing_colors=list(_SHAPES_COLORS),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))},
+        stuff_classes=["things", "background"],
+        stuff_colors=[(82, 18, 128), (128, 128, 128)],
+        stuff_dataset_id_to_contiguous_id={0: 0, len(SHAPES_CLASSES) + 1: 1},
+    )
+    DatasetCatalog.register(semantic, load_semantic)
+    MetadataCatalog[semantic] = semantic_meta.set(
+        evaluator_type="sem_seg", ignore_label=255, stuff_classes=list(SHAPES_STUFF_CLASSES)
+    )
+
+
 def register_all_shapes(root: str) -> None:
     for name, (subdir, spec) in SHAPES_SPLITS.items():
         register_shapes(name, os.path.join(root, subdir), spec)
         split = name[len("shapes_") :]
         register_shapes_lvis_and_voc(f"shapes_{split}", os.path.join(root, "shapes_formats", split), spec)
+        register_shapes_panoptic(f"shapes_{split}", os.path.join(root, "shapes_formats", split), spec)
     for name, (subdir, spec) in KEYPOINT_SHAPES_SPLITS.items():
         register_keypoint_shapes(name, os.path.join(root, subdir), spec)

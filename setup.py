@@ -180,6 +180,8 @@ setup(
     python_requires=">=3.9",
     ext_modules=[make_extension()],
     install_requires=runtime_requirements(),
+    # The Cityscapes evaluators run the official scripts (pyquaternion: imported by them).
+    extras_require={"cityscapes": ["cityscapesscripts>=2.2", "pyquaternion"]},
     cmdclass={"build_ext": BuildExtension, "build_py": BuildPyWithConfigs},
     zip_safe=False,
 )

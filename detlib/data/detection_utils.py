@@ -57,6 +57,13 @@ def read_image(file_name: str, format: str = None) -> np.ndarray:
     return convert_PIL_to_numpy(ImageOps.exif_transpose(image), format)
 
 
+def read_sem_seg(file_name: str, dtype=np.int64) -> np.ndarray:
+    """A semantic label PNG as an H x W integer array of its pixel values (grayscale or palette
+    indices, unconverted: the values are class ids)."""
+    with Image.open(file_name) as image:
+        return np.asarray(image, dtype=dtype)
+
+
 def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
     """
     Checks the image against the record's `height`/`width` (setting them when the record has
@@ -184,6 +191,25 @@ def create_keypoint_hflip_indices(dataset_names: Union[str, Sequence[str]]) -> L
             )
         mirror[left], mirror[right] = right, left
     return [names.index(mirror.get(name, name)) for name in names]
+
+
+def get_fed_loss_cls_weights(dataset_names: Union[str, Sequence[str]], freq_weight_power: float = 1.0) -> torch.Tensor:
+    """
+    Per class (in class-id order), its training-image count to the power `freq_weight_power`: the
+    sampling weights of the federated loss, from the metadata `class_image_count`
+    (`[{"id", "image_count"}]`, as the builtin LVIS v1 datasets have it). Every dataset must have the same.
+    """
+    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    if not names:
+        raise ValueError("get_fed_loss_cls_weights needs at least one dataset name.")
+    counts = [MetadataCatalog.get(name).get("class_image_count") for name in names]
+    for name, value in zip(names, counts):
+        if value is None:
+            raise ValueError(f"Dataset '{name}' has no 'class_image_count' metadata, which the federated loss needs.")
+        if value != counts[0]:
+            raise ValueError(f"Datasets '{names[0]}' and '{name}' have different 'class_image_count' metadata.")
+    ordered = sorted(counts[0], key=lambda c: c["id"])
+    return torch.tensor([c["image_count"] for c in ordered], dtype=torch.float32) ** freq_weight_power
 
 
 def _segmentation_to_bitmask(segm, height: int, width: int) -> np.ndarray:

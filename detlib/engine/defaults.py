@@ -18,7 +18,7 @@ from detlib.checkpoint import DetectionCheckpointer
 from detlib.collect_env import collect_env_info
 from detlib.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detlib.data.detection_utils import build_test_resize
-from detlib.evaluation import COCOEvaluator, DatasetEvaluator, inference_on_dataset
+from detlib.evaluation import DatasetEvaluator, build_evaluator, inference_on_dataset
 from detlib.evaluation.validation_loss import build_validation_loader
 from detlib.solver import build_lr_scheduler, build_optimizer
 from detlib.utils import comm
@@ -372,12 +372,9 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str) -> DatasetEvaluator:
-        """COCO box (and mask and keypoint, when predicted) AP, with results in OUTPUT_DIR/inference/NAME."""
-        return COCOEvaluator(
-            dataset_name,
-            output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
-            kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS,
-        )
+        """The evaluators of the dataset's metadata `evaluator_type` (COCO, LVIS, semantic, panoptic,
+        Pascal VOC; `detlib.evaluation.build_evaluator`), with results in OUTPUT_DIR/inference/NAME."""
+        return build_evaluator(cfg, dataset_name, os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name))
 
     @classmethod
     def test(

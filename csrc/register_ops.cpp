@@ -1,5 +1,6 @@
-// Registers detlib's kernels as PyTorch operators, torch.ops.detlib.{nms, roi_align, _roi_align_backward},
-// with torchvision's schemas so that exporters can map them to ONNX NonMaxSuppression / RoiAlign. The
+// Registers detlib's kernels as PyTorch operators, torch.ops.detlib.{nms, roi_align, _roi_align_backward,
+// deform_conv2d, _deform_conv2d_backward}, with torchvision's schemas so that exporters can map them to ONNX
+// NonMaxSuppression / RoiAlign / DeformConv. The
 // CPU and CUDA kernels below check every argument once, then call the kernels of csrc/*/. Autograd and
 // the fake (meta) kernels that torch.compile / torch.export trace with are registered in Python, in
 // detlib/layers/operators.py, which this library names as its Python module.
@@ -136,11 +137,113 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, do
                                 pooled_width, batch_size, channels, height, width, sampling_ratio, aligned, layout);
 }
 
+std::string deform_conv_shapes(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
+                               const at::Tensor& mask, const at::Tensor& bias) {
+  return "input " + shape_of(input) + ", weight " + shape_of(weight) + ", offset " + shape_of(offset) + ", mask " +
+         shape_of(mask) + ", bias " + shape_of(bias);
+}
+
+// Checks deform_conv2d's tensors against each other and its scalars (as the Python layer does, for direct callers
+// of torch.ops.detlib.deform_conv2d); returns the scalars. `op` names the caller in messages.
+DeformConvParams check_deform_conv_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                                        const at::Tensor& offset, const at::Tensor& mask, const at::Tensor& bias,
+                                        int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                                        int64_t dilation_h, int64_t dilation_w, int64_t groups, int64_t offset_groups,
+                                        bool use_mask) {
+  const std::string shapes = deform_conv_shapes(input, weight, offset, mask, bias);
+  TORCH_CHECK(input.dim() == 4 && weight.dim() == 4 && offset.dim() == 4 && bias.dim() == 1, op,
+              ": input, weight and offset must be 4-d and bias 1-d, got ", shapes);
+  TORCH_CHECK(stride_h > 0 && stride_w > 0 && pad_h >= 0 && pad_w >= 0 && dilation_h > 0 && dilation_w > 0, op,
+              ": need stride > 0, padding >= 0, dilation > 0, got stride (", stride_h, ", ", stride_w, "), padding (",
+              pad_h, ", ", pad_w, "), dilation (", dilation_h, ", ", dilation_w, ")");
+  TORCH_CHECK(groups > 0 && offset_groups > 0, op, ": groups and offset_groups must be positive, got ", groups, " and ",
+              offset_groups);
+  const int64_t channels = input.size(1), out_channels = weight.size(0), taps = weight.size(2) * weight.size(3);
+  TORCH_CHECK(channels % groups == 0 && out_channels % groups == 0 && weight.size(1) == channels / groups, op,
+              ": weight must be [O, C / groups, kH, kW] with O and C divisible by groups=", groups, ", got ", shapes);
+  TORCH_CHECK(channels % offset_groups == 0, op, ": input channels must be divisible by offset_groups=", offset_groups,
+              ", got ", shapes);
+  const int64_t out_h = (input.size(2) + 2 * pad_h - (dilation_h * (weight.size(2) - 1) + 1)) / stride_h + 1;
+  const int64_t out_w = (input.size(3) + 2 * pad_w - (dilation_w * (weight.size(3) - 1) + 1)) / stride_w + 1;
+  TORCH_CHECK(out_h > 0 && out_w > 0, op, ": input too small for the kernel: output would be ", out_h, "x", out_w,
+              ", got ", shapes);
+  TORCH_CHECK(offset.size(0) == input.size(0) && offset.size(1) == 2 * offset_groups * taps &&
+                  offset.size(2) == out_h && offset.size(3) == out_w,
+              op, ": offset must be [", input.size(0), ", ", 2 * offset_groups * taps, ", ", out_h, ", ", out_w,
+              "], got ", shapes);
+  if (use_mask) {
+    TORCH_CHECK(mask.dim() == 4 && mask.size(0) == input.size(0) && mask.size(1) == offset_groups * taps &&
+                    mask.size(2) == out_h && mask.size(3) == out_w,
+                op, ": mask must be [", input.size(0), ", ", offset_groups * taps, ", ", out_h, ", ", out_w, "], got ",
+                shapes);
+  }
+  TORCH_CHECK(bias.size(0) == out_channels, op, ": bias must be [", out_channels, "], got ", shapes);
+  TORCH_CHECK(input.size(2) * input.size(3) <= std::numeric_limits<int32_t>::max(), op,
+              ": input planes of 2^31 or more pixels are not supported, got ", shapes);
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{weight, "weight"},
+                                {offset, "offset"},
+                                {mask, "mask"},
+                                {bias, "bias"}}) {
+    check_same_device(input, "deform_conv2d: input", t, name);
+    TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " must have input's dtype ",
+                input.scalar_type(), ", got ", t.scalar_type());
+  }
+  check_kernel_dtype(input, op, "input");
+  return {stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups, offset_groups, use_mask};
+}
+
+at::Tensor deform_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
+                                 const at::Tensor& mask, const at::Tensor& bias, int64_t stride_h, int64_t stride_w,
+                                 int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t groups,
+                                 int64_t offset_groups, bool use_mask) {
+  const DeformConvParams params =
+      check_deform_conv_args("deform_conv2d", input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                             dilation_h, dilation_w, groups, offset_groups, use_mask);
+  if (input.is_cuda()) {
+#ifdef WITH_CUDA
+    return deform_conv2d_forward_cuda(input.contiguous(), weight.contiguous(), offset.contiguous(), mask.contiguous(),
+                                      bias.contiguous(), params);
+#else
+    no_cuda("deform_conv2d");
+#endif
+  }
+  return deform_conv2d_forward_cpu(input.contiguous(), weight.contiguous(), offset.contiguous(), mask.contiguous(),
+                                   bias.contiguous(), params);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
+    const at::Tensor& mask, const at::Tensor& bias, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t groups, int64_t offset_groups, bool use_mask) {
+  const char* op = "deform_conv2d backward";
+  const DeformConvParams params = check_deform_conv_args(op, input, weight, offset, mask, bias, stride_h, stride_w,
+                                                         pad_h, pad_w, dilation_h, dilation_w, groups, offset_groups,
+                                                         use_mask);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == input.size(0) && grad.size(1) == weight.size(0) &&
+                  grad.size(2) == offset.size(2) && grad.size(3) == offset.size(3),
+              op, ": grad must have the output's shape [", input.size(0), ", ", weight.size(0), ", ", offset.size(2),
+              ", ", offset.size(3), "], got ", shape_of(grad));
+  check_same_device(input, "deform_conv2d backward: input", grad, "grad");
+  TORCH_CHECK(grad.scalar_type() == input.scalar_type(), op, ": grad must have input's dtype ", input.scalar_type(),
+              ", got ", grad.scalar_type());
+  if (input.is_cuda()) {
+#ifdef WITH_CUDA
+    return deform_conv2d_backward_cuda(grad.contiguous(), input.contiguous(), weight.contiguous(), offset.contiguous(),
+                                       mask.contiguous(), bias.contiguous(), params);
+#else
+    no_cuda("deform_conv2d backward");
+#endif
+  }
+  return deform_conv2d_backward_cpu(grad.contiguous(), input.contiguous(), weight.contiguous(), offset.contiguous(),
+                                    mask.contiguous(), bias.contiguous(), params);
+}
+
 }  // namespace
 }  // namespace detlib
 
 
-// Schemas as torchvision's (torchvision::nms, torchvision::roi_align, torchvision::_roi_align_backward),
+// Schemas as torchvision's (torchvision::nms, torchvision::roi_align, torchvision::_roi_align_backward,
+// torchvision::deform_conv2d, torchvision::_deform_conv2d_backward),
 // SymInt sizes included, so the Python layer can fall back to torchvision by swapping the namespace.
 TORCH_LIBRARY(detlib, m) {
   m.set_python_module("detlib.layers.operators");
@@ -152,6 +255,14 @@ TORCH_LIBRARY(detlib, m) {
       "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, "
       "bool aligned) -> Tensor");
+  m.def(
+      "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, SymInt stride_h, "
+      "SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, SymInt groups, "
+      "SymInt offset_groups, bool use_mask) -> Tensor");
+  m.def(
+      "_deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, "
+      "SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, "
+      "SymInt groups, SymInt offset_groups, bool use_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // One checked entry point per op serves both backends: it validates, then picks the CPU or CUDA kernel
@@ -160,12 +271,16 @@ TORCH_LIBRARY_IMPL(detlib, CPU, m) {
   m.impl("nms", TORCH_FN(detlib::nms));
   m.impl("roi_align", TORCH_FN(detlib::roi_align_forward));
   m.impl("_roi_align_backward", TORCH_FN(detlib::roi_align_backward));
+  m.impl("deform_conv2d", TORCH_FN(detlib::deform_conv2d_forward));
+  m.impl("_deform_conv2d_backward", TORCH_FN(detlib::deform_conv2d_backward));
 }
 
 TORCH_LIBRARY_IMPL(detlib, CUDA, m) {
   m.impl("nms", TORCH_FN(detlib::nms));
   m.impl("roi_align", TORCH_FN(detlib::roi_align_forward));
   m.impl("_roi_align_backward", TORCH_FN(detlib::roi_align_backward));
+  m.impl("deform_conv2d", TORCH_FN(detlib::deform_conv2d_forward));
+  m.impl("_deform_conv2d_backward", TORCH_FN(detlib::deform_conv2d_backward));
 }
 
 namespace {

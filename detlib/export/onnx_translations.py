@@ -1,15 +1,15 @@
 """
 ONNX for detlib's operators, in standard ONNX operators (so ONNX Runtime needs no custom library):
 torch.ops.detlib.nms -> NonMaxSuppression, torch.ops.detlib.roi_align -> RoiAlign (opset 16 for its
-coordinate_transformation_mode).
+coordinate_transformation_mode), torch.ops.detlib.deform_conv2d -> DeformConv (opset 19).
 """
 
 import torch
-from onnxscript import opset18 as op
+from onnxscript import opset19 as op
 
 __all__ = ["ONNX_OPSET", "custom_translation_table"]
 
-ONNX_OPSET = 18
+ONNX_OPSET = 19
 
 
 def nms_to_onnx(dets, scores, iou_threshold: float):
@@ -41,6 +41,39 @@ def roi_align_to_onnx(
     )
 
 
+def deform_conv2d_to_onnx(
+    input,
+    weight,
+    offset,
+    mask,
+    bias,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    groups: int,
+    offset_groups: int,
+    use_mask: bool,
+):
+    """DeformConv: the same (dy, dx) offset layout and mask as torchvision's; its kernel shape comes from weight."""
+    geometry = dict(
+        dilations=[int(dilation_h), int(dilation_w)],
+        group=int(groups),
+        offset_group=int(offset_groups),
+        pads=[int(pad_h), int(pad_w), int(pad_h), int(pad_w)],
+        strides=[int(stride_h), int(stride_w)],
+    )
+    if use_mask:
+        return op.DeformConv(input, weight, offset, bias, mask, **geometry)
+    return op.DeformConv(input, weight, offset, bias, **geometry)  # without the (empty) mask: v1
+
+
 def custom_translation_table():
     """The `custom_translation_table` of torch.onnx.export for detlib's operators."""
-    return {torch.ops.detlib.nms.default: nms_to_onnx, torch.ops.detlib.roi_align.default: roi_align_to_onnx}
+    return {
+        torch.ops.detlib.nms.default: nms_to_onnx,
+        torch.ops.detlib.roi_align.default: roi_align_to_onnx,
+        torch.ops.detlib.deform_conv2d.default: deform_conv2d_to_onnx,
+    }

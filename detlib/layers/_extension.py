@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 # Must equal DETLIB_C_ABI_VERSION in csrc/detlib_ops.h.
-EXPECTED_ABI_VERSION = 2
+EXPECTED_ABI_VERSION = 3
 
 REQUIRE_ENV = "DETLIB_REQUIRE_EXT"
 

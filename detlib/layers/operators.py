@@ -1,8 +1,8 @@
 """
 The Python half of the torch.ops.detlib operators that csrc/register_ops.cpp defines: fake kernels (shapes
-only, what torch.compile and torch.export trace with) and ROIAlign's autograd formula. The C++ library
-names this module as its Python module, so torch imports it wherever the operators are used, e.g. when a
-saved torch.export program is loaded. Importing it requires `detlib._C` to be loaded.
+only, what torch.compile and torch.export trace with) and the autograd formulas of ROIAlign and deformable
+convolution. The C++ library names this module as its Python module, so torch imports it wherever the
+operators are used, e.g. when a saved torch.export program is loaded. Importing it requires `detlib._C` to be loaded.
 """
 
 import torch
@@ -78,3 +78,70 @@ def _roi_align_backward(ctx, grad_output):
 
 
 torch.library.register_autograd("detlib::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context)
+
+
+def _deform_conv_output_size(input, weight, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w):
+    out_h = (input.size(2) + 2 * pad_h - (dilation_h * (weight.size(2) - 1) + 1)) // stride_h + 1
+    out_w = (input.size(3) + 2 * pad_w - (dilation_w * (weight.size(3) - 1) + 1)) // stride_w + 1
+    return out_h, out_w
+
+
+@torch.library.register_fake("detlib::deform_conv2d")
+def _deform_conv2d_fake(
+    input,
+    weight,
+    offset,
+    mask,
+    bias,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dilation_h,
+    dilation_w,
+    groups,
+    offset_groups,
+    use_mask,
+):
+    for name, t in (("weight", weight), ("offset", offset), ("mask", mask), ("bias", bias)):
+        torch._check(
+            t.device == input.device and t.dtype == input.dtype,
+            lambda name=name, t=t: (
+                f"deform_conv2d: {name} must have input's device and dtype, got {t.device} {t.dtype}"
+            ),
+        )
+    torch._check(input.dim() == 4 and weight.dim() == 4 and offset.dim() == 4, lambda: "deform_conv2d: 4-d tensors")
+    out_h, out_w = _deform_conv_output_size(input, weight, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    torch._check(
+        offset.size(1) == 2 * offset_groups * weight.size(2) * weight.size(3),
+        lambda: f"deform_conv2d: offset must have 2 * offset_groups * kH * kW channels, got {list(offset.shape)}",
+    )
+    return input.new_empty((input.size(0), weight.size(0), out_h, out_w))
+
+
+@torch.library.register_fake("detlib::_deform_conv2d_backward")
+def _deform_conv2d_backward_fake(grad, input, weight, offset, mask, bias, *scalars):
+    return tuple(
+        torch.empty_like(t, memory_format=torch.contiguous_format) for t in (input, weight, offset, mask, bias)
+    )
+
+
+def _deform_conv2d_setup_context(ctx, inputs, output) -> None:
+    input, weight, offset, mask, bias, *scalars = inputs
+    ctx.save_for_backward(input, weight, offset, mask, bias)
+    ctx.scalars = scalars
+
+
+def _deform_conv2d_backward(ctx, grad_output):
+    input, weight, offset, mask, bias = ctx.saved_tensors
+    grad_input, grad_weight, grad_offset, grad_mask, grad_bias = torch.ops.detlib._deform_conv2d_backward(
+        grad_output, input, weight, offset, mask, bias, *ctx.scalars
+    )
+    use_mask = ctx.scalars[-1]
+    # No gradients for the geometry scalars; the mask has none when it is not used (as torchvision).
+    return grad_input, grad_weight, grad_offset, grad_mask if use_mask else None, grad_bias, *([None] * 9)
+
+
+torch.library.register_autograd(
+    "detlib::deform_conv2d", _deform_conv2d_backward, setup_context=_deform_conv2d_setup_context
+)

@@ -1,10 +1,12 @@
 """
-ONNX export: detlib's operators in standard ONNX operators give torchvision's results in ONNX Runtime, and
+ONNX export: detlib's operators in standard ONNX operators (NonMaxSuppression, RoiAlign, DeformConv) give
+torchvision's results in ONNX Runtime, and
 parity case A's Mask / Faster R-CNN converted from torch.export gives the eager detections on other image
 sizes, also when none survives.
 """
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torchvision
@@ -12,7 +14,7 @@ from export_checks import RUN_SIZES, SAMPLE_SIZE, assert_same_detections, eager_
 
 from detlib.export import ExportableDetector
 from detlib.export.onnx_export import export_onnx
-from detlib.layers import nms, roi_align
+from detlib.layers import DeformConv, ModulatedDeformConv, nms, roi_align
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -48,6 +50,39 @@ def test_operators_run_in_onnxruntime_as_torchvision(tmp_path, aligned, sampling
     np.testing.assert_array_equal(keep, torchvision.ops.nms(boxes, scores, 0.5).numpy())
     expected = torchvision.ops.roi_align(features, rois, (5, 4), 0.25, sampling_ratio, aligned)
     np.testing.assert_allclose(pooled, expected.numpy(), atol=1e-5)
+
+
+class _DeformConvs(torch.nn.Module):
+    """v2 with groups and offset groups, then v1 with stride and dilation (DeformConv has opset 19's attributes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.modulated = ModulatedDeformConv(4, 6, 3, padding=1, groups=2, deformable_groups=2)
+        self.plain = DeformConv(6, 4, 3, stride=2, padding=2, dilation=2)
+        torch.nn.init.normal_(self.modulated.bias)
+
+    def forward(self, x, offset, mask, offset2):
+        return self.plain(self.modulated(x, offset, mask), offset2)
+
+
+def test_deform_conv_runs_in_onnxruntime_as_torchvision(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 11, 13, generator=g)
+    offset, mask = torch.randn(2, 36, 11, 13, generator=g) * 2, torch.rand(2, 18, 11, 13, generator=g)
+    offset2 = torch.randn(2, 18, 6, 7, generator=g) * 2
+    module = _DeformConvs()
+    args = (x, offset, mask, offset2)
+    program = torch.export.export(module, args, strict=False)
+    path = export_onnx(program, args, tmp_path / "deform.onnx", ["out"])
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("DeformConv") == 2, ops
+    session = _session(path)
+    (out,) = session.run(None, {spec.name: value.numpy() for spec, value in zip(session.get_inputs(), args)})
+    m, p = module.modulated, module.plain
+    with torch.no_grad():
+        hidden = torchvision.ops.deform_conv2d(x, offset, m.weight, m.bias, padding=1, mask=mask)
+        expected = torchvision.ops.deform_conv2d(hidden, offset2, p.weight, stride=2, padding=2, dilation=2)
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

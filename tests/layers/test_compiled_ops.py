@@ -21,7 +21,7 @@ def test_current_build_loads_and_is_in_use():
     assert _extension.KERNELS.name == "detlib" and _extension.KERNELS.ops is torch.ops.detlib
 
 
-@pytest.mark.parametrize("op", ["nms", "roi_align", "_roi_align_backward"])
+@pytest.mark.parametrize("op", ["nms", "roi_align", "_roi_align_backward", "deform_conv2d", "_deform_conv2d_backward"])
 def test_operators_have_torchvision_schemas(op):
     ours = getattr(torch.ops.detlib, op).default._schema
     theirs = getattr(torch.ops.torchvision, op).default._schema

@@ -117,3 +117,27 @@ def test_fallback_gives_the_extensions_detections_on_the_parity_case(tmp_path):
     torch.testing.assert_close(ours["boxes"], fallback["boxes"], rtol=0, atol=1e-3)
     torch.testing.assert_close(ours["scores"], fallback["scores"], rtol=0, atol=1e-5)
     assert (ours["masks"] == fallback["masks"]).float().mean() > 0.999
+
+
+DEFORM = """
+    import torch, torchvision
+    from detlib.layers import ModulatedDeformConv, _extension
+
+    torch.manual_seed(0)
+    conv = ModulatedDeformConv(4, 6, 3, padding=1, deformable_groups=2)
+    x = torch.randn(2, 4, 7, 8, requires_grad=True)
+    offset, mask = torch.randn(2, 36, 7, 8), torch.rand(2, 18, 7, 8)
+    out = conv(x, offset, mask)
+    out.sum().backward()
+    x_ = x.detach().requires_grad_(True)
+    expected = torchvision.ops.deform_conv2d(x_, offset, conv.weight.detach(), conv.bias.detach(), padding=1, mask=mask)
+    expected.sum().backward()
+    same = torch.equal(out, expected) and torch.equal(x.grad, x_.grad)
+    print(_extension.KERNELS.name, same)
+"""
+
+
+def test_fallback_runs_deformable_convolution_with_torchvision():
+    result = run_python(DEFORM, hide_extension=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["torchvision", "True"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision import ops
 
-from detlib.layers import ROIAlign, batched_nms, nms, roi_align
+from detlib.layers import ModulatedDeformConv, ROIAlign, batched_nms, deform_conv2d, nms, roi_align
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -240,3 +240,86 @@ def test_roi_align_per_image_boxes_match_batch_index_rois():
     rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i), device=CUDA), b], 1) for i, b in enumerate(boxes)])
     pooler = ROIAlign((4, 4), spatial_scale=1.0, sampling_ratio=2)
     torch.testing.assert_close(pooler(x, boxes), ops.roi_align(x, rois, (4, 4), 1.0, 2, True), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- deformable convolution
+
+
+def deform_inputs(dtype, masked: bool, seed: int, groups: int = 1, offset_groups: int = 1, batch: int = 2):
+    """Inputs of a 3x3, stride 1, padding 1 deformable convolution of 8 -> 6 channels on 13x17 maps, offsets
+    within +-3 px (samples past the border too), and the gradient flowing into its output."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = 13, 17
+    tensors = {
+        "input": torch.randn(batch, 8, h, w, generator=g, dtype=torch.float64),
+        "offset": (torch.rand(batch, 2 * offset_groups * 9, h, w, generator=g, dtype=torch.float64) * 2 - 1) * 3,
+        "weight": torch.randn(6, 8 // groups, 3, 3, generator=g, dtype=torch.float64) / 8,
+        "bias": torch.randn(6, generator=g, dtype=torch.float64),
+        "mask": torch.rand(batch, offset_groups * 9, h, w, generator=g, dtype=torch.float64) if masked else None,
+        "upstream": torch.randn(batch, 6, h, w, generator=g, dtype=torch.float64),
+    }
+    return {k: None if t is None else t.to(CUDA, dtype) for k, t in tensors.items()}
+
+
+def deform_forward_backward(fn, tensors):
+    """fn's output and the gradients of <output, upstream> w.r.t. each of its tensors."""
+    names = [k for k in ("input", "offset", "weight", "bias", "mask") if tensors[k] is not None]
+    leaves = {k: tensors[k].clone().requires_grad_(True) for k in names}
+    out = fn(leaves["input"], leaves["offset"], leaves["weight"], leaves["bias"], padding=1, mask=leaves.get("mask"))
+    out.backward(tensors["upstream"])
+    return {"output": out.detach(), **{k: t.grad for k, t in leaves.items()}}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("groups, offset_groups", [(1, 1), (2, 4)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_deform_conv_matches_torchvision(masked, groups, offset_groups, dtype, tol):
+    tensors = deform_inputs(dtype, masked, seed=groups + offset_groups, groups=groups, offset_groups=offset_groups)
+    ours = deform_forward_backward(deform_conv2d, tensors)
+    theirs = deform_forward_backward(ops.deform_conv2d, tensors)
+    assert set(ours) == set(theirs)
+    for key in ours:
+        scale = theirs[key].abs().max().item()
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=tol * max(scale, 1.0), msg=key)
+
+
+def test_deform_conv_cuda_matches_detlib_cpu():
+    tensors = deform_inputs(torch.float64, masked=True, seed=5, groups=2, offset_groups=2)
+    ours = deform_forward_backward(deform_conv2d, tensors)
+    cpu = deform_forward_backward(deform_conv2d, {k: t.cpu() for k, t in tensors.items()})
+    assert set(ours) == set(cpu)
+    for key in ours:
+        torch.testing.assert_close(ours[key].cpu(), cpu[key], rtol=0, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_deform_conv_reduced_precision_close_to_float64(dtype, tol):
+    """Half and bfloat16 against float64 on the same rounded inputs: sampling and reductions run in float32."""
+    tensors = deform_inputs(dtype, masked=True, seed=6)
+    ours = deform_forward_backward(deform_conv2d, tensors)
+    reference = deform_forward_backward(deform_conv2d, {k: t.double() for k, t in tensors.items()})
+    for key in ours:
+        assert ours[key].dtype == dtype, key
+        error = (ours[key].double() - reference[key]).norm() / reference[key].norm()
+        assert error.item() < tol, (key, error.item())
+
+
+def test_deform_conv_gradcheck():
+    tensors = deform_inputs(torch.float64, masked=True, seed=7, groups=2, offset_groups=2, batch=1)
+    names = ("input", "offset", "weight", "bias", "mask")
+    leaves = tuple(tensors[k].clone().requires_grad_(True) for k in names)
+
+    def convolve(x, offset, weight, bias, mask):
+        return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+
+    # Atomic adds in another order may change the last bits of the input's gradient.
+    assert torch.autograd.gradcheck(convolve, leaves, nondet_tol=1e-12)
+
+
+def test_deform_conv_empty_batch():
+    conv = ModulatedDeformConv(8, 6, 3, padding=1).to(CUDA)
+    x = torch.zeros(0, 8, 13, 17, device=CUDA, requires_grad=True)
+    out = conv(x, torch.zeros(0, 18, 13, 17, device=CUDA), torch.zeros(0, 9, 13, 17, device=CUDA))
+    assert out.shape == (0, 6, 13, 17) and out.is_cuda
+    out.sum().backward()
+    assert torch.equal(conv.weight.grad, torch.zeros_like(conv.weight))

@@ -1,7 +1,17 @@
-"""Every Detectron2 model-zoo YAML config ships with detlib, loads, and builds its model at full size."""
+"""
+Every Detectron2 model-zoo YAML config ships with detlib, loads, and builds its model at full size with Detectron2's
+state-dict layout (every parameter and buffer name and shape), so that the config's Detectron2 checkpoint loads
+with no missing or unexpected key.
 
+The layouts are recorded from Detectron2 (`data/detectron2_state_layouts.json`, a digest per config); to record
+them again (needs Detectron2): `PYTHONPATH=$PWD python tests/model_zoo/test_zoo_configs.py`.
+"""
+
+import hashlib
+import json
 import zipfile
 from pathlib import Path
+from typing import Mapping
 
 import pytest
 import torch
@@ -18,6 +28,19 @@ ZOO = sorted(
     for p in (REPO / "configs").rglob("*.yaml")
     if not p.name.startswith("Base-") and p.parent.name != "Shapes"
 )
+
+
+LAYOUTS = Path(__file__).with_name("data") / "detectron2_state_layouts.json"
+
+
+def state_layout(state: Mapping[str, torch.Tensor]) -> dict:
+    """
+    The number of entries of a state dict and a digest of their names and shapes, without batch norms' step
+    counters: Detectron2 keeps that of a BN it freezes (FREEZE_AT), detlib drops it, and both checkpointers load a
+    file with or without it.
+    """
+    lines = sorted(f"{name}:{tuple(v.shape)}" for name, v in state.items() if not name.endswith("num_batches_tracked"))
+    return {"keys": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()}
 
 
 def _load(config: str):
@@ -94,15 +117,34 @@ def test_each_architecture_of_the_zoo_builds(config):
     cfg = _load(config)
     if cfg.MODEL.META_ARCHITECTURE not in META_ARCH_REGISTRY:
         pytest.skip(f"{cfg.MODEL.META_ARCHITECTURE} is not part of this branch (Panoptic FPN / semantic segmentation)")
-    if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
-        pytest.importorskip("detlib.layers.deform_conv", reason="the deformable convolution is another branch's")
     torch.manual_seed(0)
     model = build_model(cfg)
+    ours, theirs = state_layout(model.state_dict()), json.loads(LAYOUTS.read_text())[config]
+    assert ours == theirs, f"{config}: the state dict's names or shapes differ from Detectron2's: {ours} != {theirs}"
     names = dict(model.named_parameters())
-    assert names, config
     if hasattr(model, "roi_heads") and cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads":
         # The C4 models run res5 in the RoI heads, on pooled res4 features.
         assert "roi_heads.res5.0.conv1.weight" in names and not any(k.startswith("backbone.res5") for k in names)
     depth = cfg.MODEL.RESNETS.DEPTH
     blocks = {18: 2, 34: 3, 50: 3, 101: 3, 152: 3}[depth]
     assert any(f".res2.{blocks - 1}.conv" in k for k in names) and not any(f".res2.{blocks}." in k for k in names)
+
+
+def _record_detectron2_layouts() -> None:
+    from detectron2 import model_zoo as d2_zoo
+    from detectron2.config import get_cfg as d2_get_cfg
+    from detectron2.modeling import build_model as d2_build_model
+
+    layouts = {}
+    for config in ZOO:
+        cfg = d2_get_cfg()
+        cfg.merge_from_file(d2_zoo.get_config_file(config))
+        cfg.MODEL.DEVICE = "cpu"
+        layouts[config] = state_layout(d2_build_model(cfg).state_dict())
+        print(config, layouts[config]["keys"], flush=True)
+    LAYOUTS.parent.mkdir(exist_ok=True)
+    LAYOUTS.write_text(json.dumps(layouts, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    _record_detectron2_layouts()

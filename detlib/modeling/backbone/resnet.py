@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from detlib.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
+from detlib.layers import CNNBlockBase, Conv2d, DeformConv, ModulatedDeformConv, ShapeSpec, get_norm
 from detlib.layers.weight_init import c2_msra_fill
 
 from .backbone import Backbone
@@ -144,9 +144,6 @@ class DeformBottleneckBlock(CNNBlockBase):
             deform_num_groups: offset groups: the input channels are split into this many groups that share offsets.
             others: as `BottleneckBlock`.
         """
-        # The operator lives in its own module that needs the compiled extension's deformable kernels.
-        from detlib.layers.deform_conv import DeformConv, ModulatedDeformConv
-
         super().__init__(in_channels, out_channels, stride)
         self.deform_modulated = deform_modulated
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)

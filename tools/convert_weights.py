@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from detlib.checkpoint import load_checkpoint_file
-from detlib.checkpoint.detection_checkpoint import atomic_write
+from detlib.utils.atomic_write import atomic_write
 
 logger = logging.getLogger("detlib.convert_weights")
 
@@ -56,7 +56,8 @@ def convert(source: str, output: str, allow_unsafe: bool = False) -> int:
     # ImageNet backbones carry ResNet-relative names; the flag tells the loader to place them.
     metadata = {"matching_heuristics": str(bool(checkpoint.get("matching_heuristics", False)))}
     data = safetensors_bytes(tensors, metadata=metadata)
-    atomic_write(output, lambda f: f.write(data))
+    with atomic_write(output) as f:
+        f.write(data)
     return len(tensors)
 
 

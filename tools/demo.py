@@ -19,7 +19,7 @@ from detlib.data import MetadataCatalog
 from detlib.data.detection_utils import read_image
 from detlib.engine import DefaultPredictor
 from detlib.utils.logger import setup_logger
-from detlib.utils.visualizer import Visualizer
+from detlib.visualization.visualizer import Visualizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -75,7 +75,7 @@ def write_training_report(cfg, model: nn.Module) -> List[str]:
     images of the first test set (`predictions.png`). Returns the paths written."""
     # Imported here: matplotlib takes a second to import, in every process, and only the main
     # process needs it, once training is over.
-    from detlib.utils.training_report import write_training_curves
+    from detlib.visualization.training_report import write_training_curves
 
     written = []
     metrics_file = os.path.join(cfg.OUTPUT_DIR, "metrics.json")

@@ -18,7 +18,7 @@ import cv2
 from detlib.config import get_cfg
 from detlib.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detlib.data.detection_utils import read_image
-from detlib.utils.visualizer import Visualizer
+from detlib.visualization.visualizer import Visualizer
 
 logger = logging.getLogger("detlib.visualize_data")
 

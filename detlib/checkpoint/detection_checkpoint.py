@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from typing import IO, Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,13 +21,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from detlib.utils import comm
+from detlib.utils.atomic_write import atomic_write
 from detlib.utils.env import get_rng_state
 
 from .caffe2_names import convert_caffe2_names, is_caffe2_state_dict
 from .download import cached_path
 from .safe_readers import UnsafeCheckpointError, read_pickle, read_safetensors, read_torch
 
-__all__ = ["DetectionCheckpointer", "IncompatibleKeys", "load_checkpoint_file", "load_model_state", "atomic_write"]
+__all__ = ["DetectionCheckpointer", "IncompatibleKeys", "load_checkpoint_file", "load_model_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,31 +39,6 @@ class IncompatibleKeys(NamedTuple):
     missing: List[str]  # in the model, not in the checkpoint
     unexpected: List[str]  # in the checkpoint, not in the model
     shape_mismatch: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]  # (name, checkpoint, model)
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file so that `path` holds either its old content or the complete new one.
-
-    The data goes to a temporary file in the same directory, is flushed and fsynced, then renamed
-    over `path`; the directory is fsynced so that the rename itself survives a crash.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _strip_common_prefix(state_dict: Dict[str, Any], prefix: str) -> Dict[str, Any]:
@@ -258,11 +233,13 @@ class DetectionCheckpointer:
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         logger.info("Saving checkpoint to %s", path)
-        atomic_write(path, lambda f: torch.save(data, f))
+        with atomic_write(path) as f:
+            torch.save(data, f)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, basename: str) -> None:
-        atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT), lambda f: f.write(basename.encode()))
+        with atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT)) as f:
+            f.write(basename.encode())
 
     # -- finding -----------------------------------------------------------------------------
     def has_checkpoint(self) -> bool:

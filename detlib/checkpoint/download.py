@@ -15,13 +15,14 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Optional
 
 from tqdm import tqdm
+
+from detlib.utils.atomic_write import atomic_write
 
 __all__ = ["DownloadError", "is_url", "resolve_url", "cache_dir", "cached_path", "download"]
 
@@ -107,22 +108,12 @@ def download(url: str, destination: str, sha256: Optional[str] = None, timeout: 
     Raises:
         DownloadError: naming the URL and the HTTP status, timeout, short read or checksum mismatch.
     """
-    directory = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(directory, exist_ok=True)
     logger.info("Downloading %s to %s", url, destination)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _fetch(url, out, timeout)
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_write(destination) as out:
+        digest = _fetch(url, out, timeout)
+        # Raised inside the block: the partial file goes, `destination` never appears.
         if sha256 is not None and digest != sha256:
             raise DownloadError(f"Download of {url} has SHA-256 {digest}, but the URL asks for {sha256}")
-        os.replace(tmp_path, destination)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
 
 
 def _fetch(url: str, out, timeout: float) -> str:

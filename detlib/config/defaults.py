@@ -218,6 +218,11 @@ _C.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 4096
 _C.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.5
 
 # RetinaNet ------------------------------------------------------------------------------------------
+# One-stage detectors (DenseDetector and its subclasses): the head from DENSE_HEAD_REGISTRY; empty for the
+# meta-architecture's own (RetinaNet: RetinaNetHead).
+_C.MODEL.DENSE_HEAD = CN()
+_C.MODEL.DENSE_HEAD.NAME = ""
+
 _C.MODEL.RETINANET = CN()
 _C.MODEL.RETINANET.NUM_CLASSES = 80
 _C.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]

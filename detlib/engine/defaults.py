@@ -15,13 +15,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from detlib.checkpoint import DetectionCheckpointer
+from detlib.collect_env import collect_env_info
 from detlib.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detlib.data import transforms as T
 from detlib.evaluation import COCOEvaluator, DatasetEvaluator, inference_on_dataset
 from detlib.evaluation.validation_loss import build_validation_loader
 from detlib.solver import build_lr_scheduler, build_optimizer
 from detlib.utils import comm
-from detlib.utils.env import collect_env_info, seed_all_rng, set_rng_state
+from detlib.utils.env import seed_all_rng, set_rng_state
 from detlib.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
 from detlib.utils.logger import setup_logger
 

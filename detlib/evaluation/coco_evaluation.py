@@ -11,10 +11,10 @@ import numpy as np
 import pycocotools.mask as mask_util
 from tabulate import tabulate
 
-from detlib.checkpoint.detection_checkpoint import atomic_write
 from detlib.data import MetadataCatalog
 from detlib.data.datasets.coco import convert_to_coco_json
 from detlib.structures import BoxMode, Instances
+from detlib.utils.atomic_write import atomic_write
 
 from .cocoeval_backend import evaluate_predictions_on_coco, load_coco_json
 from .evaluator import DatasetEvaluator
@@ -120,7 +120,8 @@ class COCOEvaluator(DatasetEvaluator):
         if self._output_dir:
             path = os.path.join(self._output_dir, "coco_instances_results.json")
             logger.info("Saving results to %s", path)
-            atomic_write(path, lambda f: f.write(results_json.encode("utf-8")))
+            with atomic_write(path, "w", encoding="utf-8") as f:
+                f.write(results_json)
 
         coco_results = json.loads(results_json)
         tasks = self._tasks or _tasks_from_results(coco_results)

@@ -10,7 +10,7 @@ from torch import nn
 
 from detlib.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detlib.data.detection_utils import read_image
-from detlib.utils.visualizer import Visualizer
+from detlib.visualization.visualizer import Visualizer
 
 from .evaluator import inference_context
 

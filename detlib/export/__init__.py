@@ -1,6 +1,6 @@
 """Exporting a detector's inference (the model's own code) with torch.export and to ONNX."""
 
 from .torch_export import MAX_IMAGE_SIDE, export_program, min_image_side
-from .wrapper import OUTPUT_NAMES, ExportableDetector
+from .wrapper import ExportableDetector, output_names
 
-__all__ = ["ExportableDetector", "OUTPUT_NAMES", "export_program", "min_image_side", "MAX_IMAGE_SIDE"]
+__all__ = ["ExportableDetector", "output_names", "export_program", "min_image_side", "MAX_IMAGE_SIDE"]

@@ -1,11 +1,12 @@
 """ONNX from a torch.export program of a detector, in standard operators that ONNX Runtime runs as is."""
 
-import os
 from pathlib import Path
 from typing import Sequence, Tuple, Union
 
 import torch
 from torch.export import ExportedProgram
+
+from detlib.utils.atomic_write import atomic_path
 
 from .onnx_translations import ONNX_OPSET, custom_translation_table
 
@@ -31,9 +32,6 @@ def export_onnx(
         output_names=list(output_names),
         verbose=False,
     )
-    partial = path.with_name(path.name + ".partial")
-    onnx_program.save(str(partial))
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        onnx_program.save(partial)
     return path

@@ -38,7 +38,6 @@ __all__ = [
     "BoxLoss",
     "BoxLossKind",
     "build_box_loss",
-    "box_loss_from_config",
     "CLS_LOSS_REGISTRY",
     "ClassificationLoss",
     "build_classification_loss",
@@ -155,21 +154,6 @@ def build_box_loss(name: str, **params: Any) -> BoxLoss:
 def build_classification_loss(name: str, **params: Any) -> ClassificationLoss:
     """The registered classification loss `name` bound to `params`; a bad name, parameter or value raises."""
     return _build(CLS_LOSS_REGISTRY, "classification loss", ClassificationLoss, name, params)
-
-
-def box_loss_from_config(node, path: str, beta_key: str = "SMOOTH_L1_BETA") -> BoxLoss:
-    """
-    The box loss of a head's config node (`path`, e.g. "MODEL.RPN"): `BBOX_REG_LOSS_TYPE` built with
-    `BBOX_REG_LOSS_PARAMS`. Detectron2's `SMOOTH_L1_BETA` (`beta_key`: RetinaNet names it
-    `SMOOTH_L1_LOSS_BETA`) is the one place a loss's `beta` is set; `BBOX_REG_LOSS_PARAMS` may not set it too.
-    """
-    params = dict(node.BBOX_REG_LOSS_PARAMS)
-    if "beta" in params:
-        raise ValueError(f"{path}.BBOX_REG_LOSS_PARAMS sets beta; set it with {path}.{beta_key} instead")
-    name = node.BBOX_REG_LOSS_TYPE
-    if name in BOX_LOSS_REGISTRY and "beta" in inspect.signature(BOX_LOSS_REGISTRY.get(name)).parameters:
-        params["beta"] = node[beta_key]
-    return build_box_loss(name, **params)
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -12,10 +12,19 @@ from .backbone import (
     make_stage,
 )
 from .box_regression import Box2BoxTransform, dense_box_regression_loss
+from .dense_heads import DENSE_HEAD_REGISTRY, DenseHead, RetinaNetHead, build_dense_head
 from .matcher import Matcher
-from .meta_arch import META_ARCH_REGISTRY, GeneralizedRCNN, ProposalNetwork, build_model
+from .meta_arch import (
+    META_ARCH_REGISTRY,
+    DenseDetector,
+    GeneralizedRCNN,
+    MetaArchitecture,
+    ProposalNetwork,
+    RetinaNet,
+    build_model,
+)
 from .poolers import ROIPooler
-from .postprocessing import detector_postprocess
+from .postprocessing import detector_postprocess, sem_seg_postprocess
 from .proposal_generator import (
     PROPOSAL_GENERATOR_REGISTRY,
     RPN,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from detlib.structures import Boxes, Instances
 
-__all__ = ["detector_postprocess", "paste_masks_in_image"]
+__all__ = ["detector_postprocess", "paste_masks_in_image", "sem_seg_postprocess"]
 
 # Pasting materializes a float sampling grid (2 values) and a float output per pixel of each mask's
 # window; chunks of masks are sized to keep that working set under this many bytes.
@@ -159,3 +159,15 @@ def detector_postprocess(
         scale = results.pred_keypoints.new_tensor([scale_x, scale_y, 1.0])
         results.pred_keypoints = results.pred_keypoints * scale
     return results
+
+
+def sem_seg_postprocess(
+    result: torch.Tensor, image_size: Tuple[int, int], output_height: int, output_width: int
+) -> torch.Tensor:
+    """
+    Per-class scores of one image of a padded batch (C x H_pad x W_pad) at the size the caller asked for:
+    the padding beyond `image_size` (the image's size in the batch) is cut off, and the rest is resized
+    bilinearly (pixel centers aligned, `align_corners=False`) to C x output_height x output_width.
+    """
+    cropped = result[:, : image_size[0], : image_size[1]]
+    return F.interpolate(cropped[None], size=(output_height, output_width), mode="bilinear", align_corners=False)[0]

@@ -1,4 +1,4 @@
-"""Reproducibility and environment reporting."""
+"""Reproducibility: seeding and saving / restoring the random generators."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .collect_env import collect_env_info
-
-__all__ = ["seed_all_rng", "collect_env_info", "get_rng_state", "set_rng_state"]
+__all__ = ["seed_all_rng", "get_rng_state", "set_rng_state"]
 
 
 def seed_all_rng(seed: Optional[int] = None) -> int:

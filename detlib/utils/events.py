@@ -37,15 +37,19 @@ _STORAGE_STACK: List[EventStorage] = []
 def get_event_storage() -> EventStorage:
     """The innermost `EventStorage` that is currently open.
 
-    Raises:
-        RuntimeError: when called outside any `with EventStorage(...)` block.
+    Outside any `with EventStorage(...)` block (a model run in training mode outside a trainer, e.g. to
+    look at its losses) it is a storage that drops whatever is put into it, so that recording summaries
+    never stops a forward pass; the first such call is logged.
     """
     if not _STORAGE_STACK:
-        raise RuntimeError(
-            "get_event_storage() was called outside an EventStorage context. Training loops open "
-            "one around the run (`with EventStorage(start_iter) as storage:`); code that records "
-            "metrics outside a trainer must open one itself."
-        )
+        global _WARNED_DROPPING
+        if not _WARNED_DROPPING:
+            _WARNED_DROPPING = True
+            logging.getLogger(__name__).info(
+                "No EventStorage is open: the metrics recorded outside a trainer are dropped. Open one "
+                "(`with EventStorage() as storage:`) to keep them."
+            )
+        return _DROPPING_STORAGE
     return _STORAGE_STACK[-1]
 
 
@@ -210,6 +214,23 @@ class EventStorage:
 
     def clear_histograms(self) -> None:
         self._histograms = []
+
+
+class _DroppingStorage(EventStorage):
+    """`get_event_storage()` outside any open storage: everything put into it is dropped."""
+
+    def put_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def put_image(self, *args, **kwargs) -> None:
+        pass
+
+    def put_histogram(self, *args, **kwargs) -> None:
+        pass
+
+
+_DROPPING_STORAGE = _DroppingStorage()
+_WARNED_DROPPING = False
 
 
 class EventWriter:

@@ -4,12 +4,10 @@ import pytest
 import torch
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
-from detlib.config import get_cfg
 from detlib.layers.losses import (
     BOX_LOSS_REGISTRY,
     BoxLoss,
     BoxLossKind,
-    box_loss_from_config,
     build_box_loss,
     check_loss_weights,
     ciou_loss,
@@ -79,17 +77,6 @@ def test_registered_losses_and_parameters():
     giou = build_box_loss("giou")
     assert giou.kind is BoxLossKind.BOXES
     torch.testing.assert_close(giou(A, B), giou_loss(A, B).sum())
-
-
-def test_box_loss_from_config_takes_beta_from_smooth_l1_beta_only():
-    cfg = get_cfg()
-    cfg.MODEL.RPN.SMOOTH_L1_BETA = 0.3
-    assert box_loss_from_config(cfg.MODEL.RPN, "MODEL.RPN").params == {"beta": 0.3}
-    cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = "giou"
-    assert box_loss_from_config(cfg.MODEL.RPN, "MODEL.RPN").params == {"eps": 1e-7}  # beta means nothing to giou
-    cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS.beta = 0.5
-    with pytest.raises(ValueError, match=r"MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_PARAMS sets beta.*SMOOTH_L1_BETA"):
-        box_loss_from_config(cfg.MODEL.ROI_BOX_HEAD, "MODEL.ROI_BOX_HEAD")
 
 
 def test_check_loss_weights():

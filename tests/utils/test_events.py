@@ -9,9 +9,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from detlib.utils.events import EventStorage, JSONWriter, TensorboardXWriter, get_event_storage
 
 
-def test_get_event_storage_outside_a_storage_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="outside an EventStorage"):
-        get_event_storage()
+def test_outside_a_storage_what_is_put_is_dropped():
+    dropping = get_event_storage()
+    dropping.put_scalar("loss", 1.0)
+    dropping.put_scalars(a=1.0, b=2.0)
+    dropping.put_image("img", np.zeros((3, 4, 4), dtype=np.uint8))
+    dropping.put_histogram("h", torch.rand(10))
+    assert dropping.histories() == {} and dropping.vis_data == [] and dropping.histograms == []
+    with EventStorage() as storage:  # an open storage is unaffected and gets only its own values
+        assert get_event_storage() is storage
+        storage.put_scalar("loss", 2.0)
+    assert storage.history("loss").latest() == 2.0
 
 
 def test_storages_nest_and_the_innermost_is_current():

@@ -26,6 +26,7 @@ from detlib.config import get_cfg
 from detlib.export import ExportableDetector, export_program
 from detlib.export.inputs import load_test_image
 from detlib.modeling import build_model
+from detlib.utils.atomic_write import atomic_path
 
 logger = logging.getLogger("detlib.export")
 FORMATS = ("pt2", "onnx", "aoti")
@@ -39,16 +40,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sample-image", required=True, help="an image file to trace the model with")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config KEY VALUE pairs")
     return parser.parse_args(argv)
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call `write(temporary_path)`, then move the complete file to `path`."""
-    # Same suffix: AOTInductor insists on writing to a .pt2 path.
-    partial = path.with_name(path.stem + ".partial" + path.suffix)
-    write(partial)
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, path)
 
 
 def main(argv=None) -> Path:
@@ -74,14 +65,16 @@ def main(argv=None) -> Path:
     program = export_program(model, image)
     if args.format == "pt2":
         path = output / "model.pt2"
-        write_atomically(path, lambda p: torch.export.save(program, p))
+        with atomic_path(path) as partial:
+            torch.export.save(program, partial)
     elif args.format == "onnx":
         from detlib.export.onnx_export import export_onnx
 
         path = export_onnx(program, (image,), output / "model.onnx", ExportableDetector(model).output_names)
     else:
         path = output / "model_aoti.pt2"
-        write_atomically(path, lambda p: torch._inductor.aoti_compile_and_package(program, package_path=str(p)))
+        with atomic_path(path) as partial:  # keeps the .pt2 extension AOTInductor insists on
+            torch._inductor.aoti_compile_and_package(program, package_path=partial)
     logger.info(f"Wrote {path}")
     return path
 

@@ -4,13 +4,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
 
 from detlib.structures import BoxMode
+from detlib.utils.atomic_write import atomic_write
 
 from ..bad_samples import BadSampleError, SkipCounter, skipping_bad_samples
 from ..catalog import DatasetCatalog, MetadataCatalog
@@ -307,10 +307,6 @@ def convert_to_coco_json(dataset_name: str, output_file: str, allow_cached: bool
         logger.info("Reusing the cached COCO json of '%s' at %s.", dataset_name, output_file)
         return
     coco_dict = convert_to_coco_dict(dataset_name)
-    directory = os.path.dirname(os.path.abspath(output_file))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(output_file, "w") as f:
         json.dump(coco_dict, f)
-    os.replace(tmp, output_file)
     logger.info("Wrote the COCO json of '%s' (%d images) to %s.", dataset_name, len(coco_dict["images"]), output_file)

@@ -1,7 +1,17 @@
-"""Meta-architectures: whole detectors assembled from a backbone and heads."""
+"""Meta-architectures: whole models assembled from a backbone and heads, all on `MetaArchitecture`'s protocol."""
 
+from .base import MetaArchitecture
 from .build import META_ARCH_REGISTRY, build_model
+from .dense_detector import DenseDetector
 from .rcnn import GeneralizedRCNN, ProposalNetwork
-from .retinanet import RetinaNet, RetinaNetHead
+from .retinanet import RetinaNet
 
-__all__ = ["META_ARCH_REGISTRY", "build_model", "GeneralizedRCNN", "ProposalNetwork", "RetinaNet", "RetinaNetHead"]
+__all__ = [
+    "META_ARCH_REGISTRY",
+    "build_model",
+    "MetaArchitecture",
+    "DenseDetector",
+    "GeneralizedRCNN",
+    "ProposalNetwork",
+    "RetinaNet",
+]

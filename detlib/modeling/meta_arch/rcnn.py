@@ -1,101 +1,43 @@
 """
-R-CNN meta-architectures: a backbone, a proposal generator and (for `GeneralizedRCNN`) RoI heads.
-
-Inputs are Detectron2's list of per-image dicts:
-  * "image": C x H x W tensor in `input_format` channel order, 0..255, already resized;
-  * "height", "width" (optional): the size the outputs are rescaled to (usually the original size);
-  * "instances" (training): gt `Instances` with `gt_boxes`, `gt_classes` (and `gt_masks`);
-  * "proposals" (without a proposal generator): `Instances` with `proposal_boxes`, `objectness_logits`.
+R-CNN meta-architectures: a backbone, a proposal generator and (for `GeneralizedRCNN`) RoI heads. Their
+inputs and outputs follow the protocol of `MetaArchitecture` (base.py); without a proposal generator, each
+input carries precomputed "proposals" (`Instances` with `proposal_boxes`, `objectness_logits`).
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from detlib.config import configurable
-from detlib.layers import move_device_like
 from detlib.modeling.backbone import Backbone, build_backbone
-from detlib.modeling.postprocessing import detector_postprocess
 from detlib.modeling.proposal_generator import build_proposal_generator
 from detlib.modeling.roi_heads import build_roi_heads
 from detlib.structures import ImageList, Instances
 from detlib.utils.events import get_event_storage
-from detlib.utils.visualizer import Visualizer
+from detlib.visualization.visualizer import Visualizer
 
+from .base import MetaArchitecture
 from .build import META_ARCH_REGISTRY
 
 __all__ = ["GeneralizedRCNN", "ProposalNetwork"]
 
-_INPUT_FORMATS = ("BGR", "RGB", "L")
 InstancesList = Optional[List[Instances]]
 
 
-class _RCNNBase(nn.Module):
-    """What the R-CNN models share: pixel statistics as buffers, and turning input dicts into a padded batch."""
-
-    def _init_pixel_stats(self, pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> None:
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(f"PIXEL_MEAN {list(pixel_mean)} and PIXEL_STD {list(pixel_std)} differ in length")
-        if any(s <= 0 for s in pixel_std):
-            raise ValueError(f"PIXEL_STD must be positive, got {list(pixel_std)}")
-        # Not persistent: they come from the config, so checkpoints neither need nor override them.
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
-
-    @staticmethod
-    def _shared_parts(cfg) -> Dict[str, Any]:
-        """The constructor arguments both models build alike: backbone, proposal generator, pixel statistics."""
-        backbone = build_backbone(cfg)
-        proposal_generator = build_proposal_generator(cfg, backbone.output_shape())
-        return dict(
-            backbone=backbone,
-            proposal_generator=proposal_generator,
-            pixel_mean=cfg.MODEL.PIXEL_MEAN,
-            pixel_std=cfg.MODEL.PIXEL_STD,
-        )
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]) -> ImageList:
-        """Normalize each input's "image" and pad the batch (with 0, after normalization) to the backbone's stride."""
-        images = []
-        for i, x in enumerate(batched_inputs):
-            if "image" not in x:
-                raise KeyError(f"Model input {i} has no 'image'; its keys are {sorted(x)}")
-            image = move_device_like(x["image"], self.pixel_mean)
-            if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
-                raise ValueError(
-                    f"Model input {i}: 'image' must be {self.pixel_mean.shape[0]} x H x W, got {tuple(image.shape)}"
-                )
-            images.append((image - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(
-            images, self.backbone.size_divisibility, padding_constraints=self.backbone.padding_constraints
-        )
-
-    def _gt_instances(self, batched_inputs: List[Dict]) -> Optional[List[Instances]]:
-        if "instances" not in batched_inputs[0]:
-            return None
-        return [x["instances"].to(self.device) for x in batched_inputs]
-
-
-def _rescale_results(
-    results: List[Instances], batched_inputs: List[Dict], image_sizes: List[Tuple[int, int]], key: str
-) -> List[Dict[str, Instances]]:
-    """`[{key: results}]`, each rescaled to its input's "height" x "width" (default: the input size)."""
-    processed = []
-    for per_image, inputs, image_size in zip(results, batched_inputs, image_sizes):
-        height = inputs.get("height", image_size[0])
-        width = inputs.get("width", image_size[1])
-        processed.append({key: detector_postprocess(per_image, height, width)})
-    return processed
+def _backbone_and_proposals(cfg) -> Dict[str, Any]:
+    """The constructor arguments both R-CNN models build alike: backbone, proposal generator, pixel statistics."""
+    backbone = build_backbone(cfg)
+    return dict(
+        backbone=backbone,
+        proposal_generator=build_proposal_generator(cfg, backbone.output_shape()),
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+    )
 
 
 @META_ARCH_REGISTRY.register()
-class GeneralizedRCNN(_RCNNBase):
+class GeneralizedRCNN(MetaArchitecture):
     """
     Faster / Mask R-CNN: backbone -> proposal generator -> RoI heads. In training it returns the
     merged loss dicts of its parts, which compute their own losses; in inference the detections
@@ -125,19 +67,15 @@ class GeneralizedRCNN(_RCNNBase):
             vis_period: every this many training iterations, put an image of one input's gt boxes
                 and its top proposals in the event storage (0: never).
         """
-        super().__init__()
-        self.backbone, self.proposal_generator, self.roi_heads = backbone, proposal_generator, roi_heads
-        if input_format is not None and input_format not in _INPUT_FORMATS:
-            raise ValueError(f"INPUT.FORMAT must be one of {_INPUT_FORMATS}, got '{input_format}'")
-        self.input_format = input_format
+        super().__init__(backbone=backbone, pixel_mean=pixel_mean, pixel_std=pixel_std, input_format=input_format)
+        self.proposal_generator, self.roi_heads = proposal_generator, roi_heads
         if vis_period > 0 and input_format is None:
             raise ValueError("GeneralizedRCNN: vis_period > 0 needs input_format to draw the images")
         self.vis_period = vis_period
-        self._init_pixel_stats(pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
-        parts = cls._shared_parts(cfg)
+        parts = _backbone_and_proposals(cfg)
         parts["roi_heads"] = build_roi_heads(cfg, parts["backbone"].output_shape())
         return {**parts, "input_format": cfg.INPUT.FORMAT, "vis_period": cfg.VIS_PERIOD}
 
@@ -155,16 +93,10 @@ class GeneralizedRCNN(_RCNNBase):
         both = np.concatenate((gt_image, proposal_image), axis=1).transpose(2, 0, 1)
         get_event_storage().put_image("Left: GT bounding boxes;  Right: Predicted proposals", both)
 
-    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
-        """
-        Training: the dict of scalar losses of the proposal generator and the RoI heads.
-        Inference: see `inference`.
-        """
-        if not self.training:
-            return self.inference(batched_inputs)
-
+    def training_losses(self, batched_inputs: List[Dict[str, Any]]) -> Dict[str, Tensor]:
+        """The merged scalar losses of the proposal generator and the RoI heads."""
         images = self.preprocess_image(batched_inputs)
-        gt_instances = self._gt_instances(batched_inputs)
+        gt_instances = self.ground_truth(batched_inputs)
         features = self.backbone(images.tensor)
         proposals, proposal_losses = self._proposals(images, features, batched_inputs, gt_instances)
         _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
@@ -202,7 +134,7 @@ class GeneralizedRCNN(_RCNNBase):
             results = self.roi_heads.forward_with_given_boxes(features, detected_instances)
 
         if do_postprocess:
-            return self._postprocess(results, batched_inputs, images.image_sizes)
+            return self.postprocess([{"instances": r} for r in results], batched_inputs, images.image_sizes)
         return results
 
     def _proposals(self, images: ImageList, features, batched_inputs, gt_instances):
@@ -212,17 +144,12 @@ class GeneralizedRCNN(_RCNNBase):
             raise KeyError("A model without a proposal generator needs 'proposals' in every input")
         return [x["proposals"].to(self.device) for x in batched_inputs], {}
 
-    @staticmethod
-    def _postprocess(
-        instances: List[Instances], batched_inputs: List[Dict], image_sizes: List[Tuple[int, int]]
-    ) -> List[Dict[str, Instances]]:
-        """Rescale each image's results to its input's "height" x "width" (default: the input size)."""
-        return _rescale_results(instances, batched_inputs, image_sizes, "instances")
-
 
 @META_ARCH_REGISTRY.register()
-class ProposalNetwork(_RCNNBase):
+class ProposalNetwork(MetaArchitecture):
     """An RPN alone: training returns its losses, inference `[{"proposals": Instances}]` at the requested size."""
+
+    OUTPUT_KEYS = ("proposals",)
 
     @configurable
     def __init__(
@@ -233,18 +160,25 @@ class ProposalNetwork(_RCNNBase):
         backbone: Backbone,
         proposal_generator: nn.Module,
     ):
-        super().__init__()
-        self.backbone, self.proposal_generator = backbone, proposal_generator
-        self._init_pixel_stats(pixel_mean, pixel_std)
+        super().__init__(backbone=backbone, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        self.proposal_generator = proposal_generator
 
     @classmethod
     def from_config(cls, cfg):
-        return cls._shared_parts(cfg)
+        return _backbone_and_proposals(cfg)
 
-    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+    def training_losses(self, batched_inputs: List[Dict[str, Any]]) -> Dict[str, Tensor]:
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
-        proposals, proposal_losses = self.proposal_generator(images, features, self._gt_instances(batched_inputs))
+        _, losses = self.proposal_generator(images, features, self.ground_truth(batched_inputs, required=True))
+        return losses
+
+    def inference(self, batched_inputs: List[Dict[str, Any]], do_postprocess: bool = True):
+        """Per image, the RPN's proposals (`proposal_boxes`, `objectness_logits`), best first."""
         if self.training:
-            return proposal_losses
-        return _rescale_results(proposals, batched_inputs, images.image_sizes, "proposals")
+            raise RuntimeError("ProposalNetwork.inference needs eval mode")
+        images = self.preprocess_image(batched_inputs)
+        proposals, _ = self.proposal_generator(images, self.backbone(images.tensor), None)
+        if do_postprocess:
+            return self.postprocess([{"proposals": p} for p in proposals], batched_inputs, images.image_sizes)
+        return proposals

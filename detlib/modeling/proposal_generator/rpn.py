@@ -13,11 +13,11 @@ from detlib.layers import Conv2d, ShapeSpec, cat, select_features
 from detlib.layers.losses import (
     BoxLoss,
     ClassificationLoss,
-    box_loss_from_config,
     build_box_loss,
     build_classification_loss,
     check_loss_weights,
 )
+from detlib.modeling.loss_config import box_loss_from_config, cls_loss_from_config
 from detlib.structures import Boxes, ImageList, Instances, pairwise_iou
 from detlib.utils.events import get_event_storage
 from detlib.utils.registry import Registry
@@ -206,7 +206,7 @@ class RPN(nn.Module):
             anchor_boundary_thresh=rpn.BOUNDARY_THRESH,
             loss_weight=loss_weight,
             box_loss=box_loss_from_config(rpn, "MODEL.RPN"),
-            cls_loss=build_classification_loss(rpn.CLS_LOSS_TYPE, **rpn.CLS_LOSS_PARAMS),
+            cls_loss=cls_loss_from_config(rpn, "MODEL.RPN"),
         )
 
     def _subsample_labels(self, labels: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,12 @@ from detlib.layers import ShapeSpec, batched_nms
 from detlib.layers.losses import (
     BoxLoss,
     ClassificationLoss,
-    box_loss_from_config,
     build_box_loss,
     build_classification_loss,
     check_loss_weights,
 )
 from detlib.modeling.box_regression import Box2BoxTransform, dense_box_regression_loss
+from detlib.modeling.loss_config import box_loss_from_config, cls_loss_from_config
 from detlib.structures import Boxes, Instances
 from detlib.utils.events import get_event_storage
 
@@ -239,7 +239,7 @@ class FastRCNNOutputLayers(nn.Module):
             test_nms_thresh=heads.NMS_THRESH_TEST,
             test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             box_loss=box_loss_from_config(head, "MODEL.ROI_BOX_HEAD"),
-            cls_loss=build_classification_loss(head.CLS_LOSS_TYPE, **head.CLS_LOSS_PARAMS),
+            cls_loss=cls_loss_from_config(head, "MODEL.ROI_BOX_HEAD"),
             loss_weight=loss_weight,
             cls_loss_weights=list(head.CLS_LOSS_WEIGHTS) or None,
             use_fed_loss=head.USE_FED_LOSS,

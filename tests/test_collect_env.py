@@ -11,8 +11,8 @@ import torch
 import torchvision
 
 import detlib
+from detlib.collect_env import collect_env_info
 from detlib.layers import _extension
-from detlib.utils.collect_env import collect_env_info
 
 REPO = Path(detlib.__file__).resolve().parents[1]
 

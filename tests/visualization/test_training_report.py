@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from detlib.utils.training_report import load_metrics, write_training_curves
+from detlib.visualization.training_report import load_metrics, write_training_curves
 
 
 def _write_metrics(path, records):

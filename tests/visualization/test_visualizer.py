@@ -10,7 +10,7 @@ import torch
 from detlib.data import DatasetCatalog, Metadata, MetadataCatalog
 from detlib.data.datasets import register_coco_instances
 from detlib.structures import Boxes, BoxMode, Instances, Keypoints
-from detlib.utils.visualizer import Visualizer
+from detlib.visualization.visualizer import Visualizer
 
 RED = (255, 0, 0)
 

@@ -1,0 +1,56 @@
+"""
+Writing a file so that its path holds either the old content or the complete new one, never a part:
+checkpoints, downloads, evaluation results, exported models and dataset caches all go through here.
+"""
+
+import contextlib
+import os
+import tempfile
+from typing import IO, Iterator, Union
+
+__all__ = ["atomic_path", "atomic_write"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _fsync_path(path: str, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[str]:
+    """
+    A temporary path beside `path` (same directory and extension, so writers that insist on a suffix
+    accept it) for the caller to write to. When the block ends normally the file is fsynced, renamed over
+    `path`, and the directory fsynced so that the rename survives a crash; when it raises, the temporary
+    file is removed and `path` is left as it was.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    stem, extension = os.path.splitext(os.path.basename(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{extension}", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp_path
+        _fsync_path(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+    _fsync_path(directory)
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
+    """`open(path, mode)` for writing through `atomic_path`: the file appears at `path` only complete."""
+    if not mode.startswith("w"):
+        raise ValueError(f"atomic_write opens files for writing ('w' modes), got mode {mode!r}")
+    with atomic_path(path) as tmp_path:
+        with open(tmp_path, mode, **open_kwargs) as f:
+            yield f

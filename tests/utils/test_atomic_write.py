@@ -1,0 +1,42 @@
+"""atomic_write / atomic_path: the target holds the old content or the complete new one, never a part."""
+
+import os
+
+import pytest
+
+from detlib.utils.atomic_write import atomic_path, atomic_write
+
+
+def test_writes_the_complete_file_and_leaves_nothing_else(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    with atomic_write(target, "w") as f:
+        f.write("{}")
+        assert not target.exists()  # nothing at the target while writing
+    assert target.read_text() == "{}"
+    assert os.listdir(target.parent) == ["out.json"]
+
+
+def test_a_failed_write_keeps_the_old_content_and_removes_the_partial_file(tmp_path):
+    target = tmp_path / "model.pth"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_write(target) as f:
+            f.write(b"new, but cut short")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.pth"]
+
+
+def test_atomic_path_keeps_the_extension_for_writers_that_need_it(tmp_path):
+    target = tmp_path / "model.pt2"
+    with atomic_path(target) as partial:
+        assert partial.endswith(".pt2") and os.path.dirname(partial) == str(tmp_path)
+        with open(partial, "wb") as f:
+            f.write(b"program")
+    assert target.read_bytes() == b"program"
+
+
+def test_refuses_a_read_mode(tmp_path):
+    with pytest.raises(ValueError, match="'r'"):
+        with atomic_write(tmp_path / "x", "r"):
+            pass

@@ -62,7 +62,7 @@ def load_model_state(model: nn.Module, state_dict: Dict[str, Any]) -> Incompatib
     tensors, mismatch = {}, []
     for name, value in state_dict.items():
         if isinstance(value, np.ndarray):
-            value = torch.from_numpy(np.ascontiguousarray(value))
+            value = torch.from_numpy(np.asarray(value, order="C"))  # (np.ascontiguousarray makes 0-d arrays 1-d)
         elif not isinstance(value, torch.Tensor):
             raise ValueError(f"Weight '{name}' is a {type(value).__name__}, not a tensor or numpy array")
         if name in own and tuple(value.shape) != tuple(own[name].shape):

@@ -1,7 +1,9 @@
-"""Weights by URL: `http(s)://` and `detectron2://` paths, downloaded once into a local cache.
+"""Weights by URL: `http(s)://`, `detectron2://` and `catalog://` paths, downloaded once into a local cache.
 
 `detectron2://X` means `$DETLIB_DETECTRON2_URL` + X (default: Detectron2's public file server), so a
-cluster without internet access can point it at a mirror. Files go to `$DETLIB_CACHE` (default
+cluster without internet access can point it at a mirror. `catalog://ImageNetPretrained/<name>` names one of
+Detectron's ImageNet backbones as Detectron2's model catalog does (e.g. `FAIR/R-50-GN`), under
+`$DETLIB_DETECTRON_URL` (default: Detectron's public file server). Files go to `$DETLIB_CACHE` (default
 `~/.cache/detlib`), one directory per URL; a cached file is used without any network access. A
 download is written to a temporary file and renamed only once it is complete and, when the URL ends
 in `#sha256=<hex>`, verified, so an interrupted download never leaves a file a later run would use.
@@ -29,6 +31,19 @@ logger = logging.getLogger(__name__)
 DETECTRON2_PREFIX = "detectron2://"
 DETECTRON2_URL_ENV = "DETLIB_DETECTRON2_URL"
 DETECTRON2_DEFAULT_URL = "https://dl.fbaipublicfiles.com/detectron2/"
+CATALOG_PREFIX = "catalog://ImageNetPretrained/"
+DETECTRON_URL_ENV = "DETLIB_DETECTRON_URL"
+DETECTRON_DEFAULT_URL = "https://dl.fbaipublicfiles.com/detectron/"
+# Detectron2's catalog of Detectron's ImageNet backbones: name -> file under Detectron's file server.
+_IMAGENET_CATALOG = {
+    "MSRA/R-50": "ImageNetPretrained/MSRA/R-50.pkl",
+    "MSRA/R-101": "ImageNetPretrained/MSRA/R-101.pkl",
+    "FAIR/R-50-GN": "ImageNetPretrained/47261647/R-50-GN.pkl",
+    "FAIR/R-101-GN": "ImageNetPretrained/47592356/R-101-GN.pkl",
+    "FAIR/X-101-32x8d": "ImageNetPretrained/20171220/X-101-32x8d.pkl",
+    "FAIR/X-101-64x4d": "ImageNetPretrained/FBResNeXt/X-101-64x4d.pkl",
+    "FAIR/X-152-32x8d-IN5k": "ImageNetPretrained/25093814/X-152-32x8d-IN5k.pkl",
+}
 CACHE_ENV = "DETLIB_CACHE"
 _CHUNK = 1 << 20
 
@@ -38,14 +53,20 @@ class DownloadError(OSError):
 
 
 def is_url(path: str) -> bool:
-    return path.startswith((DETECTRON2_PREFIX, "http://", "https://"))
+    return path.startswith((DETECTRON2_PREFIX, CATALOG_PREFIX, "http://", "https://"))
 
 
 def resolve_url(path: str) -> str:
-    """The http(s) URL that `path` names (`detectron2://` resolved through `$DETLIB_DETECTRON2_URL`)."""
+    """The http(s) URL that `path` names (`detectron2://` and `catalog://` resolved as the module says)."""
     if path.startswith(DETECTRON2_PREFIX):
         base = os.environ.get(DETECTRON2_URL_ENV) or DETECTRON2_DEFAULT_URL
         return base.rstrip("/") + "/" + path[len(DETECTRON2_PREFIX) :].lstrip("/")
+    if path.startswith(CATALOG_PREFIX):
+        name = path[len(CATALOG_PREFIX) :]
+        if name not in _IMAGENET_CATALOG:
+            raise ValueError(f"Unknown catalog model '{path}'; the catalog has {sorted(_IMAGENET_CATALOG)}")
+        base = os.environ.get(DETECTRON_URL_ENV) or DETECTRON_DEFAULT_URL
+        return base.rstrip("/") + "/" + _IMAGENET_CATALOG[name]
     return path
 
 

@@ -25,6 +25,7 @@ from .common import (
     ToIterableDataset,
 )
 from .dataset_mapper import DatasetMapper
+from .proposals import load_proposals_into_dataset
 from .samplers import (
     DatasetMixSampler,
     EpochStreamSampler,
@@ -244,6 +245,18 @@ def _training_sampler(cfg, dataset: Sequence, part_sizes: List[int]) -> data.Sam
     )
 
 
+def _with_proposals(cfg, parts: List[List[dict]], names: Sequence[str], files: Sequence[str], key: str) -> None:
+    """With MODEL.LOAD_PROPOSALS, load each dataset's proposal file (DATASETS.<key>, one per dataset) into its records."""
+    if not cfg.MODEL.LOAD_PROPOSALS:
+        return
+    if len(files) != len(names):
+        raise ValueError(
+            f"MODEL.LOAD_PROPOSALS needs one DATASETS.{key} entry per dataset {list(names)}, got {list(files)}"
+        )
+    for records, proposal_file in zip(parts, files):
+        load_proposals_into_dataset(records, proposal_file)
+
+
 def _train_loader_from_config(cfg, mapper=None, *, dataset=None, sampler=None) -> dict:
     if dataset is None:
         parts = load_dataset_parts(
@@ -251,6 +264,7 @@ def _train_loader_from_config(cfg, mapper=None, *, dataset=None, sampler=None) -
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             skip_bad_samples=cfg.DATALOADER.SKIP_BAD_SAMPLES,
         )
+        _with_proposals(cfg, parts, cfg.DATASETS.TRAIN, cfg.DATASETS.PROPOSAL_FILES_TRAIN, "PROPOSAL_FILES_TRAIN")
         dataset = [d for dicts in parts for d in dicts]
     else:
         parts = [dataset]
@@ -306,9 +320,19 @@ def build_detection_train_loader(
 
 
 def _test_loader_from_config(cfg, dataset_name: Union[str, Sequence[str]], mapper=None) -> dict:
-    dataset = get_detection_dataset_dicts(
-        dataset_name, filter_empty=False, skip_bad_samples=cfg.DATALOADER.SKIP_BAD_SAMPLES
-    )
+    names = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name)
+    parts = load_dataset_parts(names, filter_empty=False, skip_bad_samples=cfg.DATALOADER.SKIP_BAD_SAMPLES)
+    if cfg.MODEL.LOAD_PROPOSALS:
+        # The proposal file of each test dataset is the one at its position in DATASETS.TEST.
+        tests, files = list(cfg.DATASETS.TEST), list(cfg.DATASETS.PROPOSAL_FILES_TEST)
+        missing = [n for n in names if n not in tests or tests.index(n) >= len(files)]
+        if missing:
+            raise ValueError(
+                f"MODEL.LOAD_PROPOSALS: no DATASETS.PROPOSAL_FILES_TEST entry for {missing} (DATASETS.TEST {tests}, "
+                f"PROPOSAL_FILES_TEST {files})"
+            )
+        _with_proposals(cfg, parts, names, [files[tests.index(n)] for n in names], "PROPOSAL_FILES_TEST")
+    dataset = [d for dicts in parts for d in dicts]
     return {
         "dataset": dataset,
         "mapper": DatasetMapper(cfg, False) if mapper is None else mapper,

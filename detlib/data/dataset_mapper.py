@@ -12,6 +12,7 @@ from detlib.config import configurable
 from . import detection_utils as utils
 from . import transforms as T
 from .bad_samples import BadSampleError
+from .proposals import transform_proposals
 
 __all__ = ["DatasetMapper"]
 
@@ -45,6 +46,7 @@ class DatasetMapper:
         recompute_boxes: bool = False,
         use_keypoint: bool = False,
         keypoint_hflip_indices: Optional[Sequence[int]] = None,
+        precomputed_proposal_topk: Optional[int] = None,
     ):
         """
         Args:
@@ -58,6 +60,9 @@ class DatasetMapper:
             use_keypoint: produce `gt_keypoints`.
             keypoint_hflip_indices: each keypoint's mirror image, for horizontal flips (see
                 `detection_utils.create_keypoint_hflip_indices`).
+            precomputed_proposal_topk: if set, turn the record's precomputed proposals (see
+                `proposals.load_proposals_into_dataset`) into `proposals`, at most this many, transformed
+                with the image (in training and inference).
         """
         if recompute_boxes and not use_instance_mask:
             raise ValueError("recompute_boxes needs use_instance_mask: boxes are recomputed from masks.")
@@ -70,6 +75,7 @@ class DatasetMapper:
         # Only needed (and only checked) when a flip meets an annotation with keypoints.
         self.keypoint_hflip_indices = list(keypoint_hflip_indices) if keypoint_hflip_indices is not None else None
         self.use_keypoint = use_keypoint
+        self.proposal_topk = precomputed_proposal_topk
         logger.info("DatasetMapper (%s) augmentations: %s", "train" if is_train else "inference", augmentations)
 
     @classmethod
@@ -79,7 +85,10 @@ class DatasetMapper:
         if crop:
             augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
         keypoint_on = cfg.MODEL.KEYPOINT_ON
+        datasets = cfg.DATASETS
+        topk = datasets.PRECOMPUTED_PROPOSAL_TOPK_TRAIN if is_train else datasets.PRECOMPUTED_PROPOSAL_TOPK_TEST
         return {
+            "precomputed_proposal_topk": topk if cfg.MODEL.LOAD_PROPOSALS else None,
             "use_keypoint": keypoint_on,
             "keypoint_hflip_indices": utils.create_keypoint_hflip_indices(cfg.DATASETS.TRAIN) if keypoint_on else None,
             "is_train": is_train,
@@ -131,6 +140,8 @@ class DatasetMapper:
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if sem_seg is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
+        if self.proposal_topk is not None:
+            transform_proposals(dataset_dict, image_size, transforms, proposal_topk=self.proposal_topk)
 
         annos = dataset_dict.pop("annotations", None)
         if not self.is_train or annos is None:

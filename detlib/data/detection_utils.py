@@ -20,6 +20,7 @@ __all__ = [
     "transform_instance_annotations",
     "transform_keypoint_annotations",
     "create_keypoint_hflip_indices",
+    "get_fed_loss_cls_weights",
     "annotations_to_instances",
     "filter_empty_instances",
     "build_augmentation",
@@ -195,21 +196,29 @@ def create_keypoint_hflip_indices(dataset_names: Union[str, Sequence[str]]) -> L
 
 def get_fed_loss_cls_weights(dataset_names: Union[str, Sequence[str]], freq_weight_power: float = 1.0) -> torch.Tensor:
     """
-    Per class (in class-id order), its training-image count to the power `freq_weight_power`: the
-    sampling weights of the federated loss, from the metadata `class_image_count`
-    (`[{"id", "image_count"}]`, as the builtin LVIS v1 datasets have it). Every dataset must have the same.
+    The federated loss's class weights: each class's number of training images to the power `freq_weight_power`,
+    ordered by category id, from the datasets' `class_image_count` metadata (LVIS's categories: a list of
+    {"id": ..., "image_count": ...}). Every dataset must have the same.
     """
     names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
     if not names:
-        raise ValueError("get_fed_loss_cls_weights needs at least one dataset name.")
+        raise ValueError("get_fed_loss_cls_weights needs at least one dataset name (DATASETS.TRAIN is empty).")
     counts = [MetadataCatalog.get(name).get("class_image_count") for name in names]
     for name, value in zip(names, counts):
         if value is None:
-            raise ValueError(f"Dataset '{name}' has no 'class_image_count' metadata, which the federated loss needs.")
+            raise ValueError(
+                f"Dataset '{name}' has no 'class_image_count' metadata, which the federated loss "
+                "(MODEL.ROI_BOX_HEAD.USE_FED_LOSS) needs."
+            )
         if value != counts[0]:
             raise ValueError(f"Datasets '{names[0]}' and '{name}' have different 'class_image_count' metadata.")
-    ordered = sorted(counts[0], key=lambda c: c["id"])
-    return torch.tensor([c["image_count"] for c in ordered], dtype=torch.float32) ** freq_weight_power
+    for index, entry in enumerate(counts[0]):
+        if not isinstance(entry, dict) or "id" not in entry or "image_count" not in entry:
+            raise ValueError(
+                f"Dataset '{names[0]}': class_image_count[{index}] needs 'id' and 'image_count', got {entry!r}"
+            )
+    by_id = sorted(counts[0], key=lambda entry: entry["id"])
+    return torch.tensor([entry["image_count"] for entry in by_id], dtype=torch.float32) ** freq_weight_power
 
 
 def _segmentation_to_bitmask(segm, height: int, width: int) -> np.ndarray:

@@ -4,10 +4,12 @@ import logging
 from typing import Callable, Optional, Tuple, Union
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FrozenBatchNorm2d", "get_norm"]
+__all__ = ["FrozenBatchNorm2d", "SyncBatchNorm2d", "get_norm"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -101,6 +103,49 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """
+    Batch norm whose training statistics are those of the whole batch over all processes of the default group:
+    each process's output equals `nn.BatchNorm2d` applied to the concatenation of every process's input, and so
+    do the running statistics. Works on any device and backend (gloo too, unlike `nn.SyncBatchNorm`). With one
+    process, or in eval mode, it is `nn.BatchNorm2d`; its state dict is `nn.BatchNorm2d`'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+            return super().forward(x)
+        if x.dim() != 4:
+            raise ValueError(f"SyncBatchNorm2d takes N x C x H x W inputs, got shape {tuple(x.shape)}")
+        channels = x.shape[1]
+        # One all-reduce of [sum, sum of squares, count]; autograd flows through it, so each process's
+        # gradient includes the other processes' dependence on its statistics. Processes may hold different
+        # batch sizes (also 0); the statistics stay on the device (no host sync).
+        local = x.float()
+        count = torch.full((1,), local.numel() / channels, dtype=local.dtype, device=local.device)
+        stats = torch.cat([local.sum(dim=(0, 2, 3)), (local * local).sum(dim=(0, 2, 3)), count])
+        stats = dist_nn.all_reduce(stats)
+        total = stats[-1].clamp(min=1)  # all batches empty: zeros in, zeros out
+        mean = stats[:channels] / total
+        var = (stats[channels : 2 * channels] / total - mean * mean).clamp(min=0)
+
+        if self.track_running_stats:
+            with torch.no_grad():
+                momentum = self.momentum
+                self.num_batches_tracked.add_(1)
+                if momentum is None:  # a cumulative moving average, as in nn.BatchNorm2d
+                    momentum = 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (total / (total - 1).clamp(min=1))
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - momentum).add_(momentum * unbiased.to(self.running_var.dtype))
+
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        return (local * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)
+
+
 def _group_norm_32(num_channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, num_channels)
 
@@ -108,7 +153,9 @@ def _group_norm_32(num_channels: int) -> nn.GroupNorm:
 _NORMS = {
     "BN": nn.BatchNorm2d,
     # Synchronized across processes when training is distributed; plain BN on a single process.
-    "SyncBN": nn.SyncBatchNorm,
+    "SyncBN": SyncBatchNorm2d,
+    "naiveSyncBN": SyncBatchNorm2d,
+    # PyTorch's own (CUDA and a few other devices only).
     "nnSyncBN": nn.SyncBatchNorm,
     "FrozenBN": FrozenBatchNorm2d,
     "GN": _group_norm_32,
@@ -120,8 +167,8 @@ def get_norm(norm: Union[str, Callable[[int], nn.Module], None], out_channels: i
     Build the normalization layer named by a config string.
 
     Args:
-        norm: "" or None (no norm: returns None), "BN", "SyncBN", "FrozenBN", "GN" (32 groups),
-            or a callable taking the channel count and returning a module.
+        norm: "" or None (no norm: returns None), "BN", "SyncBN" (also "naiveSyncBN"), "nnSyncBN"
+            (`nn.SyncBatchNorm`), "FrozenBN", "GN" (32 groups), or a callable taking the channel count and returning a module.
         out_channels: number of channels the norm acts on.
     """
     if norm is None or norm == "":

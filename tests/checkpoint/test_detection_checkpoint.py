@@ -100,6 +100,18 @@ def test_detectron2_model_zoo_pickle_of_numpy_arrays_loads(tmp_path):
             torch.testing.assert_close(target.state_dict()[name], value)
 
 
+def test_batch_norm_step_counters_of_a_pickle_load_as_scalars(tmp_path):
+    # Detectron2's BN / SyncBN models store num_batches_tracked as a 0-d array.
+    source = nn.BatchNorm2d(3)
+    source.num_batches_tracked.fill_(7)
+    with open(tmp_path / "bn.pkl", "wb") as f:
+        pickle.dump({"model": {k: v.numpy().copy() for k, v in source.state_dict().items()}}, f)
+    target = nn.BatchNorm2d(3)
+    keys = load_model_state(target, load_checkpoint_file(str(tmp_path / "bn.pkl"))["model"])
+    assert not keys.shape_mismatch and not keys.missing
+    assert target.num_batches_tracked.item() == 7
+
+
 def test_detectron2_pth_and_ddp_prefixed_state_dicts_load(tmp_path):
     source = Net()
     torch.save({"model": source.state_dict(), "iteration": 89999}, tmp_path / "d2.pth")

@@ -101,3 +101,18 @@ def test_a_server_that_does_not_answer_times_out_by_name(tmp_path):
             download(url, str(tmp_path / "model.pkl"), timeout=0.3)
     assert url in str(error.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_catalog_urls_name_detectrons_imagenet_backbones(file_server, weights_cache, monkeypatch):
+    # Detectron2's ModelCatalog: FAIR/R-50-GN is ImageNetPretrained/47261647/R-50-GN.pkl on Detectron's server.
+    monkeypatch.delenv("DETLIB_DETECTRON_URL", raising=False)
+    assert resolve_url("catalog://ImageNetPretrained/FAIR/R-50-GN") == (
+        "https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/47261647/R-50-GN.pkl"
+    )
+    file_server.files["/d1/ImageNetPretrained/25093814/X-152-32x8d-IN5k.pkl"] = _weights_pickle(1)
+    monkeypatch.setenv("DETLIB_DETECTRON_URL", file_server.url("/d1/"))
+    model = nn.Linear(3, 2)
+    DetectionCheckpointer(model).load("catalog://ImageNetPretrained/FAIR/X-152-32x8d-IN5k")
+    assert file_server.requests == {"/d1/ImageNetPretrained/25093814/X-152-32x8d-IN5k.pkl": 1}
+    with pytest.raises(ValueError, match="Unknown catalog model.*FAIR/R-101-GN"):
+        resolve_url("catalog://ImageNetPretrained/FAIR/R-18")

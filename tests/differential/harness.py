@@ -195,6 +195,8 @@ def random_weights(param_shapes: Mapping[str, Sequence[int]], seed: int, case: C
             value = rng.uniform(0.5, 2.0, shape)
         elif leaf == "num_batches_tracked":
             value = np.zeros(shape)
+        elif leaf == "fed_loss_cls_weights":  # class frequencies to a power: sampling odds, positive
+            value = rng.uniform(0.5, 2.0, shape)
         elif _is_norm(name) and leaf == "weight":
             value = rng.uniform(0.5, 1.5, shape)
         elif _is_norm(name) and leaf == "bias":
@@ -464,18 +466,22 @@ def _run_detlib(case: Case, seed: int, weights_file: Path, batch) -> Dict[str, n
 def d2_reference(case: Case, seed: int, work_dir: Path) -> Tuple[Dict[str, np.ndarray], Path]:
     """Detectron2's outputs for the case (and the weights file it loaded, in `work_dir`)."""
     cfg = case.d2_config()
+    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    shapes = {name: tuple(v.shape) for name, v in build_model(cfg).state_dict().items()}
+    model = build_model(cfg)
+    shapes = {name: tuple(v.shape) for name, v in model.state_dict().items()}
     weights = random_weights(shapes, seed, case)
     weights_file = work_dir / f"{case.name}_seed{seed}.pkl"
     save_d2_pickle(weights, weights_file)
-    batch = _batch_for(cfg, seed)
-    outputs, model, _ = run_library("detectron2", cfg, weights_file, batch, seed)
+    # Checked before running: a training forward moves batch-norm statistics.
+    DetectionCheckpointer(model).load(str(weights_file))
     loaded = model.state_dict()
     assert set(loaded) == set(weights)
     for name, value in weights.items():
         assert np.array_equal(loaded[name].numpy(), value), f"Detectron2 did not load {name}"
+    batch = _batch_for(cfg, seed)
+    outputs, _, _ = run_library("detectron2", cfg, weights_file, batch, seed)
     outputs["meta__param_shapes"] = np.asarray(json.dumps(shapes))
     outputs["meta__weights_sha256"] = np.asarray(weights_digest(weights))
     outputs["meta__inputs_sha256"] = np.asarray(inputs_digest(batch))

@@ -145,7 +145,7 @@ def test_get_norm_names():
     assert get_norm(None, 8) is None
     bn = get_norm("BN", 8)
     assert type(bn) is nn.BatchNorm2d and bn.num_features == 8
-    assert type(get_norm("SyncBN", 8)) is nn.SyncBatchNorm
+    assert type(get_norm("nnSyncBN", 8)) is nn.SyncBatchNorm
     frozen = get_norm("FrozenBN", 8)
     assert isinstance(frozen, FrozenBatchNorm2d) and frozen.num_features == 8
     gn = get_norm("GN", 64)

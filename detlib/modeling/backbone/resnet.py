@@ -11,13 +11,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from detlib.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
+from detlib.layers import CNNBlockBase, Conv2d, DeformConv, ModulatedDeformConv, ShapeSpec, get_norm
 from detlib.layers.weight_init import c2_msra_fill
 
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY
 
-__all__ = ["BasicStem", "BasicBlock", "BottleneckBlock", "ResNet", "make_stage", "build_resnet_backbone"]
+__all__ = [
+    "BasicStem",
+    "BasicBlock",
+    "BottleneckBlock",
+    "DeformBottleneckBlock",
+    "ResNet",
+    "make_stage",
+    "build_resnet_backbone",
+]
 
 # Residual blocks in res2..res5 for each depth; 18 and 34 use BasicBlock, deeper nets BottleneckBlock.
 _BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -104,6 +112,77 @@ class BottleneckBlock(CNNBlockBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
         out = F.relu_(self.conv2(out))
+        out = self.conv3(out)
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+class DeformBottleneckBlock(CNNBlockBase):
+    """
+    A `BottleneckBlock` whose 3x3 conv is deformable (Dai et al. 2017; modulated: Zhu et al. 2019): `conv2_offset`
+    predicts, from the block's reduced features, a 2-D offset per kernel tap and offset group (and, modulated, a
+    sigmoid weight per tap) that `conv2` samples with.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        num_groups: int = 1,
+        norm="BN",
+        stride_in_1x1: bool = False,
+        dilation: int = 1,
+        deform_modulated: bool = False,
+        deform_num_groups: int = 1,
+    ):
+        """
+        Args:
+            deform_modulated: v2 (offsets and a weight per tap) rather than v1 (offsets only).
+            deform_num_groups: offset groups: the input channels are split into this many groups that share offsets.
+            others: as `BottleneckBlock`.
+        """
+        super().__init__(in_channels, out_channels, stride)
+        self.deform_modulated = deform_modulated
+        self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        width = bottleneck_channels
+        self.conv1 = _conv_norm(in_channels, width, 1, norm, stride_1x1)
+        # Per offset group, (dy, dx) for each of the 9 taps, plus one modulation weight per tap in v2.
+        offset_channels = (27 if deform_modulated else 18) * deform_num_groups
+        self.conv2_offset = Conv2d(width, offset_channels, 3, stride_3x3, padding=dilation, dilation=dilation)
+        conv_class = ModulatedDeformConv if deform_modulated else DeformConv
+        self.conv2 = conv_class(
+            width,
+            width,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
+            groups=num_groups,
+            deformable_groups=deform_num_groups,
+            bias=False,
+            norm=get_norm(norm, width),
+        )
+        self.conv3 = _conv_norm(width, out_channels, 1, norm)
+        for conv in (self.shortcut, self.conv1, self.conv2, self.conv3):
+            if conv is not None:
+                c2_msra_fill(conv)
+        # Zero offsets (and weights of sigmoid(0) = 0.5) at the start: a plain 3x3 conv until trained.
+        nn.init.constant_(self.conv2_offset.weight, 0)
+        nn.init.constant_(self.conv2_offset.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        if self.deform_modulated:
+            dy_dx_weight = self.conv2_offset(out)
+            groups_x2 = dy_dx_weight.shape[1] // 3 * 2
+            offset, mask = dy_dx_weight[:, :groups_x2], dy_dx_weight[:, groups_x2:].sigmoid()
+            out = F.relu_(self.conv2(out, offset, mask))
+        else:
+            out = F.relu_(self.conv2(out, self.conv2_offset(out)))
         out = self.conv3(out)
         out += x if self.shortcut is None else self.shortcut(x)
         return F.relu_(out)
@@ -259,8 +338,8 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     depth = r.DEPTH
     if depth not in _BLOCKS_PER_STAGE:
         raise ValueError(f"MODEL.RESNETS.DEPTH must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}.")
-    if any(r.DEFORM_ON_PER_STAGE):
-        raise NotImplementedError("Deformable convolutions (MODEL.RESNETS.DEFORM_ON_PER_STAGE) are not supported.")
+    if len(r.DEFORM_ON_PER_STAGE) != 4:
+        raise ValueError(f"MODEL.RESNETS.DEFORM_ON_PER_STAGE needs 4 values (res2..res5), got {r.DEFORM_ON_PER_STAGE}.")
     if r.RES5_DILATION not in (1, 2):
         raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {r.RES5_DILATION}.")
     basic = depth < 50
@@ -269,6 +348,7 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
             ("RES2_OUT_CHANNELS", r.RES2_OUT_CHANNELS, 64),
             ("RES5_DILATION", r.RES5_DILATION, 1),
             ("NUM_GROUPS", r.NUM_GROUPS, 1),
+            ("DEFORM_ON_PER_STAGE", list(r.DEFORM_ON_PER_STAGE), [False] * 4),
         ):
             if value != required:
                 raise ValueError(f"ResNet-{depth} (BasicBlock) needs MODEL.RESNETS.{key} = {required}, got {value}.")
@@ -291,8 +371,12 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         )
         if basic:
             block_class = BasicBlock
+        elif r.DEFORM_ON_PER_STAGE[stage_index - 2]:
+            block_class = DeformBottleneckBlock
+            kwargs.update(deform_modulated=r.DEFORM_MODULATED, deform_num_groups=r.DEFORM_NUM_GROUPS)
         else:
             block_class = BottleneckBlock
+        if not basic:
             kwargs.update(
                 bottleneck_channels=bottleneck_channels,
                 stride_in_1x1=r.STRIDE_IN_1X1,

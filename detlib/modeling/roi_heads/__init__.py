@@ -20,6 +20,7 @@ from .mask_head import (
     mask_rcnn_inference,
     mask_rcnn_loss,
 )
+from .res5_roi_heads import Res5ROIHeads
 from .roi_heads import (
     ROI_HEADS_REGISTRY,
     ROIHeads,
@@ -51,6 +52,7 @@ __all__ = [
     "ROI_HEADS_REGISTRY",
     "ROIHeads",
     "StandardROIHeads",
+    "Res5ROIHeads",
     "CascadeROIHeads",
     "build_roi_heads",
     "random_subset",

@@ -7,7 +7,7 @@ index K is background. Boxes are XYXY in input-image pixels.
 """
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +109,13 @@ def _log_classification_stats(pred_logits: torch.Tensor, gt_classes: torch.Tenso
         storage.put_scalar(f"{prefix}/false_negative", (fg_pred == bg_class).sum().item() / num_fg)
 
 
+def _class_frequency_weights(dataset_names: Sequence[str], power: float) -> torch.Tensor:
+    # The class frequencies are dataset metadata, kept with the datasets (see get_fed_loss_cls_weights).
+    from detlib.data.detection_utils import get_fed_loss_cls_weights
+
+    return get_fed_loss_cls_weights(dataset_names, power)
+
+
 class FastRCNNOutputLayers(nn.Module):
     """
     Two linear layers on the box head's features: `cls_score` (K + 1 logits) and `bbox_pred`
@@ -132,6 +139,10 @@ class FastRCNNOutputLayers(nn.Module):
         cls_loss: Optional[ClassificationLoss] = None,
         loss_weight: Union[float, Mapping[str, float]] = 1.0,
         cls_loss_weights: Optional[Sequence[float]] = None,
+        use_fed_loss: bool = False,
+        use_sigmoid_ce: bool = False,
+        get_fed_loss_cls_weights: Optional[Callable[[], torch.Tensor]] = None,
+        fed_loss_num_classes: int = 50,
     ):
         """
         Args:
@@ -146,6 +157,15 @@ class FastRCNNOutputLayers(nn.Module):
             cls_loss: the classification loss, used in its multi-class form (default: cross-entropy).
             loss_weight: a multiplier of both losses, or per loss ({"loss_cls": .., "loss_box_reg": ..}).
             cls_loss_weights: K + 1 per-class weights of the classification loss (background last).
+            use_sigmoid_ce: classify with K independent sigmoids (binary cross-entropy per foreground class,
+                background = all targets 0) instead of `cls_loss`; scores are then sigmoids too.
+            use_fed_loss: the federated loss of LVIS (Wang et al. 2021, Zhou et al. 2021; needs
+                `use_sigmoid_ce`): per batch, only the classes present in the sampled proposals' gt plus
+                negative classes drawn with probability proportional to their weight, up to
+                `fed_loss_num_classes` classes in all, take part in the loss.
+            get_fed_loss_cls_weights: returns the K sampling weights of the classes for `use_fed_loss`
+                (e.g. `get_fed_loss_cls_weights` of `detlib.data.detection_utils`: image counts to a power).
+            fed_loss_num_classes: classes in the federated loss per batch, at least.
         """
         super().__init__()
         if isinstance(input_shape, int):
@@ -180,12 +200,29 @@ class FastRCNNOutputLayers(nn.Module):
         else:
             self.cls_loss_weights = None
 
+        if use_fed_loss and not use_sigmoid_ce:
+            raise ValueError(
+                "FastRCNNOutputLayers: use_fed_loss (MODEL.ROI_BOX_HEAD.USE_FED_LOSS) needs use_sigmoid_ce"
+            )
+        if use_sigmoid_ce and self.cls_loss_weights is not None:
+            raise ValueError("FastRCNNOutputLayers: cls_loss_weights do not apply with use_sigmoid_ce")
+        self.use_fed_loss, self.use_sigmoid_ce = use_fed_loss, use_sigmoid_ce
+        self.fed_loss_num_classes = fed_loss_num_classes
+        if use_fed_loss:
+            if get_fed_loss_cls_weights is None:
+                raise ValueError("FastRCNNOutputLayers: use_fed_loss needs get_fed_loss_cls_weights")
+            weights = torch.as_tensor(get_fed_loss_cls_weights(), dtype=torch.float32)
+            if weights.shape != (num_classes,):
+                raise ValueError(
+                    f"FastRCNNOutputLayers: the federated loss needs one class weight per class ({num_classes}), "
+                    f"got shape {tuple(weights.shape)}"
+                )
+            # Persistent, as in Detectron2, whose checkpoints of these models carry it.
+            self.register_buffer("fed_loss_cls_weights", weights)
+
     @classmethod
     def from_config(cls, cfg, input_shape):
         head = cfg.MODEL.ROI_BOX_HEAD
-        for key in ("USE_FED_LOSS", "USE_SIGMOID_CE"):
-            if head[key]:
-                raise ValueError(f"MODEL.ROI_BOX_HEAD.{key} is not supported by detlib's FastRCNNOutputLayers")
         weights = cfg.MODEL.LOSS_WEIGHTS
         # Detectron2's per-head weight multiplies with detlib's per-term MODEL.LOSS_WEIGHTS.
         loss_weight = {
@@ -205,6 +242,12 @@ class FastRCNNOutputLayers(nn.Module):
             cls_loss=cls_loss_from_config(head, "MODEL.ROI_BOX_HEAD"),
             loss_weight=loss_weight,
             cls_loss_weights=list(head.CLS_LOSS_WEIGHTS) or None,
+            use_fed_loss=head.USE_FED_LOSS,
+            use_sigmoid_ce=head.USE_SIGMOID_CE,
+            get_fed_loss_cls_weights=lambda: _class_frequency_weights(
+                cfg.DATASETS.TRAIN, head.FED_LOSS_FREQ_WEIGHT_POWER
+            ),
+            fed_loss_num_classes=head.FED_LOSS_NUM_CLASSES,
         )
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -246,12 +289,50 @@ class FastRCNNOutputLayers(nn.Module):
 
     def classification_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """The (class-weighted) mean classification loss of R x (K + 1) logits against R labels."""
+        if self.use_sigmoid_ce:
+            return self.sigmoid_cross_entropy_loss(scores, gt_classes)
         if self.cls_loss_weights is None:
             return self.cls_loss.multiclass(scores, gt_classes, None) / max(gt_classes.numel(), 1)
         weights = self.cls_loss_weights[gt_classes]
         # Where every sampled class has weight 0 the sum is 0 too; the clamp keeps it 0, not NaN.
         normalizer = weights.sum().clamp(min=torch.finfo(weights.dtype).tiny)
         return self.cls_loss.multiclass(scores, gt_classes, weights) / normalizer
+
+    def sigmoid_cross_entropy_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        """
+        Binary cross-entropy of each foreground class's logit (target 1 for the RoI's own class), summed over the
+        classes (with the federated loss, over its classes only) and averaged over the R RoIs.
+        """
+        num_rois, num_classes = scores.shape[0], scores.shape[1] - 1
+        if num_rois == 0:
+            return scores.sum() * 0.0
+        # Background RoIs (label K) have no 1 among the foreground columns.
+        targets = F.one_hot(gt_classes, num_classes + 1)[:, :num_classes].to(scores.dtype)
+        per_class = F.binary_cross_entropy_with_logits(scores[:, :num_classes], targets, reduction="none")
+        if self.use_fed_loss:
+            per_class = per_class * self.fed_loss_classes_mask(gt_classes, num_classes)[None, :]
+        return per_class.sum() / num_rois
+
+    def fed_loss_classes_mask(self, gt_classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """
+        (K,) 0/1: the foreground classes among `gt_classes`, plus negative classes drawn without replacement with
+        probability proportional to `fed_loss_cls_weights`, until `fed_loss_num_classes` labels are chosen. As in
+        Detectron2, the background label counts towards that number when a RoI has it, and the draw is one
+        `torch.multinomial` over K + 1 odds (background's 0), so that both draw the same classes from one seed.
+        """
+        present = torch.unique(gt_classes)
+        chosen = torch.zeros(num_classes + 1, dtype=torch.bool, device=gt_classes.device)
+        chosen[present] = True
+        missing = self.fed_loss_num_classes - present.numel()
+        if missing > 0:
+            odds = torch.zeros(num_classes + 1, device=gt_classes.device)
+            odds[:num_classes] = self.fed_loss_cls_weights.float()
+            odds[present] = 0
+            # Fewer classes than asked for left to draw (a small label set): all of them.
+            missing = min(missing, int(torch.count_nonzero(odds)))
+            if missing > 0:
+                chosen[torch.multinomial(odds, missing, replacement=False)] = True
+        return chosen[:num_classes].to(self.fed_loss_cls_weights.dtype)
 
     def box_reg_loss(self, proposal_boxes: Tensor, gt_boxes: Tensor, pred_deltas: Tensor, gt_classes: Tensor) -> Tensor:
         """
@@ -313,7 +394,7 @@ class FastRCNNOutputLayers(nn.Module):
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
     ) -> List[torch.Tensor]:
-        """Per image, R_i x (K + 1) softmax class probabilities."""
+        """Per image, R_i x (K + 1) class probabilities: softmax, or sigmoids with `use_sigmoid_ce`."""
         scores, _ = predictions
-        probs = F.softmax(scores, dim=-1)
+        probs = scores.sigmoid() if self.use_sigmoid_ce else F.softmax(scores, dim=-1)
         return probs.split([p.num_instances() for p in proposals], dim=0)

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layer_norm import LayerNorm
+
 __all__ = ["FrozenBatchNorm2d", "get_norm"]
 
 
@@ -112,6 +114,8 @@ _NORMS = {
     "nnSyncBN": nn.SyncBatchNorm,
     "FrozenBN": FrozenBatchNorm2d,
     "GN": _group_norm_32,
+    # Over the channels of each pixel (ViTDet, ConvNeXt); see `LayerNorm`.
+    "LN": LayerNorm,
 }
 
 
@@ -120,7 +124,7 @@ def get_norm(norm: Union[str, Callable[[int], nn.Module], None], out_channels: i
     Build the normalization layer named by a config string.
 
     Args:
-        norm: "" or None (no norm: returns None), "BN", "SyncBN", "FrozenBN", "GN" (32 groups),
+        norm: "" or None (no norm: returns None), "BN", "SyncBN", "FrozenBN", "GN" (32 groups), "LN" (`LayerNorm` over channels),
             or a callable taking the channel count and returning a module.
         out_channels: number of channels the norm acts on.
     """

@@ -157,6 +157,8 @@ setup(
     python_requires=">=3.9",
     ext_modules=[make_extension()],
     install_requires=runtime_requirements(),
+    # pip install detlib[timm]: timm's models as backbones (detlib.modeling.backbone.timm_backbone).
+    extras_require={"timm": ["timm>=0.9"]},
     cmdclass={"build_ext": BuildExtension, "build_py": BuildPyWithConfigs},
     zip_safe=False,
 )

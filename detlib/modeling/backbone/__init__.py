@@ -1,4 +1,5 @@
-"""Backbones: the `Backbone` interface, its registry, ResNet, FPN, ViT + SimpleFeaturePyramid, Swin, MViT, RegNet."""
+"""Backbones: the `Backbone` interface, its registry, ResNet, FPN, ViT + SimpleFeaturePyramid, Swin, MViT, RegNet,
+timm models."""
 
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
@@ -7,7 +8,8 @@ from .mvit import MViT
 from .regnet import AnyNet, RegNet
 from .resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet, build_resnet_backbone, make_stage
 from .swin import SwinTransformer
-from .vit import SimpleFeaturePyramid, ViT, get_vit_lr_decay_rate
+from .timm_backbone import TimmBackbone, build_timm_fpn_backbone, build_timm_sfp_backbone
+from .vit import SimpleFeaturePyramid, ViT, build_vit_sfp_backbone, get_vit_lr_decay_rate
 
 __all__ = [
     "Backbone",
@@ -31,4 +33,8 @@ __all__ = [
     "SimpleFeaturePyramid",
     "ViT",
     "get_vit_lr_decay_rate",
+    "build_vit_sfp_backbone",
+    "TimmBackbone",
+    "build_timm_fpn_backbone",
+    "build_timm_sfp_backbone",
 ]

@@ -122,8 +122,8 @@ def test_yaml_builder_follows_the_config():
     cfg.merge_from_file(str(REPO / "configs" / "Shapes" / "mask_rcnn_vit_tiny_shapes.yaml"))
     backbone = build_backbone(cfg, ShapeSpec(channels=3))
     vit = backbone.net
-    assert len(vit.blocks) == 12 and vit.pos_embed.shape == (1, 64, 192)
-    assert [b.window_size for b in vit.blocks] == [4, 4, 0] * 4
+    assert len(vit.blocks) == 6 and vit.pos_embed.shape == (1, 64, 192)
+    assert [b.window_size for b in vit.blocks] == [4, 4, 0] * 2
     assert vit.blocks[2].attn.rel_pos_h.shape == (2 * 8 - 1, 64)  # global: the 8 x 8 token map
     assert vit.blocks[0].attn.rel_pos_h.shape == (2 * 4 - 1, 64)  # windowed: a 4 x 4 window
     assert isinstance(vit.blocks[0].norm1, nn.LayerNorm) and vit.blocks[0].norm1.eps == 1e-6

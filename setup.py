@@ -180,8 +180,9 @@ setup(
     python_requires=">=3.9",
     ext_modules=[make_extension()],
     install_requires=runtime_requirements(),
-    # The Cityscapes evaluators run the official scripts (pyquaternion: imported by them).
-    extras_require={"cityscapes": ["cityscapesscripts>=2.2", "pyquaternion"]},
+    # The Cityscapes evaluators run the official scripts (pyquaternion: imported by them); pip install
+    # detlib[timm]: timm's models as backbones (detlib.modeling.backbone.timm_backbone).
+    extras_require={"cityscapes": ["cityscapesscripts>=2.2", "pyquaternion"], "timm": ["timm>=0.9"]},
     cmdclass={"build_ext": BuildExtension, "build_py": BuildPyWithConfigs},
     zip_safe=False,
 )

@@ -9,6 +9,8 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layer_norm import LayerNorm
+
 __all__ = ["FrozenBatchNorm2d", "SyncBatchNorm2d", "get_norm"]
 
 
@@ -159,6 +161,8 @@ _NORMS = {
     "nnSyncBN": nn.SyncBatchNorm,
     "FrozenBN": FrozenBatchNorm2d,
     "GN": _group_norm_32,
+    # Over the channels of each pixel (ViTDet, ConvNeXt); see `LayerNorm`.
+    "LN": LayerNorm,
 }
 
 
@@ -168,7 +172,8 @@ def get_norm(norm: Union[str, Callable[[int], nn.Module], None], out_channels: i
 
     Args:
         norm: "" or None (no norm: returns None), "BN", "SyncBN" (also "naiveSyncBN"), "nnSyncBN"
-            (`nn.SyncBatchNorm`), "FrozenBN", "GN" (32 groups), or a callable taking the channel count and returning a module.
+            (`nn.SyncBatchNorm`), "FrozenBN", "GN" (32 groups), "LN" (`LayerNorm` over channels), or a callable
+            taking the channel count and returning a module.
         out_channels: number of channels the norm acts on.
     """
     if norm is None or norm == "":

@@ -13,7 +13,7 @@ import collections.abc as abc
 import dataclasses
 import importlib
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 

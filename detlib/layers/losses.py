@@ -39,6 +39,7 @@ __all__ = [
     "BoxLossKind",
     "build_box_loss",
     "box_loss_from_config",
+    "resolve_box_reg_loss",
     "CLS_LOSS_REGISTRY",
     "ClassificationLoss",
     "build_classification_loss",
@@ -170,6 +171,27 @@ def box_loss_from_config(node, path: str, beta_key: str = "SMOOTH_L1_BETA") -> B
     if name in BOX_LOSS_REGISTRY and "beta" in inspect.signature(BOX_LOSS_REGISTRY.get(name)).parameters:
         params["beta"] = node[beta_key]
     return build_box_loss(name, **params)
+
+
+def resolve_box_reg_loss(box_reg_loss_type: Union[str, BoxLoss], smooth_l1_beta: float = 0.0) -> BoxLoss:
+    """
+    A head's box loss from Detectron2's keywords: `box_reg_loss_type` names a registered loss (built
+    with `beta=smooth_l1_beta` when it takes a beta) or is an already built `BoxLoss`. A non-zero
+    `smooth_l1_beta` that the loss cannot use is an error rather than ignored.
+    """
+    if isinstance(box_reg_loss_type, BoxLoss):
+        if smooth_l1_beta:
+            raise ValueError("smooth_l1_beta applies to a loss given by name; set it on the BoxLoss instead")
+        return box_reg_loss_type
+    takes_beta = (
+        box_reg_loss_type in BOX_LOSS_REGISTRY
+        and "beta" in inspect.signature(BOX_LOSS_REGISTRY.get(box_reg_loss_type)).parameters
+    )
+    if takes_beta:
+        return build_box_loss(box_reg_loss_type, beta=smooth_l1_beta)
+    if smooth_l1_beta:
+        raise ValueError(f"smooth_l1_beta={smooth_l1_beta} is set but box loss {box_reg_loss_type!r} has no beta")
+    return build_box_loss(box_reg_loss_type)
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -15,9 +15,18 @@ import importlib
 import logging
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+import omegaconf
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["instantiate", "locate", "object_name", "check_target_allowed", "TargetNotAllowedError", "ALLOWED_PACKAGES"]
+__all__ = [
+    "instantiate",
+    "locate",
+    "object_name",
+    "check_target_allowed",
+    "is_sequence_node",
+    "TargetNotAllowedError",
+    "ALLOWED_PACKAGES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +46,15 @@ _DENIED_PREFIXES = (
     "torch.utils.cpp_extension",
     "torch.serialization",
 )
+
+
+# omegaconf >= 2.4 keeps tuples as TupleConfig; older versions turn them into ListConfig.
+_TUPLE_CONFIG = getattr(omegaconf, "TupleConfig", ())
+
+
+def is_sequence_node(value: Any) -> bool:
+    """Whether `value` is an omegaconf list or tuple node."""
+    return isinstance(value, omegaconf.Container) and not isinstance(value, DictConfig)
 
 
 class TargetNotAllowedError(ValueError):
@@ -123,9 +141,9 @@ def instantiate(cfg: Any, *, allow_any_target: bool = False, _where: str = "") -
     unless `allow_any_target` (the caller trusts where the string came from). A mapping may carry
     `_args_`, a list of positional arguments (saved configs use it for `functools.partial`).
     """
-    if isinstance(cfg, (ListConfig, list, tuple)):
+    if isinstance(cfg, (list, tuple)) or is_sequence_node(cfg):
         items = [instantiate(x, allow_any_target=allow_any_target, _where=f"{_where}[{i}]") for i, x in enumerate(cfg)]
-        return tuple(items) if isinstance(cfg, tuple) else items
+        return tuple(items) if isinstance(cfg, (tuple, _TUPLE_CONFIG)) else items
     if isinstance(cfg, DictConfig) and dataclasses.is_dataclass(cfg._metadata.object_type):
         return OmegaConf.to_object(cfg)  # a dataclass instance (e.g. ShapeSpec) stored in the config
     if not isinstance(cfg, abc.Mapping):

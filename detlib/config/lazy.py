@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf, SCMode
+from omegaconf import DictConfig, ListConfig
 
-from .instantiate import check_target_allowed, locate, object_name
+from .instantiate import check_target_allowed, is_sequence_node, locate, object_name
 from .yaml_loader import load_yaml
 
 __all__ = ["LazyCall", "L", "LazyConfig"]
@@ -161,6 +161,11 @@ def _is_plain(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+def _raw(node: Any) -> Any:
+    """A config node's child as stored: a container node itself, else its unresolved value."""
+    return node if isinstance(node, DictConfig) or is_sequence_node(node) else node._value()
+
+
 class _Encoder:
     """Turns a config tree into YAML-safe data. Callables become `{_object_: name}` (or their dotted
     name under `_target_`), dataclass nodes a `_target_` call, partials a `functools.partial` call;
@@ -178,14 +183,14 @@ class _Encoder:
 
     def encode(self, value: Any, where: str) -> Any:
         if isinstance(value, DictConfig):
-            object_type = value._metadata.object_type
-            data = OmegaConf.to_container(value, resolve=False, structured_config_mode=SCMode.DICT_CONFIG)
+            # Raw children: interpolations stay "${..}" strings, nested nodes keep their metadata.
+            data = {key: _raw(value._get_node(key)) for key in value.keys()}
             encoded = self.encode(data, where)
-            if dataclasses.is_dataclass(object_type):
-                encoded = {"_target_": object_name(object_type), **encoded}
+            if dataclasses.is_dataclass(value._metadata.object_type):
+                encoded = {"_target_": object_name(value._metadata.object_type), **encoded}
             return encoded
-        if isinstance(value, ListConfig):
-            return self.encode(OmegaConf.to_container(value, resolve=False), where)
+        if is_sequence_node(value):
+            return self.encode([_raw(value._get_node(i)) for i in range(len(value))], where)
         if isinstance(value, dict):
             out = {}
             for key, item in value.items():
@@ -273,7 +278,7 @@ def _accepts_keyword(target: Any, key: str) -> bool:
 
 
 def _child(node: Any, key: str, path: str) -> Any:
-    if isinstance(node, ListConfig):
+    if is_sequence_node(node):
         if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
             raise KeyError(f"Override '{path}': '{key}' is not an index of a list of length {len(node)}")
         return node[int(key)]
@@ -373,7 +378,7 @@ class LazyConfig:
                 target = node.get("_target_") if "_target_" in node else None
                 if target is None or not _accepts_keyword(target, last):
                     _child(node, last, key)  # raises, with the nearest existing key
-            if isinstance(node, ListConfig):
+            if is_sequence_node(node):
                 _child(node, last, key)  # checks the index
                 node[int(last)] = _parse_value(text)
             else:

@@ -1,4 +1,4 @@
-from .batch_norm import FrozenBatchNorm2d, get_norm
+from .batch_norm import FrozenBatchNorm2d, LayerNorm, NaiveSyncBatchNorm, get_norm
 from .blocks import CNNBlockBase
 from .losses import (
     BOX_LOSS_REGISTRY,

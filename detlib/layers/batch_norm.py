@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FrozenBatchNorm2d", "NaiveSyncBatchNorm", "get_norm"]
+__all__ = ["FrozenBatchNorm2d", "NaiveSyncBatchNorm", "LayerNorm", "get_norm"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -149,6 +149,24 @@ class NaiveSyncBatchNorm(nn.BatchNorm2d):
         return (x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(dtype)
 
 
+class LayerNorm(nn.Module):
+    """
+    Layer norm over the channels of an N x C x H x W map, at every position (ViTDet's "LN" in its
+    pyramid and heads); `weight` and `bias` (C,) are named as in Detectron2's checkpoints.
+    """
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.eps = eps
+        self.normalized_shape = (normalized_shape,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_last = x.permute(0, 2, 3, 1)
+        return F.layer_norm(channels_last, self.normalized_shape, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+
+
 def _group_norm_32(num_channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, num_channels)
 
@@ -160,6 +178,7 @@ _NORMS = {
     "nnSyncBN": nn.SyncBatchNorm,
     "FrozenBN": FrozenBatchNorm2d,
     "GN": _group_norm_32,
+    "LN": LayerNorm,
     "naiveSyncBN": NaiveSyncBatchNorm,
     "naiveSyncBN_N": lambda channels: NaiveSyncBatchNorm(channels, stats_mode="N"),
 }
@@ -170,7 +189,8 @@ def get_norm(norm: Union[str, Callable[[int], nn.Module], None], out_channels: i
     Build the normalization layer named by a config string.
 
     Args:
-        norm: "" or None (no norm: returns None), "BN", "SyncBN", "FrozenBN", "GN" (32 groups),
+        norm: "" or None (no norm: returns None), "BN", "SyncBN", "FrozenBN", "GN" (32 groups), "LN"
+            (`LayerNorm` over channels), "naiveSyncBN" / "naiveSyncBN_N" (`NaiveSyncBatchNorm`),
             or a callable taking the channel count and returning a module.
         out_channels: number of channels the norm acts on.
     """

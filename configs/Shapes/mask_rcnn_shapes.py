@@ -75,3 +75,6 @@ train.seed = 0
 train.amp.enabled = True  # bfloat16 on a CPU with native support, else float32
 train.checkpointer.period = 400
 train.eval_period = 400
+# detlib's optional training recipes (off here): an EMA of the weights for evaluation, gradient clipping.
+train.model_ema = dict(enabled=False, decay=0.999)
+train.clip_gradients = dict(enabled=False, clip_type="norm", clip_value=1.0, norm_type=2.0)

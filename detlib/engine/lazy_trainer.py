@@ -7,7 +7,8 @@ reads them:
 * `train`: `output_dir`, `init_checkpoint`, `max_iter`, `device`, `amp.enabled` (plus detlib's
   optional `amp.precision`), `ddp` (DistributedDataParallel's arguments and `fp16_compression`),
   `checkpointer` (`period`, `max_to_keep`), `eval_period`, `log_period`, and detlib's optional
-  `clip_gradients` (`enabled`, `clip_type`, `clip_value`, `norm_type`).
+  `clip_gradients` (`enabled`, `clip_type`, `clip_value`, `norm_type`) and `model_ema` (`enabled`,
+  `decay`: periodic evaluation then uses the averaged weights, which checkpoints also hold).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from detlib.utils import comm
 
 from . import hooks
 from .defaults import DefaultTrainer, TrainingCheckpointer, amp_precision, create_ddp_model, default_writers
+from .model_ema import EMAHook, ModelEMA
 from .preemption import PreemptionCheckpointer
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 
@@ -77,6 +79,8 @@ class LazyConfigTrainer(DefaultTrainer):
                 type(optimizer), clip.clip_type, clip.clip_value, clip.get("norm_type", 2.0)
             )
         data_loader = instantiate(cfg.dataloader.train)
+        ema = train.get("model_ema")
+        self.ema = ModelEMA(model, ema.get("decay", 0.999)) if ema is not None and ema.get("enabled", False) else None
         model = _wrap_ddp(model, train.get("ddp"))
         amp = train.get("amp", {})
         default_precision = "float16" if torch.device(device).type == "cuda" else "bfloat16"
@@ -89,6 +93,8 @@ class LazyConfigTrainer(DefaultTrainer):
         checkpointables = {"optimizer": optimizer, "scheduler": self.scheduler}
         if getattr(self._trainer, "grad_scaler", None) is not None:
             checkpointables["grad_scaler"] = self._trainer.grad_scaler
+        if self.ema is not None:
+            checkpointables["model_ema"] = self.ema
         self.checkpointer = TrainingCheckpointer(model, train.output_dir, data_loader=data_loader, **checkpointables)
         self.start_iter = 0
         self.max_iter = train.max_iter
@@ -102,12 +108,17 @@ class LazyConfigTrainer(DefaultTrainer):
         checkpointing = train.get("checkpointer", {})
 
         def test_and_keep_results():
-            self.eval_results = self.test(self.cfg, self.model)
+            if self.ema is None:
+                self.eval_results = self.test(self.cfg, self.model)
+            else:
+                with self.ema.apply_to(self.model):
+                    self.eval_results = self.test(self.cfg, self.model)
             return self.eval_results
 
         return [
             hooks.IterationTimer(),
             hooks.LRScheduler(self.optimizer, self.scheduler),
+            EMAHook(self.ema, self.model) if self.ema is not None else None,
             # Collective (every rank's random state is saved), so every rank runs it; rank 0 writes.
             hooks.PeriodicCheckpointer(
                 self.checkpointer,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from detlib.config import LazyConfig, instantiate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,12 +45,14 @@ def _iterations(out_dir):
 
 def test_train_resume_and_evaluate(tmp_path):
     out = tmp_path / "out"
-    log = _run(tmp_path, "train.max_iter=3")
+    ema = ["train.model_ema.enabled=True", "train.clip_gradients.enabled=True"]
+    log = _run(tmp_path, "train.max_iter=3", *ema)
     assert {"model_0000001.pth", "model_final.pth", "config.yaml", "last_checkpoint"} <= set(os.listdir(out))
     assert _iterations(out) == [0, 1, 2]
     assert "Evaluation results" in log and "'bbox'" in log and "'segm'" in log
 
-    log = _run(tmp_path, "--resume", "train.max_iter=5")
+    assert "model_ema" in torch.load(out / "model_final.pth", weights_only=False)
+    log = _run(tmp_path, "--resume", "train.max_iter=5", *ema)
     assert "Resuming at iteration 3" in log
     assert _iterations(out) == [0, 1, 2, 3, 4]
 

@@ -43,7 +43,7 @@ _heads.box_head.fc_dims = [256, 256]
 _heads.box_predictor.input_shape = ShapeSpec(channels=256)
 _heads.box_predictor.test_topk_per_image = 20
 _heads.mask_head.input_shape = ShapeSpec(channels=64, height=14, width=14)
-_heads.mask_head.conv_dims = [64, 64]
+_heads.mask_head.conv_dims = [64, 64, 64]  # two convs, then the deconv
 _heads.mask_head.conv_norm = "BN"
 _heads.mask_head.loss_weight = 2.0  # masks train slower than boxes
 

@@ -65,3 +65,25 @@ def test_train_resume_and_evaluate(tmp_path):
 
     log = _run(tmp_path, "--eval-only", f"train.init_checkpoint={out / 'model_final.pth'}")
     assert "Evaluation results" in log and "segm" in log
+
+
+def test_shapes_python_config_builds_the_yaml_configs_model():
+    from detlib.config import get_cfg
+    from detlib.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / "configs" / "Shapes" / "mask_rcnn_shapes.yaml"))
+    from_yaml = build_model(cfg)
+    from_py = instantiate(LazyConfig.load(CONFIG).model)
+    assert {k: v.shape for k, v in from_py.state_dict().items()} == {
+        k: v.shape for k, v in from_yaml.state_dict().items()
+    }
+    for get in (
+        lambda m: m.proposal_generator.pre_nms_topk,
+        lambda m: m.proposal_generator.post_nms_topk,
+        lambda m: [a.tolist() for a in m.proposal_generator.anchor_generator.cell_anchors],
+        lambda m: m.roi_heads.box_predictor.test_topk_per_image,
+        lambda m: m.roi_heads.mask_head.loss_weight,
+        lambda m: m.pixel_std.flatten().tolist(),
+    ):
+        assert get(from_py) == get(from_yaml)

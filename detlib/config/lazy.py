@@ -338,6 +338,14 @@ class LazyConfig:
         return tuple(cfg[k] for k in keys)
 
     @staticmethod
+    def load_rel(filename: str, keys: Union[None, str, Tuple[str, ...]] = None) -> Any:
+        """`load`, with `filename` relative to the directory of the config file that calls this."""
+        caller = inspect.currentframe().f_back.f_globals.get("__file__")
+        if caller is None:
+            raise ValueError("LazyConfig.load_rel must be called from a config file; use LazyConfig.load")
+        return LazyConfig.load(Path(caller).parent / filename, keys)
+
+    @staticmethod
     def save(cfg: Any, filename: Union[str, Path]) -> None:
         """
         Write `cfg` as YAML that `load` reads back: callables by their dotted names, interpolations

@@ -85,6 +85,17 @@ def test_py_config_relative_imports_run_each_imported_file_afresh(tmp_path):
     assert LazyConfig.load(tmp_path / "exp" / "a.py", keys=("settings", "model"))[0].lr == 0.2
 
 
+def test_load_rel_reads_a_config_beside_the_calling_one(tmp_path):
+    _write(
+        tmp_path,
+        {
+            "base/train.py": "train = dict(max_iter=7)\n",
+            "exp/run.py": "from detlib.config import LazyConfig\ntrain = LazyConfig.load_rel('../base/train.py').train\n",
+        },
+    )
+    assert LazyConfig.load(tmp_path / "exp" / "run.py").train.max_iter == 7
+
+
 def test_py_config_missing_relative_import_names_the_file(tmp_path):
     _write(tmp_path, {"a.py": "from .nothere import x\n"})
     with pytest.raises(ImportError, match="nothere"):

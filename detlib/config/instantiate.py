@@ -13,7 +13,7 @@ import collections.abc as abc
 import dataclasses
 import importlib
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import omegaconf
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +23,7 @@ __all__ = [
     "locate",
     "object_name",
     "check_target_allowed",
+    "check_call_allowed",
     "is_sequence_node",
     "TargetNotAllowedError",
     "ALLOWED_PACKAGES",
@@ -36,16 +37,27 @@ ALLOWED_PACKAGES = ("detlib", "torch", "torchvision", "fvcore", "timm")
 _ALLOWED_NAMES = {f"builtins.{n}" for n in ("list", "dict", "tuple", "set", "int", "float", "str", "bool")} | {
     "functools.partial"
 }
-# Inside the allowed packages: entry points that load or compile code (torch.hub runs a repository's
-# hubconf, torch.load unpickles, cpp_extension compiles), refused like any outside name.
+# Inside the allowed packages: entry points that load, compile or run code (torch.hub runs a
+# repository's hubconf, torch.load unpickles, load_library loads a shared object, detlib.config's
+# loaders run Python configs or opt in for others), refused like any outside name. Private names
+# (a component starting with "_") are refused too: configs never need them.
 _DENIED_PREFIXES = (
     "torch.hub",
     "torch.load",
     "torch.jit.load",
+    "torch.export.load",
     "torch.package",
-    "torch.utils.cpp_extension",
     "torch.serialization",
+    "torch.utils.cpp_extension",
+    "torch.ops.load_library",
+    "torch.classes.load_library",
+    "torch.distributed.rpc",
+    "detlib.config",
+    "detlib.checkpoint.safe_readers",
+    "detlib.checkpoint.detection_checkpoint.load_checkpoint_file",
 )
+# Keywords by which a call opts in to running code; a data file cannot opt itself in.
+_OPT_IN_KEYWORDS = ("allow_unsafe", "allow_any_target")
 
 
 # omegaconf >= 2.4 keeps tuples as TupleConfig; older versions turn them into ListConfig.
@@ -68,7 +80,8 @@ def _within(name: str, prefix: str) -> bool:
 def check_target_allowed(name: str, where: str = "") -> None:
     """Raise `TargetNotAllowedError` unless the dotted `name` may be imported from data without an opt-in."""
     allowed = name in _ALLOWED_NAMES or any(_within(name, p) for p in ALLOWED_PACKAGES)
-    if allowed and not any(_within(name, p) for p in _DENIED_PREFIXES):
+    private = any(part.startswith("_") for part in name.split("."))
+    if allowed and not private and not any(_within(name, p) for p in _DENIED_PREFIXES):
         return
     location = f" at '{where}'" if where else ""
     raise TargetNotAllowedError(
@@ -76,6 +89,16 @@ def check_target_allowed(name: str, where: str = "") -> None:
         f"{', '.join(ALLOWED_PACKAGES)} (and builtin containers). If you trust this file, load it with "
         "LazyConfig.load(path, allow_any_target=True) (tools: --allow-any-target)."
     )
+
+
+def check_call_allowed(call: Mapping[str, Any], where: str = "") -> None:
+    """Raise `TargetNotAllowedError` if a call read from data sets an opt-in keyword (`allow_unsafe`, ...)."""
+    for key in _OPT_IN_KEYWORDS:
+        if key in call and call[key]:
+            raise TargetNotAllowedError(
+                f"Refusing the call at '{where or '<root>'}': it sets {key}, which a config loaded as data "
+                "may not do; load the file with allow_any_target=True if you trust it."
+            )
 
 
 def locate(name: str) -> Any:
@@ -121,10 +144,12 @@ def object_name(obj: Any) -> str:
     return f"{module}.{qualname}"
 
 
-def _resolve_target(target: Any, allow_any_target: bool, where: str) -> Any:
+def _resolve_target(call: Mapping[str, Any], allow_any_target: bool, where: str) -> Any:
+    target = call["_target_"]
     if isinstance(target, str):
         if not allow_any_target:
             check_target_allowed(target, where)
+            check_call_allowed(call, where)
         target = locate(target)
     if not callable(target):
         raise TypeError(f"_target_ at '{where}' is not callable: {target!r}")
@@ -160,7 +185,7 @@ def instantiate(cfg: Any, *, allow_any_target: bool = False, _where: str = "") -
     }
     if "_target_" not in cfg:
         return values
-    target = _resolve_target(cfg["_target_"], allow_any_target, _where or "<root>")
+    target = _resolve_target(cfg, allow_any_target, _where or "<root>")
     args = instantiate(cfg.get("_args_", []), allow_any_target=allow_any_target, _where=f"{_where}._args_")
     try:
         return target(*args, **values)

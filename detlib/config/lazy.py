@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import yaml
 from omegaconf import DictConfig, ListConfig
 
-from .instantiate import check_target_allowed, is_sequence_node, locate, object_name
+from .instantiate import check_call_allowed, check_target_allowed, is_sequence_node, locate, object_name
 from .yaml_loader import load_yaml
 
 __all__ = ["LazyCall", "L", "LazyConfig"]
@@ -228,6 +228,8 @@ def _check_yaml_targets(node: Any, where: str, resolve: bool) -> Any:
             if resolve:
                 return locate(node["_object_"])
             check_target_allowed(str(node["_object_"]), where)
+        if "_target_" in node and not resolve:
+            check_call_allowed(node, where)
         out = {}
         for key, value in node.items():
             path = f"{where}.{key}" if where else str(key)

@@ -158,13 +158,35 @@ def test_saved_yaml_naming_a_foreign_target_is_refused_by_name(tmp_path, side_ef
 
 
 @pytest.mark.parametrize(
-    "target", ["os.system", "builtins.eval", "torch.hub.load", "torch.load", "torchevil.x", "subprocess.run"]
+    "target",
+    [
+        "os.system",
+        "builtins.eval",
+        "subprocess.run",
+        "torchevil.x",
+        "torch.hub.load",
+        "torch.load",
+        "torch.ops.load_library",
+        "torch._C._jit_pass_inline",
+        "detlib.config.LazyConfig.load",
+        "detlib.config.instantiate",
+        "detlib.checkpoint.detection_checkpoint.load_checkpoint_file",
+    ],
 )
 def test_refused_targets(tmp_path, target):
     path = tmp_path / "c.yaml"
     path.write_text(f"a:\n  b:\n    _target_: {target}\n")
     with pytest.raises(TargetNotAllowedError, match=target.replace(".", r"\.")):
         LazyConfig.load(path)
+
+
+def test_a_saved_config_cannot_opt_itself_in(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ckpt:\n  _target_: detlib.checkpoint.DetectionCheckpointer\n  allow_unsafe: true\n")
+    with pytest.raises(TargetNotAllowedError, match="allow_unsafe"):
+        LazyConfig.load(path)
+    with pytest.raises(TargetNotAllowedError, match="allow_unsafe"):
+        instantiate({"_target_": "detlib.checkpoint.DetectionCheckpointer", "allow_unsafe": True})
 
 
 def test_foreign_object_value_is_refused_too(tmp_path):

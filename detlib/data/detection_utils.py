@@ -23,6 +23,7 @@ __all__ = [
     "annotations_to_instances",
     "filter_empty_instances",
     "build_augmentation",
+    "get_fed_loss_cls_weights",
 ]
 
 
@@ -264,3 +265,21 @@ def build_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
             augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
         return augs
     return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+
+
+def get_fed_loss_cls_weights(dataset_names: Union[str, Sequence[str]], freq_weight_power: float = 1.0) -> torch.Tensor:
+    """
+    The federated loss's sampling weight of each class: the number of images annotated with it
+    (metadata `class_image_count`, a list of {"id", "image_count"} as LVIS provides, in class-id
+    order), to the power `freq_weight_power`. The datasets must agree on the counts.
+    """
+    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    counts = []
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        if not meta.get("class_image_count"):
+            raise ValueError(f"Dataset '{name}' has no metadata 'class_image_count', which the federated loss needs")
+        counts.append([c["image_count"] for c in sorted(meta.class_image_count, key=lambda c: c["id"])])
+    if any(c != counts[0] for c in counts):
+        raise ValueError(f"Datasets {names} have different class_image_count metadata")
+    return torch.tensor(counts[0], dtype=torch.float32) ** freq_weight_power

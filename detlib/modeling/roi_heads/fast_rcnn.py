@@ -7,7 +7,7 @@ index K is background. Boxes are XYXY in input-image pixels.
 """
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,8 @@ from detlib.layers.losses import (
 from detlib.modeling.box_regression import Box2BoxTransform, dense_box_regression_loss
 from detlib.structures import Boxes, Instances
 from detlib.utils.events import get_event_storage
+
+from .fed_loss import get_fed_loss_classes, sigmoid_cross_entropy
 
 __all__ = ["FastRCNNOutputLayers", "fast_rcnn_inference", "fast_rcnn_inference_single_image"]
 
@@ -109,6 +111,15 @@ def _log_classification_stats(pred_logits: torch.Tensor, gt_classes: torch.Tenso
         storage.put_scalar(f"{prefix}/false_negative", (fg_pred == bg_class).sum().item() / num_fg)
 
 
+def _fed_loss_weights_of(cfg) -> Callable[[], torch.Tensor]:
+    """The federated loss's class weights: the training datasets' image counts per class, to a power."""
+    # Imported here: modeling does not depend on data; only this config path reads dataset metadata.
+    from detlib.data.detection_utils import get_fed_loss_cls_weights
+
+    names, power = cfg.DATASETS.TRAIN, cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER
+    return lambda: get_fed_loss_cls_weights(names, power)
+
+
 class FastRCNNOutputLayers(nn.Module):
     """
     Two linear layers on the box head's features: `cls_score` (K + 1 logits) and `bbox_pred`
@@ -133,6 +144,10 @@ class FastRCNNOutputLayers(nn.Module):
         cls_loss: Optional[ClassificationLoss] = None,
         loss_weight: Union[float, Mapping[str, float]] = 1.0,
         cls_loss_weights: Optional[Sequence[float]] = None,
+        use_sigmoid_ce: bool = False,
+        use_fed_loss: bool = False,
+        get_fed_loss_cls_weights: Optional[Callable[[], torch.Tensor]] = None,
+        fed_loss_num_classes: int = 50,
     ):
         """
         Args:
@@ -149,6 +164,12 @@ class FastRCNNOutputLayers(nn.Module):
             cls_loss: the classification loss, used in its multi-class form (default: cross-entropy).
             loss_weight: a multiplier of both losses, or per loss ({"loss_cls": .., "loss_box_reg": ..}).
             cls_loss_weights: K + 1 per-class weights of the classification loss (background last).
+            use_sigmoid_ce: classify with K independent sigmoids (binary cross-entropy per class)
+                instead of a softmax over K + 1; scores are then the sigmoids.
+            use_fed_loss: with `use_sigmoid_ce`, count only the batch's classes and a frequency-weighted
+                sample of others, `fed_loss_num_classes` in all (see `fed_loss`).
+            get_fed_loss_cls_weights: returns the K sampling weights of the federated loss (e.g.
+                `detection_utils.get_fed_loss_cls_weights`), called once here.
         """
         super().__init__()
         if isinstance(input_shape, int):
@@ -183,12 +204,26 @@ class FastRCNNOutputLayers(nn.Module):
         else:
             self.cls_loss_weights = None
 
+        self.use_sigmoid_ce, self.use_fed_loss = use_sigmoid_ce, use_fed_loss
+        self.fed_loss_num_classes = fed_loss_num_classes
+        if use_sigmoid_ce and self.cls_loss_weights is not None:
+            raise ValueError("FastRCNNOutputLayers: cls_loss_weights apply to the softmax loss, not use_sigmoid_ce")
+        if use_fed_loss:
+            if not use_sigmoid_ce:
+                raise ValueError("FastRCNNOutputLayers: use_fed_loss needs use_sigmoid_ce")
+            if get_fed_loss_cls_weights is None:
+                raise ValueError("FastRCNNOutputLayers: use_fed_loss needs get_fed_loss_cls_weights")
+            fed_weights = torch.as_tensor(get_fed_loss_cls_weights(), dtype=torch.float32)
+            if fed_weights.shape != (num_classes,):
+                raise ValueError(
+                    f"FastRCNNOutputLayers: get_fed_loss_cls_weights gave shape {tuple(fed_weights.shape)}, "
+                    f"expected ({num_classes},)"
+                )
+            self.register_buffer("fed_loss_cls_weights", fed_weights, persistent=False)
+
     @classmethod
     def from_config(cls, cfg, input_shape):
         head = cfg.MODEL.ROI_BOX_HEAD
-        for key in ("USE_FED_LOSS", "USE_SIGMOID_CE"):
-            if head[key]:
-                raise ValueError(f"MODEL.ROI_BOX_HEAD.{key} is not supported by detlib's FastRCNNOutputLayers")
         weights = cfg.MODEL.LOSS_WEIGHTS
         # Detectron2's per-head weight multiplies with detlib's per-term MODEL.LOSS_WEIGHTS.
         loss_weight = {
@@ -208,6 +243,10 @@ class FastRCNNOutputLayers(nn.Module):
             cls_loss=build_classification_loss(head.CLS_LOSS_TYPE, **head.CLS_LOSS_PARAMS),
             loss_weight=loss_weight,
             cls_loss_weights=list(head.CLS_LOSS_WEIGHTS) or None,
+            use_sigmoid_ce=head.USE_SIGMOID_CE,
+            use_fed_loss=head.USE_FED_LOSS,
+            get_fed_loss_cls_weights=_fed_loss_weights_of(cfg) if head.USE_FED_LOSS else None,
+            fed_loss_num_classes=head.FED_LOSS_NUM_CLASSES,
         )
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -249,6 +288,13 @@ class FastRCNNOutputLayers(nn.Module):
 
     def classification_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """The (class-weighted) mean classification loss of R x (K + 1) logits against R labels."""
+        if self.use_sigmoid_ce:
+            counted = None
+            if self.use_fed_loss:
+                counted = get_fed_loss_classes(
+                    gt_classes, self.fed_loss_num_classes, self.num_classes, self.fed_loss_cls_weights
+                )
+            return sigmoid_cross_entropy(scores, gt_classes, counted)
         if self.cls_loss_weights is None:
             return self.cls_loss.multiclass(scores, gt_classes, None) / max(gt_classes.numel(), 1)
         weights = self.cls_loss_weights[gt_classes]
@@ -316,7 +362,7 @@ class FastRCNNOutputLayers(nn.Module):
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
     ) -> List[torch.Tensor]:
-        """Per image, R_i x (K + 1) softmax class probabilities."""
+        """Per image, R_i x (K + 1) class probabilities: softmax, or sigmoids with `use_sigmoid_ce`."""
         scores, _ = predictions
-        probs = F.softmax(scores, dim=-1)
+        probs = scores.sigmoid() if self.use_sigmoid_ce else F.softmax(scores, dim=-1)
         return probs.split([p.num_instances() for p in proposals], dim=0)

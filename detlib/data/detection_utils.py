@@ -116,7 +116,8 @@ def transform_instance_annotations(
         annotation["segmentation"] = [p.reshape(-1) for p in polygons]
     elif isinstance(segm, dict):
         rle = mask_util.frPyObjects(segm, *segm["size"]) if isinstance(segm["counts"], list) else segm
-        annotation["segmentation"] = transforms.apply_segmentation(mask_util.decode(rle))
+        # As bool, so that transforms treat it as a mask (PadTransform pads masks with False).
+        annotation["segmentation"] = transforms.apply_segmentation(mask_util.decode(rle).astype(bool))
     elif segm is not None:
         raise ValueError(f"Cannot transform a segmentation of type {type(segm).__name__}; expected polygons or RLE.")
     if "keypoints" in annotation:

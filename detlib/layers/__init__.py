@@ -1,4 +1,4 @@
-from .batch_norm import FrozenBatchNorm2d, SyncBatchNorm2d, get_norm
+from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, SyncBatchNorm2d, get_norm
 from .blocks import CNNBlockBase
 from .deform_conv import DeformConv, ModulatedDeformConv, deform_conv2d
 from .layer_norm import LayerNorm

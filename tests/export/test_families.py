@@ -47,7 +47,9 @@ def _model(family: str, score_thresh: float = None) -> torch.nn.Module:
 
 def _images(sizes):
     source = torch.from_numpy(synthetic_batch(0, num_classes=3)[0].image)[None].float()
-    return [F.interpolate(source, size=size, mode="bilinear")[0].round().clamp(0, 255).to(torch.uint8) for size in sizes]
+    return [
+        F.interpolate(source, size=size, mode="bilinear")[0].round().clamp(0, 255).to(torch.uint8) for size in sizes
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from detlib.collect_env import cpu_features
 from detlib.config import get_cfg
 from detlib.model_zoo import get_config_file
 from detlib.modeling import build_model
@@ -15,7 +16,6 @@ from detlib.modeling.acceleration import (
     memory_format_for,
 )
 from detlib.structures import pairwise_iou
-from detlib.collect_env import cpu_features
 from detlib.utils.events import EventStorage
 
 TINY = [

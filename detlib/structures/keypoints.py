@@ -155,14 +155,16 @@ def _peaks_padded(maps: torch.Tensor, ceil_sizes: torch.Tensor) -> Tuple[torch.T
     cols = _bicubic_weights(width, largest, side)
     cells = torch.arange(largest, device=maps.device)
     outside = (cells[None, :, None] >= height[:, None, None]) | (cells[None, None, :] >= width[:, None, None])
-    peaks, flat = [], []
+    peaks, peak_rows, peak_cols = [], [], []
     for k in range(num_keypoints):  # one keypoint at a time bounds the working set to R x L x L
-        resampled = rows @ maps[:, k] @ cols.transpose(1, 2)
-        value, index = resampled.masked_fill(outside, float("-inf")).flatten(1).max(dim=1)
+        resampled = (rows @ maps[:, k] @ cols.transpose(1, 2)).masked_fill(outside, float("-inf"))
+        # The best column of each row, then the best row: no index arithmetic on the symbolic grid size.
+        row_best, row_argbest = resampled.max(dim=2)
+        value, row = row_best.max(dim=1)
         peaks.append(value)
-        flat.append(index)
-    peak, flat_index = torch.stack(peaks, dim=1), torch.stack(flat, dim=1)
-    return peak, flat_index // largest, flat_index % largest
+        peak_rows.append(row)
+        peak_cols.append(row_argbest.gather(1, row[:, None])[:, 0])
+    return torch.stack(peaks, dim=1), torch.stack(peak_rows, dim=1), torch.stack(peak_cols, dim=1)
 
 
 def heatmaps_to_keypoints(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

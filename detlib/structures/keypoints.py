@@ -196,7 +196,9 @@ def heatmaps_to_keypoints(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tens
         # RoIs differ in size, so each is resampled on its own grid.
         peaks, rows, cols = [], [], []
         for i, (width, height) in enumerate(ceil_sizes.tolist()):
-            resampled = F.interpolate(maps[i : i + 1], size=(int(height), int(width)), mode="bicubic", align_corners=False)
+            resampled = F.interpolate(
+                maps[i : i + 1], size=(int(height), int(width)), mode="bicubic", align_corners=False
+            )
             peak, flat_index = resampled[0].flatten(1).max(dim=1)
             peaks.append(peak)
             rows.append(flat_index // int(width))

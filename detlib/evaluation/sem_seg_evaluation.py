@@ -1,17 +1,22 @@
 """Semantic segmentation metrics (mIoU, fwIoU, mACC, pACC) from a streamed confusion matrix."""
 
+import json
 import logging
+import os
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+import pycocotools.mask as mask_util
 
 from detlib.data import DatasetCatalog, MetadataCatalog
 from detlib.data.bad_samples import BadSampleError
 from detlib.data.detection_utils import read_sem_seg
 from detlib.utils import comm
+from detlib.utils.atomic_write import atomic_write
 
 from .evaluator import DatasetEvaluator
+from .prediction_stream import PredictionStream
 
 __all__ = ["SemSegEvaluator", "segmentation_metrics"]
 
@@ -67,7 +72,9 @@ class SemSegEvaluator(DatasetEvaluator):
         Args:
             dataset_name: a registered dataset whose records have `sem_seg_file_name`.
             distributed: sum the confusion matrices of all ranks.
-            output_dir: unused (kept for Detectron2's signature); the metrics are returned.
+            output_dir: where `sem_seg_predictions.json` is written (per image and predicted class, an
+                RLE mask with the file name and the dataset's category id, as Detectron2 writes
+                it; streamed to disk per rank); None writes nothing.
             sem_seg_loading_fn: reads a label file into an H x W integer array.
             num_classes: default: the number of the metadata's `stuff_classes`.
             ignore_label: default: the metadata's `ignore_label` (255 if it has none).
@@ -84,10 +91,26 @@ class SemSegEvaluator(DatasetEvaluator):
             self._class_names = [str(k) for k in range(self._num_classes)]
         self._ignore_label = ignore_label if ignore_label is not None else metadata.get("ignore_label", 255)
         self._gt_files: Optional[Dict[str, str]] = None
+        self._output_dir = output_dir
+        mapping = metadata.get("stuff_dataset_id_to_contiguous_id") or {}
+        self._dataset_ids = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+        self._stream = PredictionStream(output_dir, "sem_seg_predictions") if output_dir else None
         self.reset()
 
     def reset(self) -> None:
         self._confusion = np.zeros((self._num_classes + 1,) * 2, dtype=np.int64)
+        if self._stream is not None:
+            self._stream.reset()
+
+    def _encode(self, pred: np.ndarray, file_name: str) -> str:
+        """One image's prediction as JSON: an RLE mask per predicted class."""
+        entries = []
+        for label in np.unique(pred):
+            rle = mask_util.encode(np.asfortranarray((pred == label).astype(np.uint8)))
+            category = self._dataset_ids.get(int(label), int(label))
+            entries.append({"file_name": file_name, "category_id": category, "segmentation": rle})
+            rle["counts"] = rle["counts"].decode("utf-8")
+        return json.dumps(entries)
 
     def _gt_file(self, inp: dict) -> str:
         if "sem_seg_file_name" in inp:
@@ -118,13 +141,19 @@ class SemSegEvaluator(DatasetEvaluator):
             self._confusion += np.bincount((k + 1) * pred.ravel() + gt.ravel(), minlength=(k + 1) ** 2).reshape(
                 k + 1, k + 1
             )
+            if self._stream is not None:
+                self._stream.append(inp["file_name"], self._encode(pred, inp["file_name"]))
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
         confusion = self._confusion
         if self._distributed and comm.get_world_size() > 1:
             confusion = sum(comm.all_gather(self._confusion))
-            if not comm.is_main_process():
-                return None
+        merged = self._stream.merge(self._distributed) if self._stream is not None else None
+        if self._distributed and not comm.is_main_process():
+            return None
+        if merged is not None:
+            with atomic_write(os.path.join(self._output_dir, "sem_seg_predictions.json"), "w", encoding="utf-8") as f:
+                f.write(merged[1])
         metrics = segmentation_metrics(confusion, self._class_names)
         logger.info(
             "Semantic segmentation: %s", ", ".join(f"{n} {metrics[n]:.2f}" for n in ("mIoU", "fwIoU", "mACC", "pACC"))

@@ -1,12 +1,15 @@
 """SemSegEvaluator on label maps small enough to score by hand."""
 
+import json
 import math
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 from PIL import Image
 
+from detlib.data import MetadataCatalog
 from detlib.data.datasets import register_sem_seg
 from detlib.evaluation import SemSegEvaluator
 
@@ -71,3 +74,19 @@ def test_a_label_that_is_no_class_names_the_file(tmp_path):
         evaluator.process(inputs, [{"sem_seg": _one_hot(np.array([[0, 1]]), 2)}])
     with pytest.raises(ValueError, match="scores 3 classes, not 2"):
         evaluator.process(inputs, [{"sem_seg": _one_hot(np.array([[0, 1]]), 3)}])
+
+
+def test_predictions_are_written_as_rle_per_class_with_dataset_ids(tmp_path):
+    (tmp_path / "data").mkdir()
+    inputs = _dataset(tmp_path / "data", "semseg_written", [[[0, 0, 1, 1]], [[2, 2, 2, 2]]], ["a", "b", "c"])
+    MetadataCatalog.get("semseg_written").set(stuff_dataset_id_to_contiguous_id={10: 0, 20: 1, 30: 2})
+    evaluator = SemSegEvaluator("semseg_written", distributed=False, output_dir=str(tmp_path / "out"))
+    preds = [[[0, 1, 1, 1]], [[2, 2, 2, 2]]]
+    _run(evaluator, inputs, preds, 3)
+    written = json.loads((tmp_path / "out" / "sem_seg_predictions.json").read_text())
+    assert [(w["file_name"] == inputs[i]["file_name"], w["category_id"]) for i, w in zip((0, 0, 1), written)] == [
+        (True, 10),
+        (True, 20),
+        (True, 30),
+    ]
+    assert mask_util.decode(written[1]["segmentation"]).tolist() == [[0, 1, 1, 1]]

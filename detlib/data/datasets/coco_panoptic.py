@@ -128,24 +128,22 @@ def register_coco_panoptic_separated(
     json, merged per image with the semantic PNG under `sem_seg_root` (stuff classes 1..53, every
     thing pixel 0); and the semantic part alone as `name + "_stuffonly"` (`evaluator_type="sem_seg"`).
     """
-    separated = name + "_separated"
-    DatasetCatalog.register(
-        separated,
-        lambda: merge_to_panoptic(
-            load_coco_json(instances_json, image_root, separated), load_sem_seg(sem_seg_root, image_root)
-        ),
-    )
+    separated, stuff_only = name + "_separated", name + "_stuffonly"
+
+    def load_separated() -> List[dict]:
+        instances = load_coco_json(instances_json, image_root, separated)
+        return merge_to_panoptic(instances, load_sem_seg(sem_seg_root, image_root))
+
+    DatasetCatalog.register(separated, load_separated)
+    paths = dict(image_root=image_root, sem_seg_root=sem_seg_root, panoptic_root=panoptic_root)
     MetadataCatalog.get(separated).set(
-        panoptic_root=panoptic_root,
-        image_root=image_root,
-        panoptic_json=panoptic_json,
-        sem_seg_root=sem_seg_root,
-        json_file=instances_json,
         evaluator_type="coco_panoptic_seg",
         ignore_label=255,
+        json_file=instances_json,
+        panoptic_json=panoptic_json,
+        **paths,
         **metadata,
     )
-    stuff_only = name + "_stuffonly"
     DatasetCatalog.register(stuff_only, lambda: load_sem_seg(sem_seg_root, image_root))
     MetadataCatalog.get(stuff_only).set(
         sem_seg_root=sem_seg_root, image_root=image_root, evaluator_type="sem_seg", ignore_label=255, **metadata

@@ -194,3 +194,28 @@ def test_training_visualization_every_vis_period():
         storage.iter = 1
         model(batch)
         assert storage.vis_data == []
+
+
+def test_training_forward_outside_a_trainer_gives_the_same_losses(model):
+    """No EventStorage open (a user looking at a model's losses): the heads' summaries are dropped, the losses
+    are those of a forward inside a storage."""
+    batch = [{"image": _image(64, 80, 2), "instances": _gt(64, 80)}]
+    model.train()
+    torch.manual_seed(1)
+    outside = model(batch)
+    with EventStorage(0) as storage:
+        torch.manual_seed(1)
+        inside = model(batch)
+    model.eval()
+    assert storage.histories()  # inside, the heads record their summaries
+    assert set(outside) == set(inside) == ROI_LOSSES | RPN_LOSSES
+    for name in inside:
+        assert torch.equal(outside[name], inside[name]), name
+
+
+def test_every_meta_architecture_is_on_the_one_protocol():
+    from detlib.modeling.meta_arch import META_ARCH_REGISTRY, MetaArchitecture
+
+    for name, cls in META_ARCH_REGISTRY:
+        assert issubclass(cls, MetaArchitecture), name
+        assert cls.inference is not MetaArchitecture.inference, f"{name} has no inference"

@@ -11,7 +11,9 @@ evaluation mode on seeded inputs:
 
 * in float64, within `FLOAT64_RTOL` of the output's scale: the two compute the same function;
 * in float32, within a tolerance derived from float32 arithmetic itself: `F32_ERROR_FACTOR` times Detectron2's
-  own float32 error (its float32 output against its float64 output) plus a few float32 ulps of the scale.
+  own float32 error (its float32 output against its float64 output) plus a few float32 ulps of the scale;
+* backward too: the float64 gradient of a seeded linear function of the features, summarized per parameter by
+  its norm and its projection on a seeded direction (`gradient_signature`), within `FLOAT64_RTOL` of the largest.
 
 Full-size models of Detectron2's configs (ViTDet-B, Swin-B, MViTv2-B, RegNetX / Y-4GF) are only built, to
 check that parameter names and shapes agree, so that the zoo's checkpoints load.
@@ -30,7 +32,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -317,9 +319,34 @@ def features(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
     return {name: value.double() for name, value in model(x.to(next(model.parameters()).dtype)).items()}
 
 
+def _seeded_direction(name: str, shape: Sequence[int], seed: int) -> torch.Tensor:
+    """A unit-norm float64 tensor of this shape, drawn from `name` and `seed`."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 3])
+    direction = torch.from_numpy(rng.normal(0.0, 1.0, tuple(shape)))
+    return direction / direction.norm()
+
+
+def gradient_signature(model: nn.Module, x: torch.Tensor, seed: int) -> Tuple[List[str], torch.Tensor]:
+    """
+    Parameter names, and for each its (norm, projection on a seeded direction) of the float64 gradient of a seeded
+    linear function of all features (N x 2): numbers that change with any difference in backward. `model` is
+    float64, in eval mode.
+    """
+    model.zero_grad()
+    outputs = model(x.double())
+    sum((value * _seeded_direction(name, value.shape, seed)).sum() for name, value in outputs.items()).backward()
+    names, rows = [], []
+    for name, param in model.named_parameters():
+        grad = param.grad if param.grad is not None else torch.zeros_like(param)
+        names.append(name)
+        rows.append(torch.stack([grad.norm(), (grad * _seeded_direction(name, grad.shape, seed)).sum()]))
+    return names, torch.stack(rows)
+
+
 def detectron2_reference(case: BackboneCase) -> Dict[str, Any]:
     """What a case records: the names and shapes of Detectron2's state dict; for a forward case also its integer
-    buffers, its float64 features, its float32 error on each, and the digests of the weights and inputs."""
+    buffers, its float64 features, its float32 error on each, the `gradient_signature` of its parameters, and the
+    digests of the weights and inputs."""
     torch.manual_seed(0)
     model = case.build("detectron2")
     state = model.state_dict()
@@ -332,6 +359,9 @@ def detectron2_reference(case: BackboneCase) -> Dict[str, Any]:
     exact = features(_loaded(model, weights, torch.float64), x)
     single = features(_loaded(model, weights, torch.float32), x)
     reference["outputs64"] = exact
+    reference["gradient_names"], reference["gradients64"] = gradient_signature(
+        _loaded(model, weights, torch.float64), x, case.seed
+    )
     reference["error32"] = {k: float((single[k] - exact[k]).abs().max()) for k in exact}
     reference["weights_sha256"] = _digest(weights)
     reference["input_sha256"] = _digest({"x": x})
@@ -373,6 +403,16 @@ def compare(case: BackboneCase, reference: Mapping[str, Any]) -> None:
         assert diff32 <= tol32, (
             f"{name}: float32 features off by {diff32:.3g}, tolerance {tol32:.3g} (scale {scale:.3g})"
         )
+
+    names, gradients = gradient_signature(_loaded(model, weights, torch.float64), x, case.seed)
+    assert sorted(names) == sorted(reference["gradient_names"]), "parameters differ"
+    expected = reference["gradients64"][[reference["gradient_names"].index(n) for n in names]]
+    # Relative to the largest gradient: some are zero but for rounding (e.g. a key bias, which softmax ignores).
+    diff = (gradients - expected).abs()
+    worst = int(diff.max(dim=1).values.argmax())
+    assert diff.max() <= FLOAT64_RTOL * expected[:, 0].max(), (
+        f"{names[worst]}: gradient (norm, projection) {gradients[worst].tolist()}, Detectron2's {expected[worst].tolist()}"
+    )
 
 
 def _skip_without_peers(case: BackboneCase) -> None:

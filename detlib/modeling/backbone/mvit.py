@@ -18,6 +18,7 @@ from .backbone import Backbone
 from .utils import (
     PatchEmbed,
     add_decomposed_rel_pos,
+    add_rel_pos_tables,
     get_abs_pos,
     init_transformer_weights,
     window_partition,
@@ -92,13 +93,8 @@ class MultiScaleAttention(nn.Module):
         if use_rel_pos:
             if input_size is None or input_size[0] != input_size[1]:
                 raise ValueError(f"MViT relative positions need a square input_size, got {input_size}")
-            size = input_size[0]
-            length = 2 * max(size // stride_q, size // stride_kv) - 1
-            self.rel_pos_h = nn.Parameter(torch.zeros(length, head_dim))
-            self.rel_pos_w = nn.Parameter(torch.zeros(length, head_dim))
-            if not rel_pos_zero_init:
-                nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
-                nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
+            length = 2 * max(input_size[0] // stride_q, input_size[0] // stride_kv) - 1
+            add_rel_pos_tables(self, (length, length), head_dim, rel_pos_zero_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, dim) -> (B, H / stride_q, W / stride_q, dim_out)."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 __all__ = [
     "PatchEmbed",
     "add_decomposed_rel_pos",
+    "add_rel_pos_tables",
     "get_abs_pos",
     "get_rel_pos",
     "init_transformer_weights",
@@ -78,6 +79,18 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     # Offsets run from -(k_size - 1) * k_step to (q_size - 1) * q_step; shifted to start at row 0.
     offsets = q_coords - k_coords + (k_size - 1) * k_step
     return table[offsets.long()]
+
+
+def add_rel_pos_tables(module: nn.Module, lengths: Tuple[int, int], head_dim: int, zero_init: bool) -> None:
+    """
+    Register `rel_pos_h` and `rel_pos_w` on `module`: (length, head_dim) tables of the decomposed relative position
+    bias for the two axes, at zero or truncated-normal (std 0.02).
+    """
+    for name, length in zip(("rel_pos_h", "rel_pos_w"), lengths):
+        table = nn.Parameter(torch.zeros(length, head_dim))
+        if not zero_init:
+            nn.init.trunc_normal_(table, std=0.02)
+        module.register_parameter(name, table)
 
 
 def add_decomposed_rel_pos(

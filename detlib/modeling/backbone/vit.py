@@ -24,6 +24,7 @@ from .fpn import LastLevelMaxPool
 from .utils import (
     PatchEmbed,
     add_decomposed_rel_pos,
+    add_rel_pos_tables,
     get_abs_pos,
     init_transformer_weights,
     window_partition,
@@ -64,11 +65,7 @@ class Attention(nn.Module):
         if use_rel_pos:
             if input_size is None:
                 raise ValueError("Attention with use_rel_pos=True needs input_size to size its tables")
-            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
-            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
-            if not rel_pos_zero_init:
-                nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
-                nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
+            add_rel_pos_tables(self, (2 * input_size[0] - 1, 2 * input_size[1] - 1), head_dim, rel_pos_zero_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape

@@ -35,7 +35,7 @@ def get_default_optimizer_params(
     Each parameter starts from `base_lr` / `weight_decay` (a None leaves the optimizer's own
     default); then, in this order: parameters of normalization layers get `weight_decay_norm`;
     `lr_factor_func(full_parameter_name)` multiplies the lr (e.g. layer-wise decay,
-    `get_vit_lr_decay_rate`); `overrides` maps a parameter's own name (the last component, e.g.
+    `detlib.modeling.backbone.vit.get_vit_lr_decay_rate`); `overrides` maps a parameter's own name (the last component, e.g.
     "pos_embed") to hyper-parameters that win over all of the above. Biases (`bias`) get
     `base_lr * bias_lr_factor` and `weight_decay_bias` as such an override. A parameter shared by
     several modules is optimized once. These are Detectron2's rules and keyword names.

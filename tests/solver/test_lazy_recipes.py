@@ -11,7 +11,8 @@ from torch import nn
 
 from detlib import model_zoo
 from detlib.config import instantiate
-from detlib.solver import add_gradient_clipping, get_default_optimizer_params, get_vit_lr_decay_rate
+from detlib.modeling.backbone.vit import get_vit_lr_decay_rate
+from detlib.solver import add_gradient_clipping, get_default_optimizer_params
 
 VIT_NAMES = [
     "backbone.net.pos_embed",

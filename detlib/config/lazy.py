@@ -29,7 +29,6 @@ import yaml
 from omegaconf import DictConfig, ListConfig
 
 from .instantiate import check_call_allowed, check_target_allowed, is_sequence_node, locate, object_name
-from .yaml_loader import load_yaml
 
 __all__ = ["LazyCall", "L", "LazyConfig"]
 
@@ -221,19 +220,53 @@ class _Encoder:
 # Loading YAML
 
 
+class _LazyYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader plus the two Python tags Detectron2's `LazyConfig.save` writes, both data:
+    `!!python/tuple`, and `!!python/object:...ShapeSpec` (a dataclass value), read as the call that
+    rebuilds it. Any other Python tag stays an error."""
+
+
+_SHAPE_SPEC_NAMES = ("detectron2.layers.shape_spec.ShapeSpec", "detlib.layers.shape_spec.ShapeSpec")
+
+
+def _construct_shape_spec(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Dict[str, Any]:
+    if suffix not in _SHAPE_SPEC_NAMES:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"refusing the Python tag !!python/object:{suffix}: a config is data", node.start_mark
+        )
+    return {"_target_": "detlib.layers.ShapeSpec", **loader.construct_mapping(node, deep=True)}
+
+
+_LazyYamlLoader.add_constructor("tag:yaml.org,2002:python/tuple", yaml.SafeLoader.construct_sequence)
+_LazyYamlLoader.add_multi_constructor("tag:yaml.org,2002:python/object:", _construct_shape_spec)
+
+_DETECTRON2 = "detectron2."
+
+
+def _detlib_name(name: Any) -> Any:
+    """A callable's name in a config Detectron2 saved, as detlib names it (same module paths)."""
+    if isinstance(name, str) and name.startswith(_DETECTRON2):
+        return "detlib." + name[len(_DETECTRON2) :]
+    return name
+
+
 def _check_yaml_targets(node: Any, where: str, resolve: bool) -> Any:
-    """Check (or, when the user opted in, import) every callable a loaded YAML tree names by string."""
+    """Check (or, when the user opted in, import) every callable a loaded YAML tree names by string.
+    Names under `detectron2.` (a config Detectron2 saved) are read as the same names under `detlib.`."""
     if isinstance(node, dict):
         if "_object_" in node:
+            name = _detlib_name(node["_object_"])
             if resolve:
-                return locate(node["_object_"])
-            check_target_allowed(str(node["_object_"]), where)
+                return locate(name)
+            check_target_allowed(str(name), where)
+            return {**node, "_object_": name}
         if "_target_" in node and not resolve:
             check_call_allowed(node, where)
         out = {}
         for key, value in node.items():
             path = f"{where}.{key}" if where else str(key)
             if key == "_target_" and isinstance(value, str):
+                value = _detlib_name(value)
                 if resolve:
                     value = locate(value)
                 else:
@@ -320,7 +353,10 @@ class LazyConfig:
                 text = path.read_text()
             except OSError as e:
                 raise FileNotFoundError(f"Cannot read config file {path}: {e}") from e
-            data = load_yaml(text, str(path)) or {}
+            try:
+                data = yaml.load(text, Loader=_LazyYamlLoader) or {}
+            except yaml.YAMLError as e:
+                raise ValueError(f"Config file {path} is not a safe YAML config: {e}") from e
             if not isinstance(data, dict):
                 raise ValueError(f"Config file {path} must hold a mapping at the top, not {type(data).__name__}")
             if allow_any_target:

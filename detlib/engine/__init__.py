@@ -19,6 +19,8 @@ from .hooks import (
     PeriodicWriter,
 )
 from .launch import RendezvousError, launch
+from .lazy_trainer import LazyConfigTrainer
+from .model_ema import EMAHook, ModelEMA
 from .model_with_loss import ModelWithLoss
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionCheckpointer, TrainingPreempted
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
@@ -39,6 +41,9 @@ __all__ = [
     "PeriodicCheckpointer",
     "PeriodicWriter",
     "launch",
+    "LazyConfigTrainer",
+    "EMAHook",
+    "ModelEMA",
     "RendezvousError",
     "PREEMPTED_EXIT_CODE",
     "PreemptionCheckpointer",

@@ -189,6 +189,28 @@ def test_a_saved_config_cannot_opt_itself_in(tmp_path):
         instantiate({"_target_": "detlib.checkpoint.DetectionCheckpointer", "allow_unsafe": True})
 
 
+def test_config_saved_by_detectron2_loads_as_detlib(tmp_path):
+    # What Detectron2's LazyConfig.save writes: detectron2 names, a ShapeSpec as a Python tag, a tuple.
+    path = tmp_path / "d2.yaml"
+    path.write_text(
+        "head:\n"
+        "  _target_: detectron2.modeling.roi_heads.FastRCNNConvFCHead\n"
+        "  input_shape: !!python/object:detectron2.layers.shape_spec.ShapeSpec {channels: 4, height: 2, width: 2}\n"
+        "  conv_dims: []\n"
+        "  fc_dims: !!python/tuple [8]\n"
+    )
+    head = instantiate(LazyConfig.load(path).head)
+    assert type(head).__module__.startswith("detlib.") and head.fc1.in_features == 16 and head.fc1.out_features == 8
+
+
+@pytest.mark.parametrize("tag", ["!!python/object:os.system {}", "!!python/object/apply:os.system ['true']"])
+def test_other_python_tags_are_refused(tmp_path, tag):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"a: {tag}\n")
+    with pytest.raises(ValueError, match="not a safe YAML config"):
+        LazyConfig.load(path)
+
+
 def test_foreign_object_value_is_refused_too(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("norm:\n  _object_: os.system\n")

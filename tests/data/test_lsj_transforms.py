@@ -4,6 +4,7 @@ masks after the crop."""
 
 import numpy as np
 import pytest
+import torch
 
 from detlib.data import DatasetMapper
 from detlib.data import transforms as T
@@ -101,3 +102,58 @@ def test_lsj_matches_detectron2_on_the_same_draws(seed):
     np.testing.assert_array_equal(ours_image, d2_image)
     np.testing.assert_allclose(ours_boxes, d2_boxes, atol=1e-4)
     np.testing.assert_allclose(ours_poly, d2_poly, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_lsj_config_mapper_matches_detectron2(tmp_path, seed):
+    """The new_baselines LSJ training mapper, built by each library from its own copy of the config,
+    maps the same record under the same random draws to the same image, boxes and masks."""
+    import cv2
+    import pycocotools.mask as mask_util
+
+    d2_zoo = pytest.importorskip("detectron2.model_zoo")
+    from detectron2.config import instantiate as d2_instantiate
+
+    from detlib import model_zoo
+    from detlib.config import instantiate
+
+    path = "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"
+    mappers = []
+    for cfg, build in ((model_zoo.get_config(path), instantiate), (d2_zoo.get_config(path), d2_instantiate)):
+        # RLE masks as bitmasks: Detectron2 crops polygons with shapely, which is not a dependency here.
+        cfg.dataloader.train.mapper.instance_mask_format = "bitmask"
+        mappers.append(build(cfg.dataloader.train.mapper))
+    ours, theirs = mappers
+
+    rng = np.random.RandomState(seed)
+    image = rng.randint(0, 256, size=(300, 500, 3)).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "im.png"), image)
+    polygons = [[20.0, 30.0, 400.0, 40.0, 250.0, 280.0], [300.0, 100.0, 480.0, 120.0, 470.0, 290.0, 320.0, 250.0]]
+    annotations = []
+    for category, polygon in zip((3, 5), polygons):
+        rle = mask_util.merge(mask_util.frPyObjects([polygon], 300, 500))
+        rle["counts"] = rle["counts"].decode()
+        box = [min(polygon[0::2]), min(polygon[1::2]), max(polygon[0::2]), max(polygon[1::2])]
+        annotations.append({"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": category, "segmentation": rle})
+    record = {"file_name": str(tmp_path / "im.png"), "image_id": 7, "height": 300, "width": 500}
+    record["annotations"] = annotations
+    outputs = []
+    for mapper in (ours, theirs):
+        np.random.seed(seed)
+        outputs.append(mapper(dict(record)))
+    a, b = outputs
+    assert torch.equal(a["image"], b["image"])
+    ia, ib = a["instances"], b["instances"]
+    assert ia.gt_classes.tolist() == ib.gt_classes.tolist()
+    # Where the image is: the same draws through our augmentations, applied to an all-true mask.
+    np.random.seed(seed)
+    tfms = T.AugInput(image).apply_augmentations(ours.augmentations.augs)
+    content = torch.from_numpy(tfms.apply_segmentation(np.ones(image.shape[:2], bool)).copy())
+    assert torch.equal(ia.gt_masks.tensor & content, ib.gt_masks.tensor & content)
+    # In the padding Detectron2's masks are set (it pads masks as label maps, with 255); ours are not,
+    # so our boxes, refit to the masks, are the boxes of the objects.
+    assert not (ia.gt_masks.tensor & ~content).any()
+    if not content.all():
+        assert (ib.gt_masks.tensor | content).all()
+    refit = type(ia.gt_masks)(ib.gt_masks.tensor & content).get_bounding_boxes()
+    torch.testing.assert_close(ia.gt_boxes.tensor, refit.tensor)

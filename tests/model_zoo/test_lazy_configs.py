@@ -112,6 +112,22 @@ def test_resnet_config_model_has_detectron2_parameters(path):
     assert (recorded["num_tensors"], recorded["sha256"]) == (len(d2_signature), _digest(d2_signature))
 
 
+def test_config_saved_by_detectron2_builds_the_same_model(tmp_path):
+    pytest.importorskip("detectron2")
+    from detectron2 import model_zoo as d2_zoo
+    from detectron2.config import LazyConfig as D2LazyConfig
+    from detectron2.config import instantiate as d2_instantiate
+
+    from detlib.config import LazyConfig
+
+    path = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py"
+    d2_cfg = d2_zoo.get_config(path)
+    D2LazyConfig.save(d2_cfg, str(tmp_path / "config.yaml"))
+    cfg = LazyConfig.load(tmp_path / "config.yaml")  # as data: no opt-in
+    assert _signature(instantiate(cfg.model)) == _signature(d2_instantiate(d2_cfg.model))
+    assert cfg.optimizer.lr == d2_cfg.optimizer.lr and cfg.train.max_iter == d2_cfg.train.max_iter
+
+
 @pytest.mark.parametrize("path", OTHER_BACKBONE_CONFIGS)
 def test_other_backbone_config_model_has_detectron2_parameters(path):
     cfg = _load(path)  # skips, naming the class, until detlib has it

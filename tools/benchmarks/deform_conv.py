@@ -87,8 +87,7 @@ def case_rows(stage: str, batch: int, version: str, repeats: int, device: torch.
         ms = _interleaved({name: (lambda name=name, fn=fn: fn(name)) for name in impls}, repeats, device)
         rows.append([op, case, ms["torchvision"], ms["detlib"], ms["torchvision"] / ms["detlib"], difference])
         print(
-            f"  {op:8s} {case:40s} torchvision {rows[-1][2]:9.1f} ms  detlib {rows[-1][3]:9.1f} ms  "
-            f"x{rows[-1][4]:.2f}",
+            f"  {op:8s} {case:40s} torchvision {rows[-1][2]:9.1f} ms  detlib {rows[-1][3]:9.1f} ms  x{rows[-1][4]:.2f}",
             file=sys.stderr,
             flush=True,
         )

@@ -1,6 +1,6 @@
 """
 Every detector family exports through the one wrapper (`ExportableDetector` over the model's own
-`inference`): RetinaNet, Cascade Mask R-CNN and Keypoint R-CNN here (Mask / Faster R-CNN in
+`inference`): RetinaNet, Cascade Mask R-CNN, Keypoint R-CNN and C4 Mask R-CNN (Res5ROIHeads) here (Mask / Faster R-CNN in
 test_torch_export.py / test_onnx_export.py). Each is the differential tests' shrunk zoo model with the same
 seeded random weights (scores spread out, so there are tens to hundreds of detections); exported from one
 image size and run at two others, as a saved .pt2 and in ONNX Runtime, it gives the eager detections, masks
@@ -28,6 +28,7 @@ FAMILIES = {
     "retinanet": "test_retinanet_default",
     "cascade_mask_rcnn": "test_cascade_mask_rcnn",
     "keypoint_rcnn": "test_keypoint_rcnn",
+    "mask_rcnn_c4": "test_mask_rcnn_c4",
 }
 # Sizes other than the sample's (the first synthetic image, 150 x 180), all above RetinaNet's 129 px minimum.
 RUN_SIZES = [(176, 144), (144, 224)]

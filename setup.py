@@ -1,4 +1,4 @@
-"""Build and install detlib with its compiled ops, `detlib._C` (NMS and ROIAlign, csrc/).
+"""Build and install detlib with its compiled ops, `detlib._C` (NMS, ROIAlign, deformable convolution: csrc/).
 
     pip install .                  # or -e; C++ always, CUDA too when nvcc is found
     FORCE_CUDA=1 pip install .     # CUDA required: fail when nvcc is missing
@@ -7,9 +7,11 @@
 
 Build isolation (pip's default) builds against the torch already installed in the target environment
 (build_backend/detlib_backend.py explains why); --no-build-isolation does the same without the detour.
-CUDA needs nvcc (CUDA_HOME or nvcc on PATH). Without a visible GPU the kernels are compiled for
-TORCH_CUDA_ARCH_LIST, "9.0" by default. MAX_JOBS bounds the parallel compile jobs. The repository's
-configs/ is copied into the package as detlib/model_zoo/configs when it is built.
+CUDA needs nvcc (CUDA_HOME or nvcc on PATH). The GPU code is compiled for TORCH_CUDA_ARCH_LIST; unset, for the
+visible GPU's architecture, or "9.0" without one: one architecture, so that local builds stay quick.
+DETLIB_ALL_CUDA_ARCHS=1 (`make wheel`) builds a distributable wheel instead: code for every architecture of the
+installed torch (torch.cuda.get_arch_list()) plus PTX for the newest. MAX_JOBS bounds the parallel compile jobs.
+The repository's configs/ is copied into the package as detlib/model_zoo/configs when it is built.
 """
 
 import glob
@@ -97,6 +99,28 @@ def cuda_arch_names() -> str:
     return ",".join(sorted(codes))
 
 
+def load_cuda_arches():
+    """detlib/utils/cuda_arches.py, by path: importing the detlib package at build time is not wanted."""
+    path = os.path.join(HERE, "detlib", "utils", "cuda_arches.py")
+    spec = importlib.util.spec_from_file_location("detlib_build_cuda_arches", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def choose_cuda_arch_list() -> None:
+    """Set TORCH_CUDA_ARCH_LIST when the user has not: every arch of torch for DETLIB_ALL_CUDA_ARCHS=1, else
+    9.0 without a visible GPU (with one, torch compiles for it)."""
+    if os.environ.get("DETLIB_ALL_CUDA_ARCHS", "") not in ("", "0"):
+        if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            raise SystemExit("DETLIB_ALL_CUDA_ARCHS=1 and TORCH_CUDA_ARCH_LIST are both set: choose one")
+        arch_list = load_cuda_arches().distributable_arch_list(torch.cuda.get_arch_list())
+        print(f"detlib setup: DETLIB_ALL_CUDA_ARCHS=1: TORCH_CUDA_ARCH_LIST={arch_list}")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    elif not torch.cuda.is_available():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+
+
 def make_extension():
     with_cuda = cuda_requested()
     define_macros = [("DETLIB_TORCH_VERSION", f'"{torch.__version__}"')]
@@ -105,8 +129,7 @@ def make_extension():
     include_dirs = [os.path.join(HERE, "csrc")]
     cuda_sources = sources("*.cu") if with_cuda else []
     if cuda_sources:
-        if not torch.cuda.is_available():
-            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        choose_cuda_arch_list()
         define_macros += [
             ("WITH_CUDA", None),
             ("DETLIB_CUDA_VERSION", f'"{nvcc_version()}"'),
@@ -157,6 +180,9 @@ setup(
     python_requires=">=3.9",
     ext_modules=[make_extension()],
     install_requires=runtime_requirements(),
+    # The Cityscapes evaluators run the official scripts (pyquaternion: imported by them); pip install
+    # detlib[timm]: timm's models as backbones (detlib.modeling.backbone.timm_backbone).
+    extras_require={"cityscapes": ["cityscapesscripts>=2.2", "pyquaternion"], "timm": ["timm>=0.9"]},
     cmdclass={"build_ext": BuildExtension, "build_py": BuildPyWithConfigs},
     zip_safe=False,
 )

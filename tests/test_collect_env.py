@@ -51,3 +51,17 @@ def test_module_runs_and_names_the_fallback_kernels():
     assert report["NMS / ROIAlign kernels"].startswith("torchvision (fallback: detlib._C (compiled NMS / ROIAlign ops)")
     assert report["detlib._C"] == "not loaded"
     assert report["PyTorch"].startswith(torch.__version__)
+
+
+def test_report_names_the_cpu_kernel_family():
+    report = rows(collect_env_info())["CPU kernels"]
+    assert report.startswith(f"ATen {torch.backends.cpu.get_cpu_capability()};")
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), ":").split(":", 1)[1].split())
+    if flags:
+        assert f"AVX-512 BF16: {'yes' if 'avx512_bf16' in flags else 'no'}" in report
+        assert f"AMX: {'yes' if 'amx_bf16' in flags else 'no'}" in report
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert f"oneDNN bfloat16: {'native' if native else 'not native'}" in report

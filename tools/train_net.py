@@ -10,7 +10,8 @@
 A run preempted by SIGTERM/SIGUSR1 saves a checkpoint and exits with code 75 (requeue, then --resume);
 see docs/cluster.md.
 
-Trailing `KEY VALUE` pairs override the config. Everything a run produces goes to OUTPUT_DIR:
+The evaluators follow each test set's `evaluator_type` (COCO, LVIS, semantic, panoptic, Pascal VOC;
+docs/datasets.md). Trailing `KEY VALUE` pairs override the config. Everything a run produces goes to OUTPUT_DIR:
 log.txt, config.yaml, checkpoints, metrics.json, TensorBoard events, evaluation results and
 training-curve plots.
 """
@@ -89,14 +90,21 @@ def write_training_report(cfg, model: nn.Module) -> List[str]:
     return written
 
 
+_HEADLINE_METRICS = (
+    *("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"),
+    *("AR@100", "AR@1000", "PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU", "fwIoU", "mACC", "pACC"),
+)
+
+
 def log_final_results(cfg, results: Dict) -> None:
-    """One line per test set and task with its headline COCO metrics (percent)."""
+    """One line per test set and task with its headline metrics (percent): AP for boxes, masks,
+    keypoints (COCO, LVIS, VOC), AR for proposals, PQ for panoptic, mIoU for semantic segmentation."""
     per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
     for dataset_name, tasks in per_dataset.items():
         for task, metrics in tasks.items():
             headline = "  ".join(
                 f"{name} {metrics[name]:.2f}"
-                for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+                for name in _HEADLINE_METRICS
                 if name in metrics and math.isfinite(metrics[name])
             )
             logger.info("Final %s %s: %s", dataset_name, task, headline)

@@ -268,6 +268,47 @@ _C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
 _C.MODEL.RESNETS.DEFORM_MODULATED = False
 _C.MODEL.RESNETS.DEFORM_NUM_GROUPS = 1
 
+# ViT (ViTDet's plain backbone), for MODEL.BACKBONE.NAME "build_vit_sfp_backbone" ------------------------
+# Keyword arguments of `ViT` (see its docstring); the defaults are ViTDet's ViT-B. Its norm is LayerNorm with
+# eps 1e-6, as in ViTDet's configs.
+_C.MODEL.VIT = CN()
+_C.MODEL.VIT.IMG_SIZE = 1024  # input size the relative position tables of global blocks are sized for
+_C.MODEL.VIT.PATCH_SIZE = 16
+_C.MODEL.VIT.EMBED_DIM = 768
+_C.MODEL.VIT.DEPTH = 12
+_C.MODEL.VIT.NUM_HEADS = 12
+_C.MODEL.VIT.MLP_RATIO = 4.0
+_C.MODEL.VIT.QKV_BIAS = True
+_C.MODEL.VIT.DROP_PATH_RATE = 0.1
+_C.MODEL.VIT.USE_ABS_POS = True
+_C.MODEL.VIT.USE_REL_POS = True
+_C.MODEL.VIT.WINDOW_SIZE = 14
+# Blocks attending within windows; the others (2, 5, 8, 11 for ViT-B) attend globally.
+_C.MODEL.VIT.WINDOW_BLOCK_INDEXES = [0, 1, 3, 4, 6, 7, 9, 10]
+_C.MODEL.VIT.RESIDUAL_BLOCK_INDEXES = []
+_C.MODEL.VIT.USE_ACT_CHECKPOINT = False
+_C.MODEL.VIT.PRETRAIN_IMG_SIZE = 224  # sizes the absolute position embeddings (pretrained checkpoints)
+_C.MODEL.VIT.PRETRAIN_USE_CLS_TOKEN = True
+
+# Simple feature pyramid (ViTDet) over the last map of a plain backbone ("build_vit_sfp_backbone",
+# "build_timm_sfp_backbone"); its width is MODEL.FPN.OUT_CHANNELS, and a max-pooled p6 follows the last level.
+_C.MODEL.SFP = CN()
+_C.MODEL.SFP.SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]  # one level each: stride = input stride / factor
+_C.MODEL.SFP.NORM = "LN"
+_C.MODEL.SFP.SQUARE_PAD = 0  # > 0: pad inputs to this square size (ViTDet: 1024)
+
+# timm backbones ("build_timm_fpn_backbone", "build_timm_sfp_backbone"; needs `pip install detlib[timm]`) -----
+# The model's `features_only` outputs are named res<k> for stride 2**k.
+_C.MODEL.TIMM = CN()
+_C.MODEL.TIMM.NAME = "resnet50"  # any name timm.create_model knows
+_C.MODEL.TIMM.OUT_INDICES = [1, 2, 3, 4]  # feature levels of timm's feature_info to output
+# Load timm's pretrained weights: from PRETRAINED_FILE when set, else from the Hugging Face / timm cache
+# (set HF_HUB_OFFLINE=1 to forbid downloads).
+_C.MODEL.TIMM.PRETRAINED = False
+_C.MODEL.TIMM.PRETRAINED_FILE = ""
+# Further keyword arguments of timm.create_model, e.g. {img_size: 512} or {dynamic_img_size: True} for a ViT.
+_C.MODEL.TIMM.KWARGS = CN(new_allowed=True)
+
 # ---------------------------------------------------------------------------------------------------
 # Input pipeline
 # ---------------------------------------------------------------------------------------------------

@@ -65,11 +65,21 @@ def print_instances_class_histogram(dataset_dicts: List[dict], class_names: Sequ
     logger.info("Instances per category:\n%s", tabulate(rows, headers=["category", "#instances"], tablefmt="pipe"))
 
 
+def _visible_keypoints(record: dict) -> int:
+    """Visible keypoints of one image: flat (x, y, visibility) triplets per annotation, visibility > 0."""
+    return sum(
+        int((np.asarray(ann["keypoints"][2::3]) > 0).sum())
+        for ann in record.get("annotations", ())
+        if "keypoints" in ann
+    )
+
+
 def load_dataset_parts(
     names: Union[str, Sequence[str]],
     filter_empty: bool = True,
     check_consistency: bool = True,
     *,
+    min_keypoints: int = 0,
     skip_bad_samples: bool = False,
 ) -> List[List[dict]]:
     """
@@ -79,6 +89,7 @@ def load_dataset_parts(
     Args:
         names: dataset name(s) in DatasetCatalog.
         filter_empty: drop images without a non-crowd annotation (for training).
+        min_keypoints: drop images with fewer visible keypoints than this, over all their annotations.
         check_consistency: the datasets must share `thing_classes`.
         skip_bad_samples: drop bad annotations with a counted warning instead of raising.
     """
@@ -102,6 +113,11 @@ def load_dataset_parts(
         for name, dicts in zip(names, parts):
             if not dicts:
                 raise ValueError(f"No images left in dataset '{name}' after filtering.")
+    if min_keypoints > 0:
+        parts = [[d for d in dicts if _visible_keypoints(d) >= min_keypoints] for dicts in parts]
+        for name, dicts in zip(names, parts):
+            if not dicts:
+                raise ValueError(f"No images of dataset '{name}' have {min_keypoints} visible keypoints.")
     classes = [MetadataCatalog.get(n).get("thing_classes") for n in names]
     if check_consistency and any(c != classes[0] for c in classes):
         raise ValueError(f"Datasets {list(names)} have different thing_classes: {classes}")
@@ -115,10 +131,13 @@ def get_detection_dataset_dicts(
     filter_empty: bool = True,
     check_consistency: bool = True,
     *,
+    min_keypoints: int = 0,
     skip_bad_samples: bool = False,
 ) -> List[dict]:
     """Loads and concatenates registered datasets; arguments as for `load_dataset_parts`."""
-    parts = load_dataset_parts(names, filter_empty, check_consistency, skip_bad_samples=skip_bad_samples)
+    parts = load_dataset_parts(
+        names, filter_empty, check_consistency, min_keypoints=min_keypoints, skip_bad_samples=skip_bad_samples
+    )
     return [d for dicts in parts for d in dicts]
 
 
@@ -262,6 +281,7 @@ def _train_loader_from_config(cfg, mapper=None, *, dataset=None, sampler=None) -
         parts = load_dataset_parts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
             skip_bad_samples=cfg.DATALOADER.SKIP_BAD_SAMPLES,
         )
         _with_proposals(cfg, parts, cfg.DATASETS.TRAIN, cfg.DATASETS.PROPOSAL_FILES_TRAIN, "PROPOSAL_FILES_TRAIN")

@@ -111,14 +111,35 @@ class DatasetMapper:
         utils.check_image_size(dataset_dict, image)
         return image
 
+    def _read_sem_seg(self, dataset_dict: dict, image_size) -> Optional[np.ndarray]:
+        """The record's semantic labels (`sem_seg_file_name`, popped), transformed with the image."""
+        file_name = dataset_dict.pop("sem_seg_file_name", None)
+        if file_name is None:
+            return None
+        where = f"{dataset_dict.get('file_name')}, image id {dataset_dict.get('image_id')}: field 'sem_seg_file_name'"
+        try:
+            labels = utils.read_sem_seg(file_name)
+        except FileNotFoundError as e:
+            raise BadSampleError(f"{where} names a missing file ({file_name}).") from e
+        except (OSError, ValueError) as e:
+            raise BadSampleError(f"{where}: {file_name} is not a decodable label image ({e}).") from e
+        if labels.shape != tuple(image_size):
+            raise BadSampleError(f"{where}: the labels are {labels.shape} (h, w) but the image is {tuple(image_size)}.")
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise BadSampleError(f"{where}: {file_name} has labels outside 0..255.")
+        return labels.astype(np.uint8)
+
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)  # the record is reused every epoch
         image = self._read_image(dataset_dict)
-        aug_input = T.AugInput(image)
+        sem_seg = self._read_sem_seg(dataset_dict, image.shape[:2])
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
         image_size = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
         if self.proposal_topk is not None:
             transform_proposals(dataset_dict, image_size, transforms, proposal_topk=self.proposal_topk)
 

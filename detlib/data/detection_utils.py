@@ -24,6 +24,7 @@ __all__ = [
     "annotations_to_instances",
     "filter_empty_instances",
     "build_augmentation",
+    "build_test_resize",
 ]
 
 
@@ -55,6 +56,13 @@ def read_image(file_name: str, format: str = None) -> np.ndarray:
         image = Image.open(f)
         image.load()  # decode now, while the file is open, so corrupt data fails here
     return convert_PIL_to_numpy(ImageOps.exif_transpose(image), format)
+
+
+def read_sem_seg(file_name: str, dtype=np.int64) -> np.ndarray:
+    """A semantic label PNG as an H x W integer array of its pixel values (grayscale or palette
+    indices, unconverted: the values are class ids)."""
+    with Image.open(file_name) as image:
+        return np.asarray(image, dtype=dtype)
 
 
 def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
@@ -108,7 +116,8 @@ def transform_instance_annotations(
         annotation["segmentation"] = [p.reshape(-1) for p in polygons]
     elif isinstance(segm, dict):
         rle = mask_util.frPyObjects(segm, *segm["size"]) if isinstance(segm["counts"], list) else segm
-        annotation["segmentation"] = transforms.apply_segmentation(mask_util.decode(rle))
+        # As bool, so that transforms treat it as a mask (PadTransform pads masks with False).
+        annotation["segmentation"] = transforms.apply_segmentation(mask_util.decode(rle).astype(bool))
     elif segm is not None:
         raise ValueError(f"Cannot transform a segmentation of type {type(segm).__name__}; expected polygons or RLE.")
     if "keypoints" in annotation:
@@ -290,4 +299,10 @@ def build_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
         if flip != "none":
             augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
         return augs
-    return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    return [build_test_resize(cfg)]
+
+
+def build_test_resize(cfg) -> T.ResizeShortestEdge:
+    """The one test-time resize (INPUT.MIN_SIZE_TEST, capped by MAX_SIZE_TEST), shared by the test loader,
+    `DefaultPredictor` and export's sample images, so that all three feed the model the same pixels."""
+    return T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")

@@ -16,9 +16,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detlib.checkpoint import DetectionCheckpointer
 from detlib.collect_env import collect_env_info
+from detlib.config import CfgNode, LazyConfig
 from detlib.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detlib.data import transforms as T
-from detlib.evaluation import COCOEvaluator, DatasetEvaluator, inference_on_dataset
+from detlib.data.detection_utils import build_test_resize
+from detlib.evaluation import DatasetEvaluator, build_evaluator, inference_on_dataset
 from detlib.evaluation.validation_loss import build_validation_loader
 from detlib.solver import build_lr_scheduler, build_optimizer
 from detlib.utils import comm
@@ -35,6 +36,7 @@ __all__ = [
     "default_setup",
     "default_writers",
     "create_ddp_model",
+    "amp_precision",
     "DefaultTrainer",
     "DefaultPredictor",
     "TrainingCheckpointer",
@@ -86,11 +88,24 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     return parser
 
 
+def _is_lazy_config(cfg) -> bool:
+    """A Python (lazy) config is an omegaconf tree with a `train` entry; a YAML config is a CfgNode."""
+    return not isinstance(cfg, CfgNode)
+
+
 def default_setup(cfg, args) -> None:
     """Prepare a run: output directory, logging (console on rank 0, a file per rank), the
     environment summary and arguments in the log, the full config in `OUTPUT_DIR/config.yaml`,
-    seeding (`SEED + rank`, or a fresh seed when SEED < 0), and backend flags."""
-    output_dir = cfg.OUTPUT_DIR
+    seeding (`SEED + rank`, or a fresh seed when SEED < 0), and backend flags. A Python config gives
+    these as `train.output_dir`, `train.seed`, `train.cudnn_benchmark` (Detectron2's keys)."""
+    lazy = _is_lazy_config(cfg)
+    if lazy:
+        train = cfg.train
+        output_dir, seed_key = train.output_dir, train.get("seed", -1)
+        cudnn_benchmark, float32_precision = train.get("cudnn_benchmark", False), train.get("float32_precision", "")
+    else:
+        output_dir, seed_key = cfg.OUTPUT_DIR, cfg.SEED
+        cudnn_benchmark, float32_precision = cfg.CUDNN_BENCHMARK, cfg.FLOAT32_PRECISION
     rank = comm.get_rank()
     if output_dir and comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
@@ -106,16 +121,19 @@ def default_setup(cfg, args) -> None:
             logger.info("Contents of config file %s:\n%s", config_file, f.read())
     if output_dir and comm.is_main_process():
         path = os.path.join(output_dir, "config.yaml")
-        with open(path, "w") as f:
-            f.write(cfg.dump())
+        if lazy:
+            LazyConfig.save(cfg, path)
+        else:
+            with open(path, "w") as f:
+                f.write(cfg.dump())
         logger.info("Full config saved to %s", path)
 
-    seed = seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    seed = seed_all_rng(None if seed_key < 0 else seed_key + rank)
     logger.info("Random seed of this process: %d", seed)
     if not getattr(args, "eval_only", False):
-        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-    if cfg.FLOAT32_PRECISION:
-        torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+    if float32_precision:
+        torch.set_float32_matmul_precision(float32_precision)
 
 
 def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[EventWriter]:
@@ -138,20 +156,26 @@ def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
 
 
 def _amp_precision(cfg) -> Optional[torch.dtype]:
-    """The autocast dtype of training (`SOLVER.AMP`), or None for float32. bfloat16 asked for on a CPU that only
-    emulates it would be slower than float32, so such a run trains in float32, saying so."""
+    """The autocast dtype of training (`SOLVER.AMP`), or None for float32; see `amp_precision`."""
+    return amp_precision(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION, cfg.MODEL.DEVICE)
+
+
+def amp_precision(enabled: bool, precision: str, device: str) -> Optional[torch.dtype]:
+    """The autocast dtype (`precision`: "float16" or "bfloat16") of training on `device`, or None for
+    float32. bfloat16 asked for on a CPU that only emulates it would be slower than float32, so such a
+    run trains in float32, saying so."""
     from detlib.modeling.acceleration import cpu_has_fast_bfloat16  # see DefaultTrainer.build_model
 
-    if not cfg.SOLVER.AMP.ENABLED:
+    if not enabled:
         return None
-    precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
-    if precision == torch.bfloat16 and torch.device(cfg.MODEL.DEVICE).type == "cpu" and not cpu_has_fast_bfloat16():
+    dtype = getattr(torch, precision)
+    if dtype == torch.bfloat16 and torch.device(device).type == "cpu" and not cpu_has_fast_bfloat16():
         logger.warning(
-            "SOLVER.AMP asks for bfloat16, but this CPU has no native bfloat16 (AVX-512 BF16 or AMX): "
+            "AMP asks for bfloat16, but this CPU has no native bfloat16 (AVX-512 BF16 or AMX): "
             "training in float32 instead."
         )
         return None
-    return precision
+    return dtype
 
 
 def _scale_to_world_size(cfg, world_size: int):
@@ -236,6 +260,7 @@ class DefaultTrainer(TrainerBase):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        self.initial_weights = cfg.MODEL.WEIGHTS
         self.eval_results: Optional[Dict] = None
         self.register_hooks(self.build_hooks())
 
@@ -254,8 +279,8 @@ class DefaultTrainer(TrainerBase):
     def resume_or_load(self, resume: bool = True) -> None:
         """Continue from the last checkpoint in OUTPUT_DIR when `resume` and one exists (model,
         optimizer, schedule, iteration, data position and random state); otherwise load
-        `MODEL.WEIGHTS` (if set) and start at iteration 0."""
-        checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        `initial_weights` (`MODEL.WEIGHTS`, if set) and start at iteration 0."""
+        checkpoint = self.checkpointer.resume_or_load(self.initial_weights, resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
             return
         if "iteration" not in checkpoint:
@@ -372,12 +397,9 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str) -> DatasetEvaluator:
-        """COCO box (and mask and keypoint, when predicted) AP, with results in OUTPUT_DIR/inference/NAME."""
-        return COCOEvaluator(
-            dataset_name,
-            output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
-            kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS,
-        )
+        """The evaluators of the dataset's metadata `evaluator_type` (COCO, LVIS, semantic, panoptic,
+        Pascal VOC; `detlib.evaluation.build_evaluator`), with results in OUTPUT_DIR/inference/NAME."""
+        return build_evaluator(cfg, dataset_name, os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name))
 
     @classmethod
     def test(
@@ -439,7 +461,7 @@ class DefaultPredictor:
         if cfg.DATASETS.TEST:
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        self.resize = build_test_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"DefaultPredictor supports INPUT.FORMAT RGB or BGR, got '{self.input_format}'")

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
+import torch
 from tabulate import tabulate
 
 from detlib.data import MetadataCatalog
@@ -16,7 +17,7 @@ from detlib.data.datasets.coco import convert_to_coco_json
 from detlib.structures import BoxMode, Instances
 from detlib.utils.atomic_write import atomic_write
 
-from .cocoeval_backend import evaluate_predictions_on_coco, load_coco_json
+from .cocoeval_backend import evaluate_box_proposals, evaluate_predictions_on_coco, load_coco_json
 from .evaluator import DatasetEvaluator
 from .prediction_stream import PredictionStream
 
@@ -26,6 +27,8 @@ _SUPPORTED_TASKS = ("bbox", "segm", "keypoints")
 # COCOeval's area ranges, as indexed in its precision array: keypoints have no "small" range.
 _AREA_RANGES = {"keypoints": ("all", "m", "l")}
 _DEFAULT_AREA_RANGES = ("all", "s", "m", "l")
+# Proposals per image at which the "box_proposals" task reports average recall.
+_PROPOSAL_LIMITS = (100, 1000)
 
 
 class COCOEvaluator(DatasetEvaluator):
@@ -86,6 +89,7 @@ class COCOEvaluator(DatasetEvaluator):
         self._coco_api = load_coco_json(json_file, use_fast_impl)
         self._dataset_ids = self._contiguous_to_dataset_ids()
         self._stream = PredictionStream(output_dir, "coco_predictions")
+        self._proposal_stream = PredictionStream(output_dir, "coco_proposals")
         self.reset()
 
     def _contiguous_to_dataset_ids(self) -> np.ndarray:
@@ -100,23 +104,38 @@ class COCOEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._stream.reset()
+        self._proposal_stream.reset()
 
     def process(self, inputs: List[dict], outputs: List[dict]) -> None:
         for inp, out in zip(inputs, outputs):
-            results = []
             if "instances" in out:
                 instances = out["instances"].to("cpu")
                 results = instances_to_coco_json(instances, inp["image_id"])
                 self._map_to_dataset_ids(results, inp["image_id"])
-            self._stream.append(inp["image_id"], json.dumps(results))
+                self._stream.append(inp["image_id"], json.dumps(results))
+            if "proposals" in out:
+                proposals = proposals_to_coco_json(out["proposals"].to("cpu"), inp["image_id"], max(_PROPOSAL_LIMITS))
+                self._proposal_stream.append(inp["image_id"], json.dumps(proposals))
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
         merged = self._stream.merge(self._distributed)
+        proposals = self._proposal_stream.merge(self._distributed)
         if merged is None:
             return None
+        results: Dict[str, Dict[str, float]] = OrderedDict()
+        if proposals[0]:
+            results["box_proposals"] = evaluate_box_proposals(
+                self._coco_api,
+                json.loads(proposals[1]),
+                sorted(proposals[0]),
+                limits=_PROPOSAL_LIMITS,
+                use_fast_impl=self._use_fast_impl,
+            )
         image_ids, results_json = merged
         if not image_ids:
-            logger.warning("COCOEvaluator received no predictions: was the dataset empty?")
+            if not results:
+                logger.warning("COCOEvaluator received no predictions: was the dataset empty?")
+            return results
         if self._output_dir:
             path = os.path.join(self._output_dir, "coco_instances_results.json")
             logger.info("Saving results to %s", path)
@@ -125,7 +144,6 @@ class COCOEvaluator(DatasetEvaluator):
 
         coco_results = json.loads(results_json)
         tasks = self._tasks or _tasks_from_results(coco_results)
-        results: Dict[str, Dict[str, float]] = OrderedDict()
         for index, task in enumerate(tasks):
             if index > 0:  # COCO's loadRes adds fields to the dicts it is given; start afresh
                 coco_results = json.loads(results_json)
@@ -223,6 +241,18 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> List[dict]:
             result["keypoints"] = keypoints[k]
         results.append(result)
     return results
+
+
+def proposals_to_coco_json(proposals: Instances, image_id: int, limit: int) -> List[dict]:
+    """One image's `limit` highest-objectness proposals (`proposal_boxes`, `objectness_logits`) as
+    class-agnostic COCO result dicts (XYWH boxes, the logit as score)."""
+    scores = proposals.objectness_logits
+    order = torch.argsort(scores, descending=True, stable=True)[:limit]
+    boxes = BoxMode.convert(proposals.proposal_boxes.tensor[order].numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
+    return [
+        {"image_id": image_id, "bbox": box, "score": score}
+        for box, score in zip(boxes.tolist(), scores[order].tolist())
+    ]
 
 
 def _tasks_from_results(coco_results: List[dict]) -> tuple:

@@ -8,7 +8,7 @@ import contextlib
 import copy
 import io
 import logging
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import faster_coco_eval
 import numpy as np
@@ -106,3 +106,44 @@ def _empty_results(coco_gt: pycocotools.coco.COCO) -> pycocotools.coco.COCO:
     }
     coco_dt.createIndex()
     return coco_dt
+
+
+def evaluate_box_proposals(
+    coco_gt: COCOApi,
+    proposals: List[dict],
+    image_ids: Optional[List[int]] = None,
+    limits: Sequence[int] = (100, 1000),
+    use_fast_impl: bool = True,
+) -> Dict[str, float]:
+    """
+    Average recall (percent, over IoU 0.50:0.95) of class-agnostic proposals (COCO result dicts:
+    `image_id`, `bbox` XYWH, `score`; the category is ignored) at each of `limits` proposals per
+    image, for all areas and small / medium / large objects: COCOeval "bbox" with `useCats=0`.
+    Keys: "AR@100", "ARs@100", "ARm@100", "ARl@100", "AR@1000", ... `proposals` is consumed.
+    """
+    category = min(coco_gt.getCatIds())  # any valid id: with useCats=0 COCOeval ignores it
+    for proposal in proposals:
+        proposal["category_id"] = category
+    with contextlib.redirect_stdout(io.StringIO()):
+        if use_fast_impl:
+            coco_dt = coco_gt.loadRes(proposals)
+            coco_eval = faster_coco_eval.COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=logger.debug)
+        else:
+            coco_dt = coco_gt.loadRes(proposals) if proposals else _empty_results(coco_gt)
+            coco_eval = pycocotools.cocoeval.COCOeval(coco_gt, coco_dt, "bbox")
+        coco_eval.params.useCats = 0
+        coco_eval.params.maxDets = sorted(limits)
+        if image_ids is not None:
+            coco_eval.params.imgIds = image_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+    # recall: [IoU thresholds, categories (one), area ranges, max dets]; -1 where no ground truth.
+    recall = coco_eval.eval["recall"][:, 0]
+    results = {}
+    for m, limit in enumerate(sorted(limits)):
+        for a, area in enumerate(("", "s", "m", "l")):
+            values = recall[:, a, m]
+            values = values[values > -1]
+            results[f"AR{area}@{limit}"] = float(np.mean(values) * 100) if values.size else float("nan")
+    logger.info("Box proposal recall: %s", ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+    return results

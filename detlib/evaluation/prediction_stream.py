@@ -1,18 +1,20 @@
 """Per-image predictions streamed to one file per rank and merged on the main rank.
 
-Each line of a rank's file is `image_id<TAB>payload`, the payload one image's encoded results as
+Each line of a rank's file is `image_id<TAB>payload` (the id as JSON: an int, or a string such as
+Pascal VOC's file ids), the payload one image's encoded results as
 a JSON array. Holding predictions on disk keeps a rank's memory flat in the number of images; the
 main rank reads the other ranks' files directly where it shares their file system (same host) and
 receives their content otherwise, so no rank ever holds every rank's results as Python objects.
 """
 
+import json
 import logging
 import os
 import socket
 import tempfile
 import uuid
 import weakref
-from typing import IO, Iterator, List, Optional, Tuple
+from typing import IO, Iterator, List, Optional, Tuple, Union
 
 from detlib.utils import comm
 
@@ -40,31 +42,32 @@ class PredictionStream:
         weakref.finalize(self, _remove, self.path)
 
     def reset(self) -> None:
-        """Start an empty file (a previous run's file, complete or not, is discarded)."""
+        """Start afresh: a previous run's file, complete or not, is discarded. The file is created
+        by the first `append`, so a stream nothing is appended to leaves no file."""
         self.close()
-        self._file = open(self.path, "w", encoding="utf-8")
+        _remove(self.path)
 
-    def append(self, image_id: int, payload: str) -> None:
+    def append(self, image_id: Union[int, str], payload: str) -> None:
         """Add one image's results; `payload` is a JSON array on one line."""
         if self._file is None:
-            self.reset()
-        self._file.write(f"{int(image_id)}\t{payload}\n")
+            self._file = open(self.path, "a", encoding="utf-8")
+        key = json.dumps(image_id if isinstance(image_id, str) else int(image_id))
+        self._file.write(f"{key}\t{payload}\n")
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
 
-    def merge(self, distributed: bool) -> Optional[Tuple[List[int], str]]:
+    def merge(self, distributed: bool) -> Optional[Tuple[List[Union[int, str]], str]]:
         """
         Returns `(image_ids, results_json)` on the main rank (None on the others): the image ids
         in the order processed, and one JSON array of every image's results. With `distributed`
         this is collective and covers every rank's file; otherwise this rank's only. An image
         that appears more than once is counted once, with a warning.
         """
-        if self._file is None:
-            self.reset()
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
         if not (distributed and comm.get_world_size() > 1):
             return _concatenate(_read_lines(self.path))
         host = socket.gethostname()
@@ -72,8 +75,7 @@ class PredictionStream:
         # Content travels only from ranks on other hosts, whose files rank 0 cannot open.
         local_to_main = everyone[0][0] == host
         if not local_to_main:
-            with open(self.path, encoding="utf-8") as f:
-                content = f.read()
+            content = "".join(_read_lines(self.path))
         received = comm.gather(None if local_to_main else content, dst=0)
         merged = None
         if comm.is_main_process():
@@ -92,19 +94,21 @@ def _remove(path: str) -> None:
 
 
 def _read_lines(path: str) -> Iterator[str]:
+    if not os.path.exists(path):  # nothing was appended
+        return
     with open(path, encoding="utf-8") as f:
         yield from f
 
 
-def _concatenate(*sources: Iterator[str]) -> Tuple[List[int], str]:
-    image_ids: List[int] = []
+def _concatenate(*sources: Iterator[str]) -> Tuple[List[Union[int, str]], str]:
+    image_ids: List[Union[int, str]] = []
     seen = set()
     parts = []
     duplicates = 0
     for source in sources:
         for line in source:
             image_id, payload = line.rstrip("\n").split("\t", 1)
-            image_id = int(image_id)
+            image_id = json.loads(image_id)
             if image_id in seen:
                 duplicates += 1
                 continue

@@ -4,8 +4,7 @@ import os
 
 import torch
 
-from detlib.data import transforms as T
-from detlib.data.detection_utils import read_image
+from detlib.data.detection_utils import build_test_resize, read_image
 
 __all__ = ["load_test_image"]
 
@@ -16,8 +15,7 @@ def load_test_image(cfg, path: str) -> torch.Tensor:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image {path} does not exist")
     image = read_image(path, format=cfg.INPUT.FORMAT)
-    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    image = resize.get_transform(image).apply_image(image)
+    image = build_test_resize(cfg).get_transform(image).apply_image(image)
     if image.ndim == 2:
         image = image[:, :, None]
     return torch.as_tensor(image.transpose(2, 0, 1).copy())

@@ -20,9 +20,9 @@ def _check_sample(image: torch.Tensor) -> None:
 
 
 def min_image_side(model: nn.Module) -> int:
-    """The smallest height / width the exported program takes: the coarsest feature map (one level below the
-    padding stride, e.g. FPN's p6) must have at least two rows and columns, or shapes specialize."""
-    return 2 * max(int(model.backbone.size_divisibility), 1) + 1
+    """The smallest height / width the exported program takes: the coarsest feature map (e.g. FPN's p6, or
+    RetinaNet's p7) must have at least two rows and columns, or shapes specialize."""
+    return max(shape.stride for shape in model.backbone.output_shape().values()) + 1
 
 
 def export_program(model: nn.Module, sample_image: torch.Tensor) -> ExportedProgram:

@@ -1,6 +1,7 @@
-from .batch_norm import FrozenBatchNorm2d, SyncBatchNorm2d, get_norm
+from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, SyncBatchNorm2d, get_norm
 from .blocks import CNNBlockBase
 from .deform_conv import DeformConv, ModulatedDeformConv, deform_conv2d
+from .layer_norm import LayerNorm
 from .losses import (
     BOX_LOSS_REGISTRY,
     CLS_LOSS_REGISTRY,
@@ -18,6 +19,7 @@ from .losses import (
 from .nms import batched_nms, nms
 from .roi_align import ROIAlign, roi_align
 from .shape_spec import ShapeSpec, select_features
+from .transformer import DropPath, Mlp
 from .wrappers import (
     BatchNorm2d,
     Conv2d,

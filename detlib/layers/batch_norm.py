@@ -9,7 +9,9 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FrozenBatchNorm2d", "SyncBatchNorm2d", "get_norm"]
+from .layer_norm import LayerNorm
+
+__all__ = ["FrozenBatchNorm2d", "SyncBatchNorm2d", "NaiveSyncBatchNorm", "LayerNorm", "get_norm"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -146,6 +148,54 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         return (local * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)
 
 
+class NaiveSyncBatchNorm(nn.BatchNorm2d):
+    """
+    Batch norm whose training statistics are averaged over all processes with one all-reduce.
+
+    Unlike `nn.SyncBatchNorm` it accepts an empty batch on some workers (ROI heads may see no boxes).
+    `stats_mode=""` averages the per-worker means with equal weight (every worker needs a non-empty
+    batch); `stats_mode="N"` weights each worker by its batch size, so empty batches count for nothing.
+    On a single process, or in eval mode, it is `nn.BatchNorm2d`.
+    """
+
+    def __init__(self, *args, stats_mode: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        if stats_mode not in ("", "N"):
+            raise ValueError(f"NaiveSyncBatchNorm stats_mode must be '' or 'N', got {stats_mode!r}")
+        self._stats_mode = stats_mode
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not self.training or not distributed or torch.distributed.get_world_size() == 1:
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce  # differentiable all-reduce
+
+        batch, channels = input.shape[0], input.shape[1]
+        dtype = input.dtype
+        x = input.float()  # statistics in float32 under autocast
+        mean = x.mean(dim=[0, 2, 3]) if batch > 0 else x.sum(dim=[0, 2, 3])
+        mean_sq = (x * x).mean(dim=[0, 2, 3]) if batch > 0 else x.sum(dim=[0, 2, 3])
+        if self._stats_mode == "":
+            if batch == 0:
+                raise ValueError("NaiveSyncBatchNorm(stats_mode='') got an empty batch; use stats_mode='N'")
+            stats = all_reduce(torch.cat([mean, mean_sq])) / torch.distributed.get_world_size()
+            momentum = self.momentum
+        else:
+            count = x.new_full((1,), float(batch))
+            stats = all_reduce(torch.cat([mean * batch, mean_sq * batch, count]))
+            total = stats[-1].detach()
+            momentum = self.momentum * (total > 0).float()  # no worker had data: keep the running stats
+            stats = stats[:-1] / total.clamp(min=1)
+        mean, mean_sq = torch.split(stats, channels)
+        var = mean_sq - mean * mean
+        with torch.no_grad():
+            self.running_mean += momentum * (mean.detach() - self.running_mean)
+            self.running_var += momentum * (var.detach() - self.running_var)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return (x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(dtype)
+
+
 def _group_norm_32(num_channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, num_channels)
 
@@ -154,11 +204,15 @@ _NORMS = {
     "BN": nn.BatchNorm2d,
     # Synchronized across processes when training is distributed; plain BN on a single process.
     "SyncBN": SyncBatchNorm2d,
-    "naiveSyncBN": SyncBatchNorm2d,
+    "naiveSyncBN": NaiveSyncBatchNorm,
     # PyTorch's own (CUDA and a few other devices only).
     "nnSyncBN": nn.SyncBatchNorm,
     "FrozenBN": FrozenBatchNorm2d,
     "GN": _group_norm_32,
+    # Over the channels of each pixel (ViTDet, ConvNeXt); see `LayerNorm`.
+    "LN": LayerNorm,
+    # Detectron2's NaiveSyncBatchNorm: workers' means averaged with equal weight, or by batch size ("_N").
+    "naiveSyncBN_N": lambda channels: NaiveSyncBatchNorm(channels, stats_mode="N"),
 }
 
 
@@ -167,8 +221,9 @@ def get_norm(norm: Union[str, Callable[[int], nn.Module], None], out_channels: i
     Build the normalization layer named by a config string.
 
     Args:
-        norm: "" or None (no norm: returns None), "BN", "SyncBN" (also "naiveSyncBN"), "nnSyncBN"
-            (`nn.SyncBatchNorm`), "FrozenBN", "GN" (32 groups), or a callable taking the channel count and returning a module.
+        norm: "" or None (no norm: returns None), "BN", "SyncBN" (`SyncBatchNorm2d`), "naiveSyncBN" /
+            "naiveSyncBN_N" (`NaiveSyncBatchNorm`), "nnSyncBN" (`nn.SyncBatchNorm`), "FrozenBN", "GN" (32 groups),
+            "LN" (`LayerNorm` over channels), or a callable taking the channel count and returning a module.
         out_channels: number of channels the norm acts on.
     """
     if norm is None or norm == "":

@@ -1,13 +1,13 @@
 """Access to the configs that ship with detlib, and to Detectron2's trained models for them."""
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from detlib.checkpoint import DetectionCheckpointer
-from detlib.config import get_cfg
+from detlib.config import LazyConfig, get_cfg
 from detlib.modeling import build_model
 
 
@@ -27,11 +27,13 @@ _CONFIG_ROOT = _config_root()
 def get_config_file(config_path: str) -> str:
     """
     Returns the absolute path of a packaged config, given its path relative to `configs/`,
-    e.g. "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml".
+    e.g. "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml" or "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py".
     """
     path = _CONFIG_ROOT / config_path
     if not path.is_file():
-        available = sorted(str(p.relative_to(_CONFIG_ROOT)) for p in _CONFIG_ROOT.rglob("*.yaml"))
+        available = sorted(
+            str(p.relative_to(_CONFIG_ROOT)) for p in _CONFIG_ROOT.rglob("*") if p.suffix in (".yaml", ".py")
+        )
         raise FileNotFoundError(
             f"No packaged config '{config_path}' under {_CONFIG_ROOT}. Available: {', '.join(available)}"
         )
@@ -111,6 +113,23 @@ def get_checkpoint_url(config_path: str) -> str:
             f"{', '.join(sorted(k + '.yaml' for k in _D2_CHECKPOINTS))}"
         )
     return f"detectron2://{name}/{_D2_CHECKPOINTS[name]}"
+
+
+def get_config(config_path: str, trained: bool = False) -> Any:
+    """The config of a packaged config file: a `CfgNode` for a `.yaml` file, the lazy config (an
+    omegaconf DictConfig) of a `.py` file. With `trained`, its weights are Detectron2's published model
+    for it (`MODEL.WEIGHTS`, or `train.init_checkpoint` of a Python config)."""
+    path = get_config_file(config_path)
+    if config_path.endswith(".py"):
+        cfg = LazyConfig.load(path)
+        if trained:
+            cfg.train.init_checkpoint = get_checkpoint_url(config_path[: -len(".py")])
+        return cfg
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    if trained:
+        cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path)
+    return cfg
 
 
 def get(config_path: str, trained: bool = False, device: Optional[str] = None) -> nn.Module:

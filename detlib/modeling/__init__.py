@@ -6,9 +6,15 @@ from .backbone import (
     BasicBlock,
     BasicStem,
     BottleneckBlock,
+    MViT,
+    RegNet,
     ResNet,
+    SimpleFeaturePyramid,
+    SwinTransformer,
+    ViT,
     build_backbone,
     build_resnet_backbone,
+    get_vit_lr_decay_rate,
     make_stage,
 )
 from .box_regression import Box2BoxTransform, dense_box_regression_loss

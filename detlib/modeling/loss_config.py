@@ -4,7 +4,7 @@ Building a head's losses from its config node: the one place config keys become 
 """
 
 import inspect
-from typing import Sequence
+from typing import Sequence, Union
 
 from detlib.layers.losses import (
     BOX_LOSS_REGISTRY,
@@ -15,7 +15,7 @@ from detlib.layers.losses import (
     build_classification_loss,
 )
 
-__all__ = ["box_loss_from_config", "cls_loss_from_config"]
+__all__ = ["box_loss_from_config", "cls_loss_from_config", "resolve_box_reg_loss"]
 
 # Detectron2's own keys for loss parameters, by the parameter they set; a head's node has those it uses.
 _CLS_PARAM_KEYS = {"alpha": "FOCAL_LOSS_ALPHA", "gamma": "FOCAL_LOSS_GAMMA"}
@@ -59,3 +59,20 @@ def cls_loss_from_config(node, path: str) -> ClassificationLoss:
         if param in accepted:
             params[param] = node[key]
     return build_classification_loss(node.CLS_LOSS_TYPE, **params)
+
+
+def resolve_box_reg_loss(box_reg_loss_type: Union[str, BoxLoss], smooth_l1_beta: float = 0.0) -> BoxLoss:
+    """
+    A head's box loss from Detectron2's keywords: `box_reg_loss_type` names a registered loss (built
+    with `beta=smooth_l1_beta` when it takes a beta) or is an already built `BoxLoss`. A non-zero
+    `smooth_l1_beta` that the loss cannot use is an error rather than ignored.
+    """
+    if isinstance(box_reg_loss_type, BoxLoss):
+        if smooth_l1_beta:
+            raise ValueError("smooth_l1_beta applies to a loss given by name; set it on the BoxLoss instead")
+        return box_reg_loss_type
+    if "beta" in _parameters(BOX_LOSS_REGISTRY, box_reg_loss_type):
+        return build_box_loss(box_reg_loss_type, beta=smooth_l1_beta)
+    if smooth_l1_beta:
+        raise ValueError(f"smooth_l1_beta={smooth_l1_beta} is set but box loss {box_reg_loss_type!r} has no beta")
+    return build_box_loss(box_reg_loss_type)

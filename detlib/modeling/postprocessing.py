@@ -156,8 +156,11 @@ def detector_postprocess(
             mask_probs, results.pred_boxes, (output_height, output_width), threshold=mask_threshold
         )
     if results.has("pred_keypoints"):
-        scale = results.pred_keypoints.new_tensor([scale_x, scale_y, 1.0])
-        results.pred_keypoints = results.pred_keypoints * scale
+        # Python-float factors, not a tensor made of them: in a traced program they are symbolic.
+        keypoints = results.pred_keypoints
+        results.pred_keypoints = torch.cat(
+            [keypoints[..., :1] * scale_x, keypoints[..., 1:2] * scale_y, keypoints[..., 2:]], dim=-1
+        )
     return results
 
 

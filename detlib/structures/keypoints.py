@@ -113,6 +113,58 @@ def keypoints_to_heatmap(
     return targets, valid
 
 
+def _bicubic_weights(sizes: torch.Tensor, length: int, source_size: int) -> torch.Tensor:
+    """
+    (R, length, source_size): row j of RoI i holds the weights with which `F.interpolate(mode="bicubic",
+    align_corners=False)` mixes the `source_size` source cells into output cell j of a resampling to
+    `sizes[i]` cells (rows j >= sizes[i] are padding). PyTorch's rule: source coordinate
+    (j + 0.5) * source_size / size - 0.5, cubic convolution with A = -0.75 over the four nearest cells,
+    indices beyond the border clamped to it.
+    """
+    a = -0.75
+    scale = (source_size / sizes).to(torch.float32)  # (R,)
+    position = scale[:, None] * (torch.arange(length, device=sizes.device, dtype=torch.float32) + 0.5) - 0.5
+    floor = position.floor()
+    t = position - floor
+    taps = [
+        ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+        ((a + 2) * t - (a + 3)) * t * t + 1,
+        ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+        ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a,
+    ]
+    weights = position.new_zeros((*position.shape, source_size))
+    for offset, tap in zip((-1, 0, 1, 2), taps):
+        index = (floor.long() + offset).clamp(0, source_size - 1)
+        weights.scatter_add_(2, index[..., None], tap[..., None])
+    return weights
+
+
+def _peaks_padded(maps: torch.Tensor, ceil_sizes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The peak of each RoI's bicubically resampled heatmaps without a loop over RoIs, for traced programs
+    (whose number of RoIs and their sizes are data): every RoI is resampled on a grid of the largest RoI's
+    size, as the separable product (rows x S) @ logits @ (S x columns), and cells beyond its own size are
+    left out of the maximum. Returns the peak logits, rows and columns, each (R, K).
+    """
+    num_rois, num_keypoints, side = maps.shape[:3]
+    # At least 1: an empty batch of RoIs still makes valid (empty) grids.
+    largest = torch.cat([ceil_sizes.flatten(), ceil_sizes.new_ones(1)]).max().long().item()
+    torch._check(largest >= 1)
+    width, height = ceil_sizes[:, 0], ceil_sizes[:, 1]
+    rows = _bicubic_weights(height, largest, side)  # (R, L, S)
+    cols = _bicubic_weights(width, largest, side)
+    cells = torch.arange(largest, device=maps.device)
+    outside = (cells[None, :, None] >= height[:, None, None]) | (cells[None, None, :] >= width[:, None, None])
+    peaks, flat = [], []
+    for k in range(num_keypoints):  # one keypoint at a time bounds the working set to R x L x L
+        resampled = rows @ maps[:, k] @ cols.transpose(1, 2)
+        value, index = resampled.masked_fill(outside, float("-inf")).flatten(1).max(dim=1)
+        peaks.append(value)
+        flat.append(index)
+    peak, flat_index = torch.stack(peaks, dim=1), torch.stack(flat, dim=1)
+    return peak, flat_index // largest, flat_index % largest
+
+
 def heatmaps_to_keypoints(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """
     Image coordinates and scores of the keypoints from per-RoI heatmap logits.
@@ -133,16 +185,29 @@ def heatmaps_to_keypoints(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tens
     ceil_sizes = sizes.ceil()
     # The resampled grid has whole pixels; a cell's center is scaled back to the box's true size.
     cell_scale = sizes / ceil_sizes
-    # The normalizer of each keypoint's softmax, over the S x S logits.
-    log_normalizer = torch.logsumexp(maps.flatten(2), dim=2)
-    result = maps.new_zeros((num_rois, num_keypoints, 4))
-    # RoIs differ in size, so each is resampled on its own grid.
-    for i, (width, height) in enumerate(ceil_sizes.tolist()):
-        resampled = F.interpolate(maps[i : i + 1], size=(int(height), int(width)), mode="bicubic", align_corners=False)
-        peak_logit, flat_index = resampled[0].flatten(1).max(dim=1)
-        row, col = flat_index // int(width), flat_index % int(width)
-        cell_center = torch.stack([col, row], dim=1).to(maps.dtype) + 0.5
-        result[i, :, :2] = cell_center * cell_scale[i] + boxes[i, :2]
-        result[i, :, 2] = peak_logit
-        result[i, :, 3] = torch.exp(peak_logit - log_normalizer[i])
-    return result
+    # The normalizer of each keypoint's softmax over the S x S logits, written out: torch.logsumexp
+    # branches on an empty input, which a traced program with a data-dependent number of RoIs cannot.
+    flat_maps = maps.flatten(2)
+    top = flat_maps.amax(dim=2, keepdim=True)
+    log_normalizer = (top + (flat_maps - top).exp().sum(dim=2, keepdim=True).log())[..., 0]
+    if torch.compiler.is_compiling():
+        peak_logit, row, col = _peaks_padded(maps, ceil_sizes)
+    else:
+        # RoIs differ in size, so each is resampled on its own grid.
+        peaks, rows, cols = [], [], []
+        for i, (width, height) in enumerate(ceil_sizes.tolist()):
+            resampled = F.interpolate(
+                maps[i : i + 1], size=(int(height), int(width)), mode="bicubic", align_corners=False
+            )
+            peak, flat_index = resampled[0].flatten(1).max(dim=1)
+            peaks.append(peak)
+            rows.append(flat_index // int(width))
+            cols.append(flat_index % int(width))
+        empty = maps.new_zeros((0, num_keypoints))
+        peak_logit = torch.stack(peaks) if peaks else empty
+        row = torch.stack(rows) if rows else empty.long()
+        col = torch.stack(cols) if cols else empty.long()
+    cell_center = torch.stack([col, row], dim=2).to(maps.dtype) + 0.5  # (R, K, 2)
+    xy = cell_center * cell_scale[:, None, :] + boxes[:, None, :2]
+    score = torch.exp(peak_logit - log_normalizer)
+    return torch.cat([xy, peak_logit[..., None], score[..., None]], dim=2)

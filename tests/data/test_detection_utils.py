@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detlib.data import BadSampleError
+from detlib.data import BadSampleError, MetadataCatalog
 from detlib.data import detection_utils as utils
 from detlib.structures import BitMasks, Boxes, BoxMode, Instances
 
@@ -157,3 +157,37 @@ def test_keypoint_hflip_indices_from_metadata():
     finally:
         for name in ("kp_meta_a", "kp_meta_b", "kp_meta_c", "kp_meta_none"):
             MetadataCatalog.remove(name)
+
+
+def test_test_loader_predictor_and_export_resize_alike(tmp_path):
+    """One test-time resize: the mapper's test augmentation, export's sample images and DefaultPredictor's
+    input all come from `build_test_resize`, so a model sees the same pixels in all three."""
+    import cv2
+
+    from detlib.config import get_cfg
+    from detlib.data.detection_utils import build_augmentation, build_test_resize
+    from detlib.export.inputs import load_test_image
+
+    cfg = get_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 48, 80
+    image = np.random.RandomState(0).randint(0, 255, (30, 70, 3)).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "x.png"), image)
+    (test_aug,) = build_augmentation(cfg, is_train=False)
+    resized = test_aug.get_transform(image).apply_image(image)
+    assert resized.shape[:2] == (34, 80)  # short side 48 would make the long one 112 > 80
+    np.testing.assert_array_equal(build_test_resize(cfg).get_transform(image).apply_image(image), resized)
+    np.testing.assert_array_equal(load_test_image(cfg, str(tmp_path / "x.png")).permute(1, 2, 0).numpy(), resized)
+
+
+def test_fed_loss_weights_are_image_counts_to_a_power_in_class_id_order():
+    get_fed_loss_cls_weights = utils.get_fed_loss_cls_weights
+    MetadataCatalog.get("fed_a").set(class_image_count=[{"id": 2, "image_count": 9}, {"id": 1, "image_count": 4}])
+    MetadataCatalog.get("fed_b").set(class_image_count=[{"id": 1, "image_count": 4}])
+    assert get_fed_loss_cls_weights("fed_a", 0.5).tolist() == [2.0, 3.0]
+    assert get_fed_loss_cls_weights(["fed_a"]).tolist() == [4.0, 9.0]
+    with pytest.raises(ValueError, match="'fed_a' and 'fed_b' have different 'class_image_count'"):
+        get_fed_loss_cls_weights(["fed_a", "fed_b"])
+    with pytest.raises(ValueError, match="'fed_none' has no 'class_image_count'"):
+        get_fed_loss_cls_weights("fed_none")
+    weights = get_fed_loss_cls_weights("lvis_v1_train", 0.5)  # the builtin metadata, no files needed
+    assert weights.shape == (1203,) and weights[0] == pytest.approx(64**0.5)

@@ -18,12 +18,14 @@ def eager_outputs(model: torch.nn.Module, image: torch.Tensor):
         return ExportableDetector(model)(image)
 
 
-def assert_same_detections(expected: Sequence, actual: Sequence) -> None:
+def assert_same_detections(expected: Sequence, actual: Sequence, names: Sequence[str] = ()) -> None:
     """
     The exported program's detections match the eager model's: on at least 98% of the eager detections a
     detection of the same class at IoU > 0.99 with a score within 1e-3 (each matched once), counts within 2%,
-    and the matched pasted masks agree on at least 99% of their pixels.
+    the matched pasted masks agree on at least 99% of their pixels, and matched keypoints are within 0.5 px.
+    `names` are the outputs' names (`ExportableDetector.output_names`); without them a fourth output is masks.
     """
+    names = list(names) or ["boxes", "scores", "classes", "masks"][: len(expected)]
     actual = [torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a for a in actual]
     assert len(actual) == len(expected)
     boxes, scores, classes = expected[:3]
@@ -45,9 +47,17 @@ def assert_same_detections(expected: Sequence, actual: Sequence) -> None:
                 matches.append((i, j))
                 break
     assert len(matches) >= 0.98 * num, f"{len(matches)} of {num} detections matched"
-    if len(expected) == 4:
-        masks, got_masks = expected[3], actual[3].bool()
+    rows, cols = (torch.tensor(index) for index in zip(*matches))
+    if "masks" in names:
+        index = names.index("masks")
+        masks, got_masks = expected[index], actual[index].bool()
         assert got_masks.shape[1:] == masks.shape[1:]
-        rows, cols = (torch.tensor(index) for index in zip(*matches))
         agree = (masks[rows] == got_masks[cols]).float().mean()
         assert agree >= 0.99, f"pasted masks agree on {agree:.4f} of the pixels"
+    if "keypoints" in names:
+        index = names.index("keypoints")
+        keypoints, got_keypoints = expected[index][rows], actual[index][cols]
+        assert got_keypoints.shape[1:] == keypoints.shape[1:] and keypoints.shape[-1] == 3
+        offset = (keypoints[..., :2] - got_keypoints[..., :2]).abs().max()
+        assert offset <= 0.5, f"matched keypoints are up to {offset:.3f} px apart"
+        torch.testing.assert_close(got_keypoints[..., 2], keypoints[..., 2], rtol=0, atol=1e-3)

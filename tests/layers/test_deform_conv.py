@@ -386,3 +386,22 @@ def test_operator_checks_direct_calls():
             1,
             False,
         )
+
+
+@needs_extension
+def test_channels_last_and_strided_inputs_give_the_same_results():
+    """detlib's CPU models run channels_last: such inputs (and sliced offsets) are read as the NCHW ones."""
+    case = CASES["groups-offset-groups"]
+    tensors = make_tensors(case, torch.float32, masked=True)
+    expected = forward_backward(deform_conv2d, case, tensors)
+    offset_mask = torch.cat([tensors["offset"], tensors["mask"]], dim=1)  # one conv's output, sliced
+    strided = dict(
+        tensors,
+        input=tensors["input"].contiguous(memory_format=torch.channels_last),
+        offset=offset_mask[:, : tensors["offset"].size(1)],
+        mask=offset_mask[:, tensors["offset"].size(1) :],
+    )
+    assert not strided["offset"].is_contiguous()
+    ours = forward_backward(deform_conv2d, case, strided)
+    for key in expected:
+        torch.testing.assert_close(ours[key], expected[key], rtol=0, atol=0, msg=key)

@@ -126,7 +126,9 @@ def test_fast_rcnn_giou_loss_and_class_agnostic_regression():
     fg = torch.tensor([0, 2])
     transform = Box2BoxTransform((10.0, 10.0, 5.0, 5.0))
     with EventStorage(0):
-        giou = _predictor(box_loss=build_box_loss("giou")).losses((scores, deltas), [proposals])["loss_box_reg"]
+        giou = _predictor(box_reg_loss_type=build_box_loss("giou")).losses((scores, deltas), [proposals])[
+            "loss_box_reg"
+        ]
         agnostic = _predictor(cls_agnostic_bbox_reg=True)
         assert agnostic.bbox_pred.out_features == 4
         agnostic_loss = agnostic.losses((scores, deltas[:, 4:]), [proposals])["loss_box_reg"]

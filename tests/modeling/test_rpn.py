@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from detlib.config import get_cfg
-from detlib.layers import ShapeSpec, build_box_loss
+from detlib.layers import ShapeSpec
 from detlib.modeling.anchor_generator import DefaultAnchorGenerator
 from detlib.modeling.box_regression import Box2BoxTransform
 from detlib.modeling.matcher import Matcher
@@ -99,7 +99,7 @@ def test_losses_by_hand():
 def test_loss_weights_and_box_loss_choice():
     images, features, gt = _inputs()
     weighted = _tiny_rpn(
-        loss_weight={"loss_rpn_cls": 2.0, "loss_rpn_loc": 0.5}, box_loss=build_box_loss("smooth_l1", beta=1.0)
+        loss_weight={"loss_rpn_cls": 2.0, "loss_rpn_loc": 0.5}, box_reg_loss_type="smooth_l1", smooth_l1_beta=1.0
     ).train()
     with EventStorage(0):
         _, losses = weighted(images, features, gt)
@@ -108,7 +108,7 @@ def test_loss_weights_and_box_loss_choice():
     torch.testing.assert_close(losses["loss_rpn_cls"], torch.tensor(2.0 * cls))
     torch.testing.assert_close(losses["loss_rpn_loc"], torch.tensor(0.5 * loc))
 
-    giou = _tiny_rpn(box_loss=build_box_loss("giou")).train()
+    giou = _tiny_rpn(box_reg_loss_type="giou").train()
     with EventStorage(0):
         _, losses = giou(images, features, gt)
     # Decoded positive: center (4.8, 2.4), 8 x 8e^0.3 -> IoU with the gt [0, 0, 8, 8] by hand.

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from detlib.structures import Instances, Keypoints, heatmaps_to_keypoints, keypoints_to_heatmap
 
@@ -86,3 +87,26 @@ def test_heatmaps_to_keypoints_upsampled():
     torch.testing.assert_close(out[0, 1, :2], torch.tensor([8 - x, 8 - y]))
     # The peak of the resampled map is at least the largest heatmap logit (bicubic overshoots).
     assert out[0, 0, 2] >= 5.0
+
+
+def test_padded_peaks_of_traced_programs_match_the_per_roi_resampling():
+    """The loop-free decoding used in traced programs equals F.interpolate's bicubic resampling per RoI."""
+    from detlib.structures.keypoints import _peaks_padded
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(5, 3, 14, 14, generator=g) * 3
+    corners = torch.rand(5, 2, generator=g) * 50
+    boxes = torch.cat([corners, corners + 1 + torch.rand(5, 2, generator=g) * 60], dim=1)
+    boxes[0, 2:] = boxes[0, :2] + 0.4  # smaller than a pixel: resampled to 1 x 1
+    eager = heatmaps_to_keypoints(maps, boxes)
+    ceil_sizes = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1).ceil()
+    peak, row, col = _peaks_padded(maps, ceil_sizes)
+    torch.testing.assert_close(peak, eager[..., 2], rtol=0, atol=1e-4)  # float32 sums in another order
+    for i, (width, height) in enumerate(ceil_sizes.tolist()):
+        resampled = F.interpolate(maps[i : i + 1], size=(int(height), int(width)), mode="bicubic", align_corners=False)
+        flat = resampled[0].flatten(1)
+        # The same cell, or one whose resampled value ties with the maximum within rounding.
+        picked = flat.gather(1, (row[i] * int(width) + col[i])[:, None])[:, 0]
+        torch.testing.assert_close(picked, flat.max(dim=1).values, rtol=0, atol=1e-4)
+    empty_peak, empty_row, _ = _peaks_padded(maps[:0], ceil_sizes[:0])
+    assert empty_peak.shape == (0, 3) and empty_row.shape == (0, 3)

@@ -6,7 +6,7 @@ ResNet's deformable stages (3x3, one offset group, an 800x1216 image: res3 128 c
 Both run in this process on the same tensors; their outputs (and gradients) are checked equal first, then
 timed interleaved (ours, theirs, ours, ...) so that a change in the machine's load hits both alike.
 
-    OMP_NUM_THREADS=2 python tools/benchmarks/deform_conv.py [--device cuda] [--batch 2] [--repeats 7]
+    OMP_NUM_THREADS=2 python tools/benchmark.py deform [--device cuda] [--batch 2] [--repeats 7]
 """
 
 import argparse
@@ -18,6 +18,8 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+
+HELP = "deformable convolution against torchvision.ops.deform_conv2d"
 
 STAGES = {"res3": (128, 100, 152), "res4": (256, 50, 76), "res5": (512, 25, 38)}
 
@@ -87,8 +89,7 @@ def case_rows(stage: str, batch: int, version: str, repeats: int, device: torch.
         ms = _interleaved({name: (lambda name=name, fn=fn: fn(name)) for name in impls}, repeats, device)
         rows.append([op, case, ms["torchvision"], ms["detlib"], ms["torchvision"] / ms["detlib"], difference])
         print(
-            f"  {op:8s} {case:40s} torchvision {rows[-1][2]:9.1f} ms  detlib {rows[-1][3]:9.1f} ms  "
-            f"x{rows[-1][4]:.2f}",
+            f"  {op:8s} {case:40s} torchvision {rows[-1][2]:9.1f} ms  detlib {rows[-1][3]:9.1f} ms  x{rows[-1][4]:.2f}",
             file=sys.stderr,
             flush=True,
         )
@@ -108,15 +109,9 @@ def run(args: argparse.Namespace) -> None:
                 rows += case_rows(stage, batch, version, args.repeats, device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    print(f"command: python tools/benchmarks/deform_conv.py {' '.join(sys.argv[1:])}")
+    print(f"command: python tools/benchmark.py {' '.join(sys.argv[1:])}")
     print(f"kernels: {_extension.kernels_in_use()}")
     print(f"device: {where}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus{load}")
     print(f"median of {args.repeats} interleaved calls after one warm-up; 3x3 kernel, padding 1, 1 offset group\n")
     headers = ["op", "case", "torchvision ms", "detlib ms", "speedup", "max rel. diff"]
     print(tabulate(rows, headers=headers, tablefmt="github", floatfmt=(".1f", "", ".1f", ".1f", ".2f", ".1e")))
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run(parser.parse_args())

@@ -1,149 +1,96 @@
 """
-Datasets every detlib user can name without registering them.
+Datasets every detlib user can name without registering them, with Detectron2's names and on-disk
+layout (docs/datasets.md lists them), under the datasets root: `$DETLIB_DATASETS`, else
+`$DETECTRON2_DATASETS` (so an existing Detectron2 tree is found), else `./datasets`.
 
-They live under `$DETLIB_DATASETS` (default `./datasets`):
-    coco/annotations/instances_{train,val}2017.json, coco/{train,val,test}2017/   (COCO 2017)
-    coco/annotations/person_keypoints_{train,val}2017.json                      (COCO 2017 keypoints)
-    shapes/{train,val}/, shapes_kp/{train,val}/                                 (generated on first use)
+Registering reads nothing: a dataset whose files are missing fails when it is used, with an error
+naming the dataset, the missing path and the variables that set the root.
 """
 
 import os
-from typing import Callable
+from typing import Callable, List, Sequence
 
-from ..catalog import DatasetCatalog, Metadata, MetadataCatalog
-from .coco import load_coco_json, register_coco_instances
-from .shapes import SHAPES_CLASSES, ShapesSpec, generate_shapes
-from .shapes_keypoints import (
-    KEYPOINT_FLIP_MAP,
-    KEYPOINT_NAMES,
-    KEYPOINT_SHAPES_CLASSES,
-    KeypointShapesSpec,
-    generate_keypoint_shapes,
+from ..catalog import DatasetCatalog, MetadataCatalog
+from .builtin_meta import (
+    COCO_CATEGORIES,
+    COCO_PERSON_KEYPOINT_FLIP_MAP,
+    COCO_PERSON_KEYPOINT_NAMES,
+    ade20k_metadata,
+    cityscapes_metadata,
+    coco_instances_metadata,
+    coco_panoptic_separated_metadata,
+    coco_panoptic_standard_metadata,
+    coco_person_metadata,
 )
+from .builtin_shapes import (
+    KEYPOINT_SHAPES_SPLITS,
+    SHAPES_SPLITS,
+    register_all_shapes,
+    register_keypoint_shapes,
+    register_shapes,
+)
+from .cityscapes import load_cityscapes_instances, load_cityscapes_semantic
+from .coco import register_coco_instances
+from .coco_panoptic import register_coco_panoptic, register_coco_panoptic_separated
+from .lvis import get_lvis_instances_meta, register_lvis_instances
+from .pascal_voc import register_pascal_voc
+from .sem_seg import register_sem_seg
 
 __all__ = [
     "COCO_CATEGORIES",
     "COCO_PERSON_KEYPOINT_NAMES",
     "COCO_PERSON_KEYPOINT_FLIP_MAP",
+    "DATASETS_ROOT_VARIABLES",
     "SHAPES_SPLITS",
     "KEYPOINT_SHAPES_SPLITS",
+    "datasets_root",
     "register_all_coco",
+    "register_all_lvis",
+    "register_all_cityscapes",
+    "register_all_pascal_voc",
+    "register_all_ade20k",
+    "register_all_shapes",
     "register_shapes",
     "register_keypoint_shapes",
-    "register_all_shapes",
 ]
 
-# (COCO category id, name) of the 80 thing classes; ids are not contiguous.
-COCO_CATEGORIES = (
-    (1, "person"),
-    (2, "bicycle"),
-    (3, "car"),
-    (4, "motorcycle"),
-    (5, "airplane"),
-    (6, "bus"),
-    (7, "train"),
-    (8, "truck"),
-    (9, "boat"),
-    (10, "traffic light"),
-    (11, "fire hydrant"),
-    (13, "stop sign"),
-    (14, "parking meter"),
-    (15, "bench"),
-    (16, "bird"),
-    (17, "cat"),
-    (18, "dog"),
-    (19, "horse"),
-    (20, "sheep"),
-    (21, "cow"),
-    (22, "elephant"),
-    (23, "bear"),
-    (24, "zebra"),
-    (25, "giraffe"),
-    (27, "backpack"),
-    (28, "umbrella"),
-    (31, "handbag"),
-    (32, "tie"),
-    (33, "suitcase"),
-    (34, "frisbee"),
-    (35, "skis"),
-    (36, "snowboard"),
-    (37, "sports ball"),
-    (38, "kite"),
-    (39, "baseball bat"),
-    (40, "baseball glove"),
-    (41, "skateboard"),
-    (42, "surfboard"),
-    (43, "tennis racket"),
-    (44, "bottle"),
-    (46, "wine glass"),
-    (47, "cup"),
-    (48, "fork"),
-    (49, "knife"),
-    (50, "spoon"),
-    (51, "bowl"),
-    (52, "banana"),
-    (53, "apple"),
-    (54, "sandwich"),
-    (55, "orange"),
-    (56, "broccoli"),
-    (57, "carrot"),
-    (58, "hot dog"),
-    (59, "pizza"),
-    (60, "donut"),
-    (61, "cake"),
-    (62, "chair"),
-    (63, "couch"),
-    (64, "potted plant"),
-    (65, "bed"),
-    (67, "dining table"),
-    (70, "toilet"),
-    (72, "tv"),
-    (73, "laptop"),
-    (74, "mouse"),
-    (75, "remote"),
-    (76, "keyboard"),
-    (77, "cell phone"),
-    (78, "microwave"),
-    (79, "oven"),
-    (80, "toaster"),
-    (81, "sink"),
-    (82, "refrigerator"),
-    (84, "book"),
-    (85, "clock"),
-    (86, "vase"),
-    (87, "scissors"),
-    (88, "teddy bear"),
-    (89, "hair drier"),
-    (90, "toothbrush"),
-)
+# The environment variables naming the datasets root, the first set one wins.
+DATASETS_ROOT_VARIABLES = ("DETLIB_DATASETS", "DETECTRON2_DATASETS")
 
-# The 17 keypoints of a COCO person, in the annotation files' order; a horizontal flip swaps each
-# left_* keypoint with its right_* one.
-COCO_PERSON_KEYPOINT_NAMES = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
-COCO_PERSON_KEYPOINT_FLIP_MAP = tuple(
-    (name, "right_" + name[len("left_") :]) for name in COCO_PERSON_KEYPOINT_NAMES if name.startswith("left_")
-)
+
+def datasets_root() -> str:
+    """The directory the builtin datasets live in (see the module's docstring)."""
+    for variable in DATASETS_ROOT_VARIABLES:
+        if os.getenv(variable):
+            return os.path.expanduser(os.environ[variable])
+    return "datasets"
+
+
+def _require_paths(name: str, paths: Sequence[str]) -> None:
+    """Makes dataset `name`'s loader check that `paths` exist before it loads anything."""
+    load = DatasetCatalog[name]
+
+    def checked_load() -> List[dict]:
+        for path in paths:
+            if not os.path.exists(path):
+                set_by = [v for v in DATASETS_ROOT_VARIABLES if os.getenv(v)]
+                source = f"from ${set_by[0]}" if set_by else "the default: neither variable is set"
+                raise FileNotFoundError(
+                    f"Dataset '{name}' needs {path}, which does not exist. The datasets root is "
+                    f"'{datasets_root()}' ({source}); put the dataset under it as docs/datasets.md shows, or set "
+                    f"{DATASETS_ROOT_VARIABLES[0]} (or {DATASETS_ROOT_VARIABLES[1]}) to the directory that holds it."
+                )
+        return load()
+
+    DatasetCatalog[name] = checked_load
+
 
 # name -> (image directory, annotation file), relative to the datasets root.
 _COCO_SPLITS = {
+    "coco_2014_train": ("coco/train2014", "coco/annotations/instances_train2014.json"),
+    "coco_2014_val": ("coco/val2014", "coco/annotations/instances_val2014.json"),
+    "coco_2014_minival": ("coco/val2014", "coco/annotations/instances_minival2014.json"),
+    "coco_2014_valminusminival": ("coco/val2014", "coco/annotations/instances_valminusminival2014.json"),
     "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
     "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
     "coco_2017_test": ("coco/test2017", "coco/annotations/image_info_test2017.json"),
@@ -151,103 +98,151 @@ _COCO_SPLITS = {
     "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
 }
 
-# name -> (sub-directory, parameters). Sized so that a Mask R-CNN trains on them on a laptop CPU.
-SHAPES_SPLITS = {
-    "shapes_train": ("shapes/train", ShapesSpec(num_images=2000, seed=0)),
-    "shapes_val": ("shapes/val", ShapesSpec(num_images=200, seed=1)),
-}
-
-# Visualization colours of the shape classes (RGB), one per entry of SHAPES_CLASSES.
-_SHAPES_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
-
-
 _COCO_KEYPOINT_SPLITS = {
+    "keypoints_coco_2014_train": ("coco/train2014", "coco/annotations/person_keypoints_train2014.json"),
+    "keypoints_coco_2014_val": ("coco/val2014", "coco/annotations/person_keypoints_val2014.json"),
+    "keypoints_coco_2014_minival": ("coco/val2014", "coco/annotations/person_keypoints_minival2014.json"),
+    "keypoints_coco_2014_valminusminival": (
+        "coco/val2014",
+        "coco/annotations/person_keypoints_valminusminival2014.json",
+    ),
     "keypoints_coco_2017_train": ("coco/train2017", "coco/annotations/person_keypoints_train2017.json"),
     "keypoints_coco_2017_val": ("coco/val2017", "coco/annotations/person_keypoints_val2017.json"),
     "keypoints_coco_2017_val_100": ("coco/val2017", "coco/annotations/person_keypoints_val2017_100.json"),
 }
 
-# Sized so that a Keypoint R-CNN trains on them on a CPU in minutes.
-KEYPOINT_SHAPES_SPLITS = {
-    "shapes_kp_train": ("shapes_kp/train", KeypointShapesSpec(num_images=1000, seed=0)),
-    "shapes_kp_val": ("shapes_kp/val", KeypointShapesSpec(num_images=200, seed=1)),
+# prefix -> (panoptic PNG directory, panoptic json, semantic PNG directory for the separated layout).
+# The instances split is the prefix without "_panoptic".
+_COCO_PANOPTIC_SPLITS = {
+    f"coco_2017_{split}_panoptic": (
+        f"coco/panoptic_{files}",
+        f"coco/annotations/panoptic_{files}.json",
+        f"coco/panoptic_stuff_{files}",
+    )
+    for split, files in (("train", "train2017"), ("val", "val2017"), ("val_100", "val2017_100"))
 }
 
 
-def _coco_metadata() -> dict:
-    return {
-        "thing_classes": [name for _, name in COCO_CATEGORIES],
-        "thing_dataset_id_to_contiguous_id": {cid: i for i, (cid, _) in enumerate(COCO_CATEGORIES)},
-    }
-
-
 def register_all_coco(root: str) -> None:
+    """COCO 2014 / 2017 instances and person keypoints, and COCO 2017 panoptic in its three layouts."""
     for name, (image_dir, json_file) in _COCO_SPLITS.items():
-        register_coco_instances(name, _coco_metadata(), os.path.join(root, json_file), os.path.join(root, image_dir))
-    person = {
-        "thing_classes": ["person"],
-        "thing_dataset_id_to_contiguous_id": {1: 0},
-        "keypoint_names": list(COCO_PERSON_KEYPOINT_NAMES),
-        "keypoint_flip_map": list(COCO_PERSON_KEYPOINT_FLIP_MAP),
-    }
+        paths = (os.path.join(root, json_file), os.path.join(root, image_dir))
+        register_coco_instances(name, coco_instances_metadata(), paths[0], paths[1])
+        _require_paths(name, paths)
     for name, (image_dir, json_file) in _COCO_KEYPOINT_SPLITS.items():
-        register_coco_instances(name, person, os.path.join(root, json_file), os.path.join(root, image_dir))
+        paths = (os.path.join(root, json_file), os.path.join(root, image_dir))
+        register_coco_instances(name, coco_person_metadata(), paths[0], paths[1])
+        _require_paths(name, paths)
+    for prefix, (panoptic_dir, panoptic_json, semantic_dir) in _COCO_PANOPTIC_SPLITS.items():
+        image_dir, instances_json = (os.path.join(root, p) for p in _COCO_SPLITS[prefix[: -len("_panoptic")]])
+        panoptic_dir, panoptic_json, semantic_dir = (
+            os.path.join(root, p) for p in (panoptic_dir, panoptic_json, semantic_dir)
+        )
+        register_coco_panoptic_separated(
+            prefix,
+            coco_panoptic_separated_metadata(),
+            image_dir,
+            panoptic_dir,
+            panoptic_json,
+            semantic_dir,
+            instances_json,
+        )
+        _require_paths(prefix + "_separated", (instances_json, image_dir, semantic_dir))
+        _require_paths(prefix + "_stuffonly", (image_dir, semantic_dir))
+        register_coco_panoptic(
+            prefix, coco_panoptic_standard_metadata(), image_dir, panoptic_dir, panoptic_json, instances_json
+        )
+        _require_paths(prefix, (panoptic_json, image_dir, panoptic_dir))
 
 
-class _ShapesMetadata(Metadata):
-    """
-    Metadata of a synthetic split whose `json_file` is written on first access: an evaluator may
-    open the annotation file before anything has loaded the dataset.
-    """
-
-    def __init__(self, name: str, split_dir: str, spec, generate: Callable[..., str] = generate_shapes):
-        super().__init__(name=name, image_root=os.path.join(split_dir, "images"))
-        self._split = (split_dir, spec, generate)
-
-    @property
-    def json_file(self) -> str:
-        if "_json_file" not in self.__dict__:  # checked (and generated if needed) once per process
-            split_dir, spec, generate = self._split
-            self._json_file = generate(spec, split_dir)
-        return self._json_file
+# name -> annotation file; the images are COCO's, under coco/.
+_LVIS_SPLITS = {
+    "lvis_v1_train": "lvis/lvis_v1_train.json",
+    "lvis_v1_val": "lvis/lvis_v1_val.json",
+    "lvis_v1_test_dev": "lvis/lvis_v1_image_info_test_dev.json",
+    "lvis_v1_test_challenge": "lvis/lvis_v1_image_info_test_challenge.json",
+    "lvis_v0.5_train": "lvis/lvis_v0.5_train.json",
+    "lvis_v0.5_val": "lvis/lvis_v0.5_val.json",
+    "lvis_v0.5_val_rand_100": "lvis/lvis_v0.5_val_rand_100.json",
+    "lvis_v0.5_test": "lvis/lvis_v0.5_image_info_test.json",
+    "lvis_v0.5_train_cocofied": "lvis/lvis_v0.5_train_cocofied.json",
+    "lvis_v0.5_val_cocofied": "lvis/lvis_v0.5_val_cocofied.json",
+}
 
 
-def register_shapes(name: str, split_dir: str, spec: ShapesSpec) -> None:
-    """
-    Registers a synthetic shapes split: its first use (`DatasetCatalog.get(name)` or reading the
-    metadata's `json_file`) writes it to `split_dir`; later uses read it from there.
-    """
-    metadata = _ShapesMetadata(name, split_dir, spec)
-    DatasetCatalog.register(name, lambda: load_coco_json(metadata.json_file, metadata.image_root, name))
-    MetadataCatalog[name] = metadata.set(
-        evaluator_type="coco",
-        thing_classes=list(SHAPES_CLASSES),
-        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))},
-        thing_colors=list(_SHAPES_COLORS),
-    )
+def register_all_lvis(root: str) -> None:
+    for name, json_file in _LVIS_SPLITS.items():
+        paths = (os.path.join(root, json_file), os.path.join(root, "coco"))
+        register_lvis_instances(name, get_lvis_instances_meta(name), paths[0], paths[1])
+        _require_paths(name, paths)
 
 
-def register_keypoint_shapes(name: str, split_dir: str, spec: KeypointShapesSpec) -> None:
-    """Registers a synthetic keypoint shapes split, written to `split_dir` on first use (as `register_shapes`)."""
-    metadata = _ShapesMetadata(name, split_dir, spec, generate_keypoint_shapes)
-    DatasetCatalog.register(name, lambda: load_coco_json(metadata.json_file, metadata.image_root, name))
-    MetadataCatalog[name] = metadata.set(
-        evaluator_type="coco",
-        thing_classes=list(KEYPOINT_SHAPES_CLASSES),
-        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(KEYPOINT_SHAPES_CLASSES))},
-        thing_colors=[_SHAPES_COLORS[SHAPES_CLASSES.index(c)] for c in KEYPOINT_SHAPES_CLASSES],
-        keypoint_names=list(KEYPOINT_NAMES),
-        keypoint_flip_map=list(KEYPOINT_FLIP_MAP),
-    )
+def _register_lazy(name: str, loader: Callable[[], List[dict]], paths: Sequence[str], **metadata) -> None:
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+    _require_paths(name, paths)
 
 
-def register_all_shapes(root: str) -> None:
-    for name, (subdir, spec) in SHAPES_SPLITS.items():
-        register_shapes(name, os.path.join(root, subdir), spec)
-    for name, (subdir, spec) in KEYPOINT_SHAPES_SPLITS.items():
-        register_keypoint_shapes(name, os.path.join(root, subdir), spec)
+def register_all_cityscapes(root: str) -> None:
+    """`cityscapes_fine_{instance_seg,sem_seg}_{train,val,test}` over leftImg8bit/ and gtFine/."""
+    for split in ("train", "val", "test"):
+        image_dir = os.path.join(root, "cityscapes", "leftImg8bit", split)
+        gt_dir = os.path.join(root, "cityscapes", "gtFine", split)
+        common = dict(image_dir=image_dir, gt_dir=gt_dir, **cityscapes_metadata())
+        _register_lazy(
+            f"cityscapes_fine_instance_seg_{split}",
+            lambda x=image_dir, y=gt_dir: load_cityscapes_instances(x, y),
+            (image_dir, gt_dir),
+            evaluator_type="cityscapes_instance",
+            **common,
+        )
+        _register_lazy(
+            f"cityscapes_fine_sem_seg_{split}",
+            lambda x=image_dir, y=gt_dir: load_cityscapes_semantic(x, y),
+            (image_dir, gt_dir),
+            evaluator_type="cityscapes_sem_seg",
+            ignore_label=255,
+            **common,
+        )
 
 
-_root = os.path.expanduser(os.getenv("DETLIB_DATASETS", "datasets"))
-register_all_coco(_root)
-register_all_shapes(_root)
+_PASCAL_VOC_SPLITS = (
+    ("voc_2007_trainval", "VOC2007", "trainval"),
+    ("voc_2007_train", "VOC2007", "train"),
+    ("voc_2007_val", "VOC2007", "val"),
+    ("voc_2007_test", "VOC2007", "test"),
+    ("voc_2012_trainval", "VOC2012", "trainval"),
+    ("voc_2012_train", "VOC2012", "train"),
+    ("voc_2012_val", "VOC2012", "val"),
+)
+
+
+def register_all_pascal_voc(root: str) -> None:
+    for name, directory, split in _PASCAL_VOC_SPLITS:
+        dirname = os.path.join(root, directory)
+        register_pascal_voc(name, dirname, split, int(directory[-4:]))
+        _require_paths(name, (os.path.join(dirname, "ImageSets", "Main", split + ".txt"),))
+
+
+def register_all_ade20k(root: str) -> None:
+    """`ade20k_sem_seg_{train,val}`: ADEChallengeData2016 with labels as written by Detectron2's
+    prepare_ade20k_sem_seg.py (annotations_detectron2/: class ids 0..149, 255 ignored)."""
+    base = os.path.join(root, "ADEChallengeData2016")
+    for split, directory in (("train", "training"), ("val", "validation")):
+        name = f"ade20k_sem_seg_{split}"
+        image_dir = os.path.join(base, "images", directory)
+        gt_dir = os.path.join(base, "annotations_detectron2", directory)
+        register_sem_seg(name, ade20k_metadata(), gt_dir, image_dir, gt_ext="png", image_ext="jpg")
+        _require_paths(name, (gt_dir, image_dir))
+
+
+def register_all(root: str) -> None:
+    register_all_coco(root)
+    register_all_lvis(root)
+    register_all_cityscapes(root)
+    register_all_pascal_voc(root)
+    register_all_ade20k(root)
+    register_all_shapes(root)
+
+
+register_all(datasets_root())

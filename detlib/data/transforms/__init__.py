@@ -1,11 +1,12 @@
 """A small transform API: deterministic `Transform`s and the random `Augmentation`s that make them."""
 
 from .augmentation import AugInput, Augmentation, AugmentationList, apply_augmentations
-from .augmentation_impl import RandomCrop, RandomFlip, Resize, ResizeShortestEdge
+from .augmentation_impl import FixedSizeCrop, RandomCrop, RandomFlip, Resize, ResizeScale, ResizeShortestEdge
 from .transform import (
     CropTransform,
     HFlipTransform,
     NoOpTransform,
+    PadTransform,
     ResizeTransform,
     Transform,
     TransformList,
@@ -17,13 +18,16 @@ __all__ = [
     "Augmentation",
     "AugmentationList",
     "apply_augmentations",
+    "FixedSizeCrop",
     "RandomCrop",
     "RandomFlip",
     "Resize",
+    "ResizeScale",
     "ResizeShortestEdge",
     "CropTransform",
     "HFlipTransform",
     "NoOpTransform",
+    "PadTransform",
     "ResizeTransform",
     "Transform",
     "TransformList",

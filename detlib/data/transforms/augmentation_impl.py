@@ -7,9 +7,18 @@ import numpy as np
 from PIL import Image
 
 from .augmentation import Augmentation
-from .transform import CropTransform, HFlipTransform, NoOpTransform, ResizeTransform, Transform, VFlipTransform
+from .transform import (
+    CropTransform,
+    HFlipTransform,
+    NoOpTransform,
+    PadTransform,
+    ResizeTransform,
+    Transform,
+    TransformList,
+    VFlipTransform,
+)
 
-__all__ = ["Resize", "ResizeShortestEdge", "RandomFlip", "RandomCrop"]
+__all__ = ["Resize", "ResizeShortestEdge", "ResizeScale", "FixedSizeCrop", "RandomFlip", "RandomCrop"]
 
 
 class Resize(Augmentation):
@@ -130,3 +139,64 @@ class RandomCrop(Augmentation):
         ch = int(np.random.randint(min(h, lo), min(h, hi) + 1))
         cw = int(np.random.randint(min(w, lo), min(w, hi) + 1))
         return ch, cw
+
+
+class ResizeScale(Augmentation):
+    """
+    Large-scale jitter, part 1: scale the image, keeping its aspect ratio, to fit within
+    `s * target_height` x `s * target_width` for a scale `s` drawn uniformly from
+    [min_scale, max_scale] (sizes rounded to the nearest pixel).
+    """
+
+    def __init__(
+        self, min_scale: float, max_scale: float, target_height: int, target_width: int, interp: int = Image.BILINEAR
+    ):
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f"ResizeScale needs 0 < min_scale <= max_scale, got {min_scale}, {max_scale}.")
+        self.min_scale, self.max_scale = min_scale, max_scale
+        self.target_height, self.target_width = target_height, target_width
+        self.interp = interp
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        return self.resize_for_scale(image.shape[:2], np.random.uniform(self.min_scale, self.max_scale))
+
+    def resize_for_scale(self, image_size: Tuple[int, int], scale: float) -> ResizeTransform:
+        """The resize of an image of `image_size` (h, w) for the drawn `scale`."""
+        h, w = image_size
+        factor = min(scale * self.target_height / h, scale * self.target_width / w)
+        new_h, new_w = (int(v) for v in np.round(np.array([h, w], dtype=np.float64) * factor))
+        return ResizeTransform(h, w, new_h, new_w, self.interp)
+
+
+class FixedSizeCrop(Augmentation):
+    """
+    Large-scale jitter, part 2: crop a random `crop_size` (h, w) window where the image is larger
+    (one uniform draw places the window along both axes), then, with `pad`, pad the right and
+    bottom up to `crop_size` with `pad_value` (label maps with `seg_pad_value`). Boxes are clipped by
+    the crop; a mapper with `recompute_boxes=True` refits them to the cropped masks.
+    """
+
+    def __init__(
+        self, crop_size: Tuple[int, int], pad: bool = True, pad_value: float = 128.0, seg_pad_value: int = 255
+    ):
+        self.crop_size = tuple(int(v) for v in crop_size)
+        if len(self.crop_size) != 2 or min(self.crop_size) <= 0:
+            raise ValueError(f"FixedSizeCrop crop_size must be (h, w) > 0, got {crop_size}.")
+        self.pad, self.pad_value, self.seg_pad_value = pad, pad_value, seg_pad_value
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        return self.transform_for_offset(image.shape[:2], np.random.uniform(0.0, 1.0))
+
+    def transform_for_offset(self, image_size: Tuple[int, int], fraction: float) -> TransformList:
+        """The crop (and pad) of an image of `image_size` (h, w) with the window at `fraction` of the
+        free room along each axis."""
+        h, w = image_size
+        crop_h, crop_w = self.crop_size
+        y0, x0 = (int(v) for v in np.round(np.maximum([h - crop_h, w - crop_w], 0) * fraction))
+        kept_h, kept_w = min(h, crop_h), min(w, crop_w)
+        transforms: list = [CropTransform(x0, y0, kept_w, kept_h)]
+        if self.pad:
+            transforms.append(
+                PadTransform(0, 0, crop_w - kept_w, crop_h - kept_h, kept_w, kept_h, self.pad_value, self.seg_pad_value)
+            )
+        return TransformList(transforms)

@@ -22,6 +22,7 @@ __all__ = [
     "VFlipTransform",
     "ResizeTransform",
     "CropTransform",
+    "PadTransform",
 ]
 
 
@@ -225,6 +226,45 @@ class CropTransform(Transform):
         window = (self.x0, self.y0, self.x0 + self.w, self.y0 + self.h)
         clipped = [_clip_polygon(np.asarray(p, dtype=np.float64), *window) for p in polygons]
         return [self.apply_coords(p) for p in clipped if len(p) >= 3]
+
+
+class PadTransform(Transform):
+    """
+    Pads `x0` / `y0` pixels before and `x1` / `y1` after an orig_w x orig_h image: images with
+    `pad_value`, label maps with `seg_pad_value`, instance masks (bool) with False.
+    """
+
+    def __init__(
+        self,
+        x0: int,
+        y0: int,
+        x1: int,
+        y1: int,
+        orig_w: Optional[int] = None,
+        orig_h: Optional[int] = None,
+        pad_value: float = 0,
+        seg_pad_value: int = 0,
+    ):
+        self.x0, self.y0, self.x1, self.y1 = x0, y0, x1, y1
+        self.orig_w, self.orig_h = orig_w, orig_h
+        self.pad_value, self.seg_pad_value = pad_value, seg_pad_value
+
+    def _pad(self, array: np.ndarray, value: float) -> np.ndarray:
+        widths = [(self.y0, self.y1), (self.x0, self.x1)] + [(0, 0)] * (array.ndim - 2)
+        return np.pad(array, widths, mode="constant", constant_values=value)
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        return self._pad(img, self.pad_value)
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        # An instance mask must not grow into the padding; a label map marks it (255: ignore).
+        return self._pad(segmentation, False if segmentation.dtype == bool else self.seg_pad_value)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        coords = np.array(coords, dtype=np.float64)
+        coords[:, 0] += self.x0
+        coords[:, 1] += self.y0
+        return coords
 
 
 def _clip_polygon(poly: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:

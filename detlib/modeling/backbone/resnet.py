@@ -326,6 +326,42 @@ class ResNet(Backbone):
             in_channels = out_channels
         return blocks
 
+    @staticmethod
+    def make_default_stages(
+        depth: int, block_class: Optional[Type[CNNBlockBase]] = None, **kwargs
+    ) -> List[List[CNNBlockBase]]:
+        """
+        The four stages (res2..res5) of the standard ResNet-`depth`, as Python configs build them:
+        `BasicBlock` below depth 50, else `BottleneckBlock` with a bottleneck a quarter of the output
+        width; res2 keeps the stem's resolution, each later stage halves it. Other keywords (`norm`,
+        `stride_in_1x1`, ...) go to every block.
+        """
+        if depth not in _BLOCKS_PER_STAGE:
+            raise ValueError(f"ResNet depth must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}.")
+        basic = depth < 50
+        if block_class is None:
+            block_class = BasicBlock if basic else BottleneckBlock
+        widths = (64, 128, 256, 512) if basic else (256, 512, 1024, 2048)
+        in_channels = 64
+        stages = []
+        for index, (num_blocks, out_channels) in enumerate(zip(_BLOCKS_PER_STAGE[depth], widths)):
+            stage_kwargs = dict(kwargs)
+            if not basic:
+                stage_kwargs["bottleneck_channels"] = out_channels // 4
+            first_stride = 1 if index == 0 else 2
+            stages.append(
+                ResNet.make_stage(
+                    block_class,
+                    num_blocks,
+                    in_channels=in_channels,
+                    out_channels=out_channels,
+                    stride_per_block=[first_stride] + [1] * (num_blocks - 1),
+                    **stage_kwargs,
+                )
+            )
+            in_channels = out_channels
+        return stages
+
 
 make_stage = ResNet.make_stage
 

@@ -10,14 +10,8 @@ from torch import Tensor, nn
 
 from detlib.config import configurable
 from detlib.layers import Conv2d, ShapeSpec, cat, select_features
-from detlib.layers.losses import (
-    BoxLoss,
-    ClassificationLoss,
-    build_box_loss,
-    build_classification_loss,
-    check_loss_weights,
-)
-from detlib.modeling.loss_config import box_loss_from_config, cls_loss_from_config
+from detlib.layers.losses import BoxLoss, ClassificationLoss, build_classification_loss, check_loss_weights
+from detlib.modeling.loss_config import box_loss_from_config, cls_loss_from_config, resolve_box_reg_loss
 from detlib.structures import Boxes, ImageList, Instances, pairwise_iou
 from detlib.utils.events import get_event_storage
 from detlib.utils.registry import Registry
@@ -144,7 +138,8 @@ class RPN(nn.Module):
         min_box_size: float = 0.0,
         anchor_boundary_thresh: float = -1.0,
         loss_weight: Union[float, Mapping[str, float]] = 1.0,
-        box_loss: Optional[BoxLoss] = None,
+        box_reg_loss_type: Union[str, BoxLoss] = "smooth_l1",
+        smooth_l1_beta: float = 0.0,
         cls_loss: Optional[ClassificationLoss] = None,
     ):
         """
@@ -163,7 +158,9 @@ class RPN(nn.Module):
             anchor_boundary_thresh: anchors sticking out of the image by more than this many pixels
                 are ignored in the losses; negative to keep them all.
             loss_weight: multiplier of both losses, or per loss ({"loss_rpn_cls": w, "loss_rpn_loc": w}).
-            box_loss: the localization loss (default: smooth-L1 with beta 0, i.e. L1, on deltas).
+            box_reg_loss_type: the localization loss: a registered box loss's name ("smooth_l1", "l1", "giou", ...) or a
+                built `BoxLoss`.
+            smooth_l1_beta: the beta of a loss named by `box_reg_loss_type` that takes one (0: L1).
             cls_loss: the objectness loss, used in its binary form (default: cross-entropy).
         """
         super().__init__()
@@ -177,7 +174,7 @@ class RPN(nn.Module):
         self.nms_thresh, self.min_box_size = nms_thresh, float(min_box_size)
         self.anchor_boundary_thresh = anchor_boundary_thresh
         self.loss_weight = check_loss_weights("RPN", loss_weight, self.LOSS_NAMES)
-        self.box_loss = box_loss if box_loss is not None else build_box_loss("smooth_l1")
+        self.box_loss = resolve_box_reg_loss(box_reg_loss_type, smooth_l1_beta)
         self.cls_loss = cls_loss if cls_loss is not None else build_classification_loss("cross_entropy")
 
     @classmethod
@@ -205,7 +202,7 @@ class RPN(nn.Module):
             min_box_size=cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
             anchor_boundary_thresh=rpn.BOUNDARY_THRESH,
             loss_weight=loss_weight,
-            box_loss=box_loss_from_config(rpn, "MODEL.RPN"),
+            box_reg_loss_type=box_loss_from_config(rpn, "MODEL.RPN"),
             cls_loss=cls_loss_from_config(rpn, "MODEL.RPN"),
         )
 

@@ -15,15 +15,9 @@ from torch import Tensor, nn
 
 from detlib.config import configurable
 from detlib.layers import ShapeSpec, batched_nms
-from detlib.layers.losses import (
-    BoxLoss,
-    ClassificationLoss,
-    build_box_loss,
-    build_classification_loss,
-    check_loss_weights,
-)
+from detlib.layers.losses import BoxLoss, ClassificationLoss, build_classification_loss, check_loss_weights
 from detlib.modeling.box_regression import Box2BoxTransform, dense_box_regression_loss
-from detlib.modeling.loss_config import box_loss_from_config, cls_loss_from_config
+from detlib.modeling.loss_config import box_loss_from_config, cls_loss_from_config, resolve_box_reg_loss
 from detlib.structures import Boxes, Instances
 from detlib.utils.events import get_event_storage
 
@@ -135,7 +129,8 @@ class FastRCNNOutputLayers(nn.Module):
         test_score_thresh: float = 0.0,
         test_nms_thresh: float = 0.5,
         test_topk_per_image: int = 100,
-        box_loss: Optional[BoxLoss] = None,
+        box_reg_loss_type: Union[str, BoxLoss] = "smooth_l1",
+        smooth_l1_beta: float = 0.0,
         cls_loss: Optional[ClassificationLoss] = None,
         loss_weight: Union[float, Mapping[str, float]] = 1.0,
         cls_loss_weights: Optional[Sequence[float]] = None,
@@ -153,7 +148,9 @@ class FastRCNNOutputLayers(nn.Module):
             test_score_thresh: detections must score above this.
             test_nms_thresh: IoU threshold of the per-class NMS.
             test_topk_per_image: detections kept per image (negative: all).
-            box_loss: the box-regression loss (default: smooth-L1 with beta 0, i.e. L1, on deltas).
+            box_reg_loss_type: the box-regression loss: a registered box loss's name ("smooth_l1", "l1", "giou", ...) or a
+                built `BoxLoss`.
+            smooth_l1_beta: the beta of a loss named by `box_reg_loss_type` that takes one (0: L1).
             cls_loss: the classification loss, used in its multi-class form (default: cross-entropy).
             loss_weight: a multiplier of both losses, or per loss ({"loss_cls": .., "loss_box_reg": ..}).
             cls_loss_weights: K + 1 per-class weights of the classification loss (background last).
@@ -183,7 +180,7 @@ class FastRCNNOutputLayers(nn.Module):
         self.box2box_transform = box2box_transform
         self.test_score_thresh, self.test_nms_thresh = test_score_thresh, test_nms_thresh
         self.test_topk_per_image = test_topk_per_image
-        self.box_loss = box_loss if box_loss is not None else build_box_loss("smooth_l1")
+        self.box_loss = resolve_box_reg_loss(box_reg_loss_type, smooth_l1_beta)
         self.cls_loss = cls_loss if cls_loss is not None else build_classification_loss("cross_entropy")
         self.loss_weight = check_loss_weights("FastRCNNOutputLayers", loss_weight, self.LOSS_NAMES)
 
@@ -238,7 +235,7 @@ class FastRCNNOutputLayers(nn.Module):
             test_score_thresh=heads.SCORE_THRESH_TEST,
             test_nms_thresh=heads.NMS_THRESH_TEST,
             test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-            box_loss=box_loss_from_config(head, "MODEL.ROI_BOX_HEAD"),
+            box_reg_loss_type=box_loss_from_config(head, "MODEL.ROI_BOX_HEAD"),
             cls_loss=cls_loss_from_config(head, "MODEL.ROI_BOX_HEAD"),
             loss_weight=loss_weight,
             cls_loss_weights=list(head.CLS_LOSS_WEIGHTS) or None,

@@ -100,7 +100,7 @@ def keypoint_rcnn_inference(pred_keypoint_logits: torch.Tensor, pred_instances: 
     logits = pred_keypoint_logits.detach()
     boxes = torch.cat([i.pred_boxes.tensor for i in pred_instances], dim=0).detach()
     keypoints = heatmaps_to_keypoints(logits, boxes)[..., [0, 1, 3]]
-    counts = [len(i) for i in pred_instances]
+    counts = [i.num_instances() for i in pred_instances]
     for per_image, kpts, maps in zip(pred_instances, keypoints.split(counts), logits.split(counts)):
         per_image.pred_keypoints = kpts
         per_image.pred_keypoint_heatmaps = maps

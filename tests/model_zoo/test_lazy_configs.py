@@ -1,0 +1,186 @@
+"""Detectron2's Python model-zoo configs, shipped under configs/ with their imports changed to detlib:
+each loads; the R50/R101-based ones build a model whose parameters are Detectron2's, name for name and
+shape for shape (against Detectron2 itself when installed, else against a recorded signature of its
+models), so Detectron2 checkpoints of these configs load with no missing or unexpected keys."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from detlib import model_zoo
+from detlib.config import instantiate
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_ROOT = REPO / "configs"
+SIGNATURES = Path(__file__).with_name("d2_lazy_model_signatures.json")
+
+ALL_PY_CONFIGS = sorted(str(p.relative_to(CONFIG_ROOT)) for p in CONFIG_ROOT.rglob("*.py"))
+# Detector configs built only from parts detlib has: these must load and instantiate, never skip.
+RESNET_CONFIGS = [
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
+    "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.py",
+    "common/models/cascade_rcnn.py",
+    *(f"new_baselines/mask_rcnn_R_50_FPN_{n}ep_LSJ.py" for n in (50, 100, 200, 400)),
+    *(f"new_baselines/mask_rcnn_R_101_FPN_{n}ep_LSJ.py" for n in (100, 200, 400)),
+]
+
+
+def _load(path: str):
+    """The config, or a skip naming the detlib class it needs when that is not there yet (ViT, Swin,
+    MViT and RegNet backbones, FCOS, C4 and panoptic heads, LVIS pieces)."""
+    try:
+        return model_zoo.get_config(path)
+    except (ImportError, AttributeError) as e:
+        if path in RESNET_CONFIGS:
+            raise
+        pytest.skip(f"{path} needs what detlib does not have yet: {e}")
+
+
+def _signature(model: torch.nn.Module) -> dict:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _digest(signature: dict) -> str:
+    text = "\n".join(f"{k} {list(s)}" for k, s in sorted(signature.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# Configs whose backbones come from the `vit` work (ViT, Swin, MViTv2, RegNet): checked the same way
+# once detlib has the classes; the base-size ones only, the large models are slow to build on a CPU.
+OTHER_BACKBONE_CONFIGS = [
+    "COCO-InstanceSegmentation/mask_rcnn_regnetx_4gf_dds_fpn_1x.py",
+    "COCO-InstanceSegmentation/mask_rcnn_regnety_4gf_dds_fpn_1x.py",
+    "ViTDet/COCO/mask_rcnn_vitdet_b_100ep.py",
+    "ViTDet/COCO/cascade_mask_rcnn_vitdet_b_100ep.py",
+    "ViTDet/COCO/cascade_mask_rcnn_swin_b_in21k_50ep.py",
+    "ViTDet/COCO/cascade_mask_rcnn_mvitv2_b_in21k_100ep.py",
+]
+D2_VITDET_CONFIGS = REPO.parent / "shared" / "peers" / "detectron2-ViTDet-configs"
+
+
+def _detectron2_model(path: str):
+    """Detectron2's model of the same config: from its model zoo, or for ViTDet's project configs from
+    the copy of them beside the peer wheel."""
+    from detectron2 import model_zoo as d2_zoo
+    from detectron2.config import LazyConfig as D2LazyConfig
+    from detectron2.config import instantiate as d2_instantiate
+
+    if path.startswith("ViTDet/"):
+        local = D2_VITDET_CONFIGS / path[len("ViTDet/") :]
+        if not local.is_file():
+            pytest.skip(f"Detectron2's ViTDet configs are not at {D2_VITDET_CONFIGS}")
+        return d2_instantiate(D2LazyConfig.load(str(local)).model)
+    return d2_instantiate(d2_zoo.get_config(path).model)
+
+
+@pytest.mark.parametrize("path", ALL_PY_CONFIGS)
+def test_python_config_loads(path):
+    cfg = _load(path)
+    assert len(cfg) > 0
+    if "train" in cfg:
+        assert cfg.train.max_iter > 0 and "output_dir" in cfg.train
+
+
+def test_every_detectron2_python_detector_config_is_shipped():
+    d2_dirs = ("COCO-Detection", "COCO-InstanceSegmentation", "COCO-Keypoints", "COCO-PanopticSegmentation")
+    shipped = [p for p in ALL_PY_CONFIGS if p.split("/")[0] in d2_dirs or p.startswith("new_baselines/")]
+    assert len(shipped) == 21  # Detectron2 0.6: 8 COCO-* configs and 13 new_baselines
+
+
+@pytest.mark.parametrize("path", RESNET_CONFIGS)
+def test_resnet_config_model_has_detectron2_parameters(path):
+    cfg = _load(path)
+    model = instantiate(cfg.model)
+    signature = _signature(model)
+    try:
+        d2_model = _detectron2_model(path)
+    except ImportError:
+        recorded = json.loads(SIGNATURES.read_text())[path]
+        assert (len(signature), _digest(signature)) == (recorded["num_tensors"], recorded["sha256"])
+        return
+    d2_signature = _signature(d2_model)
+    missing = sorted(set(d2_signature) - set(signature))
+    unexpected = sorted(set(signature) - set(d2_signature))
+    assert not missing and not unexpected, f"missing {missing[:10]}, unexpected {unexpected[:10]}"
+    assert signature == d2_signature
+    model.load_state_dict(d2_model.state_dict(), strict=True)
+    # The recorded signature, which CI compares against without Detectron2, is Detectron2's.
+    recorded = json.loads(SIGNATURES.read_text())[path]
+    assert (recorded["num_tensors"], recorded["sha256"]) == (len(d2_signature), _digest(d2_signature))
+
+
+@pytest.mark.parametrize("path", OTHER_BACKBONE_CONFIGS)
+def test_other_backbone_config_model_has_detectron2_parameters(path):
+    cfg = _load(path)  # skips, naming the class, until detlib has it
+    model = instantiate(cfg.model)
+    pytest.importorskip("detectron2")
+    d2_signature = _signature(_detectron2_model(path))
+    signature = _signature(model)
+    missing = sorted(set(d2_signature) - set(signature))
+    unexpected = sorted(set(signature) - set(d2_signature))
+    assert not missing and not unexpected, f"missing {missing[:10]}, unexpected {unexpected[:10]}"
+    assert signature == d2_signature
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
+        "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.py",
+        "common/models/cascade_rcnn.py",
+        "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py",
+    ],
+)
+def test_config_gives_detectron2_detections_with_its_weights(path):
+    pytest.importorskip("detectron2")
+    from detlib.structures import pairwise_iou
+
+    torch.manual_seed(0)
+    d2_model = _detectron2_model(path).eval()
+    with torch.no_grad():
+        # Random weights behind identity (Frozen)BN blow activations up; a running std of 20 keeps them in
+        # range, and a classifier bias toward a few classes makes scores clear the test threshold.
+        for name, buffer in d2_model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.fill_(400.0)
+        predictors = d2_model.roi_heads.box_predictor
+        for predictor in predictors if isinstance(predictors, torch.nn.ModuleList) else [predictors]:
+            predictor.cls_score.bias[: min(5, predictor.num_classes)] += 4.0
+    model = instantiate(model_zoo.get_config(path).model).eval()
+    model.load_state_dict(d2_model.state_dict(), strict=True)
+    image = torch.randint(0, 256, (3, 200, 240), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    inputs = [{"image": image, "height": 200, "width": 240}]
+    with torch.no_grad():
+        ours, theirs = model(inputs)[0]["instances"], d2_model(inputs)[0]["instances"]
+    assert len(theirs) > 10 and len(ours) == len(theirs)
+    # Each of Detectron2's detections has one of ours: IoU > 0.99, same class, score within 1e-3.
+    iou = pairwise_iou(theirs.pred_boxes, ours.pred_boxes)
+    same = (theirs.pred_classes[:, None] == ours.pred_classes[None]) & (
+        (theirs.scores[:, None] - ours.scores[None]).abs() < 1e-3
+    )
+    best = torch.where(same, iou, torch.zeros_like(iou)).max(dim=1)
+    assert (best.values > 0.99).float().mean() >= 0.98
+    matched = best.values > 0.99
+    if theirs.has("pred_masks"):
+        agreement = (theirs.pred_masks[matched] == ours.pred_masks[best.indices[matched]]).float().mean()
+        assert agreement >= 0.999
+    if theirs.has("pred_keypoints"):
+        torch.testing.assert_close(
+            ours.pred_keypoints[best.indices[matched]], theirs.pred_keypoints[matched], atol=1e-2, rtol=1e-3
+        )
+
+
+def record_signatures() -> None:
+    """Write d2_lazy_model_signatures.json from Detectron2's models (run with Detectron2 installed)."""
+    records = {}
+    for path in RESNET_CONFIGS:
+        signature = _signature(_detectron2_model(path))
+        records[path] = {"num_tensors": len(signature), "sha256": _digest(signature)}
+    SIGNATURES.write_text(json.dumps(records, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    record_signatures()

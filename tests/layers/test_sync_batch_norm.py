@@ -84,6 +84,5 @@ def test_one_process_is_plain_batch_norm(training):
 
 def test_config_names_build_the_synchronized_norm():
     assert type(get_norm("SyncBN", 8)) is SyncBatchNorm2d
-    assert type(get_norm("naiveSyncBN", 8)) is SyncBatchNorm2d
     with pytest.raises(ValueError, match="Unknown norm 'SyncGN'.*SyncBN"):
         get_norm("SyncGN", 8)

@@ -92,6 +92,15 @@ def test_every_zoo_config_loads_with_its_base_files(config):
     assert cfg.VERSION == 2
 
 
+def test_every_dataset_a_config_names_is_registered():
+    from detlib.data import DatasetCatalog
+
+    for config in ZOO:
+        cfg = _load(config)
+        for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+            assert name in DatasetCatalog.list(), f"{config}: dataset '{name}' is not registered"
+
+
 def test_every_config_with_a_published_model_has_its_url():
     # Detectron2 0.6 publishes none for these (its model_zoo.py table): the LVIS v1, GIoU, class-agnostic,
     # semantic-only and Pascal VOC FPN configs.

@@ -1,4 +1,4 @@
-from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, SyncBatchNorm2d, get_norm
+from .batch_norm import BatchNorm2d, FrozenBatchNorm2d, NaiveSyncBatchNorm, SyncBatchNorm2d, get_norm
 from .blocks import CNNBlockBase
 from .deform_conv import DeformConv, ModulatedDeformConv, deform_conv2d
 from .layer_norm import LayerNorm
@@ -21,7 +21,6 @@ from .roi_align import ROIAlign, roi_align
 from .shape_spec import ShapeSpec, select_features
 from .transformer import DropPath, Mlp
 from .wrappers import (
-    BatchNorm2d,
     Conv2d,
     ConvTranspose2d,
     Linear,

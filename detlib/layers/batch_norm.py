@@ -11,7 +11,30 @@ import torch.nn.functional as F
 
 from .layer_norm import LayerNorm
 
-__all__ = ["FrozenBatchNorm2d", "SyncBatchNorm2d", "NaiveSyncBatchNorm", "LayerNorm", "get_norm"]
+__all__ = ["BatchNorm2d", "FrozenBatchNorm2d", "SyncBatchNorm2d", "NaiveSyncBatchNorm", "LayerNorm", "get_norm"]
+
+
+def _affine_batch_norm(
+    x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Inference batch norm written out as one scale and shift per channel of an N x C x H x W map."""
+    scale = weight * (var + eps).rsqrt()
+    shift = bias - mean * scale
+    return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """
+    `nn.BatchNorm2d` (same parameters, statistics and training), whose inference inside a traced program
+    (torch.export, torch.compile) is the affine transform written out: aten's batch norm branches on an
+    empty input, which a program cannot when the batch is a data-dependent number of RoIs (a mask head's
+    BN). Eager inference keeps the fused kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not torch.compiler.is_compiling() or not (self.track_running_stats and self.affine):
+            return super().forward(x)
+        return _affine_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -35,12 +58,11 @@ class FrozenBatchNorm2d(nn.Module):
             self.register_buffer(name, torch.full((num_features,), fill))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad:
+        if x.requires_grad or torch.compiler.is_compiling():
             # F.batch_norm's backward also computes gradients for weight and bias; a plain affine
-            # transform does not, which saves memory when only the input needs a gradient.
-            scale = self.weight * (self.running_var + self.eps).rsqrt()
-            shift = self.bias - self.running_mean * scale
-            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+            # transform does not, which saves memory when only the input needs a gradient. Traced
+            # programs take it too (see `BatchNorm2d`).
+            return _affine_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
         # Without autograd the fused kernel is the faster path.
         return F.batch_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
@@ -105,7 +127,7 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
-class SyncBatchNorm2d(nn.BatchNorm2d):
+class SyncBatchNorm2d(BatchNorm2d):
     """
     Batch norm whose training statistics are those of the whole batch over all processes of the default group:
     each process's output equals `nn.BatchNorm2d` applied to the concatenation of every process's input, and so
@@ -148,7 +170,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         return (local * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)
 
 
-class NaiveSyncBatchNorm(nn.BatchNorm2d):
+class NaiveSyncBatchNorm(BatchNorm2d):
     """
     Batch norm whose training statistics are averaged over all processes with one all-reduce.
 
@@ -201,7 +223,7 @@ def _group_norm_32(num_channels: int) -> nn.GroupNorm:
 
 
 _NORMS = {
-    "BN": nn.BatchNorm2d,
+    "BN": BatchNorm2d,
     # Synchronized across processes when training is distributed; plain BN on a single process.
     "SyncBN": SyncBatchNorm2d,
     "naiveSyncBN": NaiveSyncBatchNorm,

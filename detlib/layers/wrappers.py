@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from .batch_norm import FrozenBatchNorm2d
 
 __all__ = [
-    "BatchNorm2d",
     "Conv2d",
     "ConvTranspose2d",
     "Linear",
@@ -22,7 +21,6 @@ __all__ = [
 ]
 
 # Plain torch modules, exported under the names model code imports from `detlib.layers`.
-BatchNorm2d = nn.BatchNorm2d
 ConvTranspose2d = nn.ConvTranspose2d
 Linear = nn.Linear
 interpolate = F.interpolate

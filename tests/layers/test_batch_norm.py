@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from detlib.layers import FrozenBatchNorm2d, get_norm
+from detlib.layers import BatchNorm2d, FrozenBatchNorm2d, get_norm
 
 
 def _random_bn(num_features: int, eps: float = 1e-5, seed: int = 0) -> nn.BatchNorm2d:
@@ -144,7 +144,7 @@ def test_get_norm_names():
     assert get_norm("", 8) is None
     assert get_norm(None, 8) is None
     bn = get_norm("BN", 8)
-    assert type(bn) is nn.BatchNorm2d and bn.num_features == 8
+    assert type(bn) is BatchNorm2d and isinstance(bn, nn.BatchNorm2d) and bn.num_features == 8
     assert type(get_norm("nnSyncBN", 8)) is nn.SyncBatchNorm
     frozen = get_norm("FrozenBN", 8)
     assert isinstance(frozen, FrozenBatchNorm2d) and frozen.num_features == 8
@@ -165,3 +165,31 @@ def test_syncbn_runs_as_batchnorm_on_one_process():
     x = torch.randn(3, 4, 5, 5)
     torch.testing.assert_close(sync(x), plain(x))
     torch.testing.assert_close(sync.running_mean, plain.running_mean)
+
+
+class _FirstRows(nn.Module):
+    """A norm over the first k rows of a batch, k a value: the shape a mask head's norm sees in a program."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        n = k.item()
+        torch._check_is_size(n)
+        torch._check(n <= x.shape[0])
+        return self.norm(x[:n])
+
+
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN", "SyncBN"])
+def test_inference_exports_on_a_data_dependent_batch_as_eager(norm):
+    g = torch.Generator().manual_seed(0)
+    module = get_norm(norm, 4)
+    for name in ("weight", "bias", "running_mean"):
+        getattr(module, name).data.normal_(generator=g)
+    module.running_var.data.uniform_(0.5, 2.0, generator=g)
+    module = _FirstRows(module.eval())
+    x = torch.randn(6, 4, 3, 5, generator=g)
+    program = torch.export.export(module, (x, torch.tensor(3)), strict=False).module()
+    for k in (0, 2, 6):  # an empty batch too
+        torch.testing.assert_close(program(x, torch.tensor(k)), module(x, torch.tensor(k)), rtol=1e-6, atol=1e-6)

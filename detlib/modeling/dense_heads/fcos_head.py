@@ -57,8 +57,8 @@ _INITIAL_NORMALIZER = 300.0
 
 
 def point_anchor_generator(strides: Sequence[int]) -> DefaultAnchorGenerator:
-    """One anchor per location: a square of the level's stride centered on the location."""
-    return DefaultAnchorGenerator(sizes=[[s] for s in strides], aspect_ratios=[1.0], strides=list(strides))
+    """One anchor per location: a square of the level's stride centered in the location's stride cell."""
+    return DefaultAnchorGenerator(sizes=[[s] for s in strides], aspect_ratios=[1.0], strides=list(strides), offset=0.5)
 
 
 @DENSE_HEAD_REGISTRY.register()

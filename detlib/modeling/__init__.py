@@ -21,8 +21,8 @@ from .box_regression import Box2BoxTransform, Box2BoxTransformLinear, dense_box_
 from .dense_heads import DENSE_HEAD_REGISTRY, DenseHead, FCOSHead, RetinaNetHead, build_dense_head
 from .matcher import Matcher
 from .meta_arch import (
-    META_ARCH_REGISTRY,
     FCOS,
+    META_ARCH_REGISTRY,
     DenseDetector,
     GeneralizedRCNN,
     MetaArchitecture,

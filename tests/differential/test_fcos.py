@@ -18,7 +18,6 @@ from typing import Dict
 import numpy as np
 import pytest
 import torch
-
 from harness import (
     Case,
     compare_outputs,
@@ -149,7 +148,10 @@ def regenerate() -> None:
         if min(counts) < 5 or max(counts) >= 1000:
             raise ValueError(f"seed {seed}: {counts} detections per image; tune WEIGHTS")
         np.savez_compressed(WEIGHTS.reference_path(seed), **outputs)
-        print(f"{WEIGHTS.reference_path(seed)}: detections {counts}, losses", {k: float(v) for k, v in outputs.items() if k.startswith("loss__")})
+        print(
+            f"{WEIGHTS.reference_path(seed)}: detections {counts}, losses",
+            {k: float(v) for k, v in outputs.items() if k.startswith("loss__")},
+        )
 
 
 if __name__ == "__main__":

@@ -176,11 +176,7 @@ class FCOSHead(DenseHead):
         }
 
     def configure(
-        self,
-        *,
-        in_features: Optional[Sequence[str]] = None,
-        strides: Optional[Sequence[int]] = None,
-        **settings,
+        self, *, in_features: Optional[Sequence[str]] = None, strides: Optional[Sequence[int]] = None, **settings
     ) -> None:
         """
         Set the levels (`in_features` with their `strides`, together) and any of the constructor's other

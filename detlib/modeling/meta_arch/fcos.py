@@ -58,7 +58,9 @@ class FCOS(DenseDetector):
                 `head_in_features` (default: the head's, else every backbone output by stride) and the
                 backbone's strides.
         """
-        super().__init__(backbone=backbone, head=head, pixel_mean=pixel_mean, pixel_std=pixel_std, input_format=input_format)
+        super().__init__(
+            backbone=backbone, head=head, pixel_mean=pixel_mean, pixel_std=pixel_std, input_format=input_format
+        )
         if num_classes is not None and num_classes != head.num_classes:
             raise ValueError(f"FCOS: num_classes={num_classes} but the head predicts {head.num_classes} classes")
         settings = _head_settings(

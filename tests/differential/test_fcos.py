@@ -22,9 +22,9 @@ from harness import (
     Case,
     compare_outputs,
     inputs_digest,
-    instances_to_arrays,
     load_reference,
     random_weights,
+    run_model,
     save_d2_pickle,
     synthetic_batch,
     weights_digest,
@@ -66,37 +66,6 @@ def build(package: str) -> torch.nn.Module:
     return instantiate(model)
 
 
-def run(package: str, model: torch.nn.Module, seed: int) -> Dict[str, np.ndarray]:
-    """Inference on each synthetic image (at its 1.25x "original" size) and one training forward."""
-    structures = __import__(f"{package}.structures", fromlist=["Boxes", "Instances"])
-    events = __import__(f"{package}.utils.events", fromlist=["EventStorage"])
-    batch = synthetic_batch(seed, NUM_CLASSES)
-    outputs = {}
-    model.eval()
-    with torch.no_grad():
-        for index, item in enumerate(batch):
-            height, width = item.original_hw
-            result = model([{"image": torch.from_numpy(item.image), "height": height, "width": width}])
-            outputs.update(instances_to_arrays(result[0]["instances"], f"img{index}__"))
-    model.train()
-    inputs = [
-        {
-            "image": torch.from_numpy(item.image),
-            "instances": structures.Instances(
-                tuple(item.image.shape[1:]),
-                gt_boxes=structures.Boxes(torch.from_numpy(item.boxes)),
-                gt_classes=torch.from_numpy(item.classes),
-            ),
-        }
-        for item in batch
-    ]
-    with events.EventStorage(0):
-        losses = model(inputs)
-    model.eval()
-    outputs.update({f"loss__{name}": np.asarray(value.item(), dtype=np.float64) for name, value in losses.items()})
-    return outputs
-
-
 def run_detlib(seed: int, weights: Dict[str, np.ndarray], work_dir: Path) -> Dict[str, np.ndarray]:
     """detlib's outputs with `weights` loaded by its checkpointer from a Detectron2 pickle, which must fit."""
     from detlib.checkpoint import DetectionCheckpointer
@@ -108,7 +77,7 @@ def run_detlib(seed: int, weights: Dict[str, np.ndarray], work_dir: Path) -> Dic
     checkpointer.load(str(path))
     keys = checkpointer.incompatible_keys
     assert not keys.missing and not keys.unexpected and not keys.shape_mismatch, keys
-    return run("detlib", model, seed)
+    return run_model("detlib", model, synthetic_batch(seed, NUM_CLASSES), seed)
 
 
 def detectron2_outputs(seed: int) -> Dict[str, np.ndarray]:
@@ -117,7 +86,7 @@ def detectron2_outputs(seed: int) -> Dict[str, np.ndarray]:
     shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
     weights = random_weights(shapes, seed, WEIGHTS)
     model.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()}, strict=True)
-    outputs = run("detectron2", model, seed)
+    outputs = run_model("detectron2", model, synthetic_batch(seed, NUM_CLASSES), seed)
     outputs["meta__param_shapes"] = np.asarray(json.dumps(shapes))
     outputs["meta__weights_sha256"] = np.asarray(weights_digest(weights))
     outputs["meta__inputs_sha256"] = np.asarray(inputs_digest(synthetic_batch(seed, NUM_CLASSES)))

@@ -161,15 +161,17 @@ def test_scores_are_sqrt_of_class_times_centerness():
     }
 
 
-def _yaml_cfg():
+def _yaml_cfg(depth: int = 18):
     cfg = get_cfg()
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.META_ARCHITECTURE = "FCOS"
-    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    if depth == 50:
+        return cfg
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.FPN.OUT_CHANNELS = 32
     cfg.MODEL.FCOS.CONV_DIMS = [32]
     cfg.MODEL.FCOS.NUM_CLASSES = 4
@@ -179,7 +181,23 @@ def _yaml_cfg():
     cfg.MODEL.FCOS.TEST_TOPK_CANDIDATES = 50
     cfg.MODEL.FCOS.TEST_NMS_THRESH = 0.55
     cfg.TEST.DETECTIONS_PER_IMAGE = 7
+    cfg.MODEL.LOSS_WEIGHTS.loss_fcos_ctr = 0.5
     return cfg
+
+
+def test_yaml_defaults_build_the_python_configs_model():
+    """MODEL.FCOS's defaults with build_fcos_resnet_fpn_backbone: the model of fcos_R_50_FPN_1x.py, parameter
+    for parameter (so Detectron2's FCOS checkpoints load into either)."""
+    from detlib import model_zoo
+    from detlib.config import instantiate
+
+    yaml_model = build_model(_yaml_cfg(depth=50))
+    python_model = instantiate(model_zoo.get_config("COCO-Detection/fcos_R_50_FPN_1x.py").model)
+    signature = {name: tuple(value.shape) for name, value in yaml_model.state_dict().items()}
+    assert signature == {name: tuple(value.shape) for name, value in python_model.state_dict().items()}
+    assert yaml_model.backbone.top_block.in_feature == "p5"
+    for name in ("in_features", "score_thresh", "topk_candidates", "nms_thresh", "center_sampling_radius"):
+        assert getattr(yaml_model.head, name) == getattr(python_model.head, name), name
 
 
 def test_yaml_config_builds_fcos():
@@ -190,6 +208,7 @@ def test_yaml_config_builds_fcos():
     assert head.anchor_generator.strides == [8, 16, 32, 64, 128]
     assert head.center_sampling_radius == 2.5 and head.cls_loss.params == {"alpha": 0.25, "gamma": 1.5}
     assert head.box_loss.name == "giou"
+    assert head.loss_weight == {"loss_fcos_cls": 1.0, "loss_fcos_loc": 1.0, "loss_fcos_ctr": 0.5}
     assert (head.score_thresh, head.topk_candidates, head.nms_thresh, head.max_detections_per_image) == (
         0.3,
         50,

@@ -26,7 +26,7 @@ from detlib.layers.losses import (
     build_classification_loss,
     check_loss_weights,
 )
-from detlib.structures import Boxes, Instances
+from detlib.structures import Boxes, ImageList, Instances
 from detlib.utils.events import get_event_storage
 
 from ..anchor_generator import DefaultAnchorGenerator
@@ -199,7 +199,10 @@ class FCOSHead(DenseHead):
         for name, value in settings.items():
             setattr(self, name, float(value) if name == "center_sampling_radius" else value)
 
-    def forward(self, images, features, gt_instances=None):
+    def forward(
+        self, images: ImageList, features: Dict[str, Tensor], gt_instances: Optional[List[Instances]] = None
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
+        """`DenseHead.forward`, once the levels are set."""
         if self.anchor_generator is None:
             raise RuntimeError("FCOSHead has no levels: give it in_features and strides, or build it inside FCOS")
         return super().forward(images, features, gt_instances)

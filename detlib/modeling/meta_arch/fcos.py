@@ -78,7 +78,12 @@ class FCOS(DenseDetector):
             shapes = backbone.output_shape()
             names = head_in_features or sorted(shapes, key=lambda name: shapes[name].stride)
             settings.update(in_features=names, strides=[shapes[name].stride for name in names])
-        head.configure(**settings)
+        if settings and not hasattr(head, "configure"):
+            raise TypeError(
+                f"FCOS: {sorted(settings)} are set through FCOSHead.configure; {type(head).__name__} has none"
+            )
+        if settings:
+            head.configure(**settings)
 
 
 def _head_settings(head: FCOSHead, focal_loss_alpha, focal_loss_gamma, **settings) -> Dict[str, Any]:

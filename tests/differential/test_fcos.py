@@ -3,8 +3,8 @@ FCOS against Detectron2. FCOS has no YAML zoo config, so `harness.Case` (which b
 not apply: both models come from the Python config `COCO-Detection/fcos_R_50_FPN_1x.py` (Detectron2's,
 and ours with its imports changed to detlib), shrunk the same way (ResNet-18, 64-channel FPN and head,
 3 classes), given the harness's seeded random weights as a Detectron2 checkpoint and its synthetic inputs,
-and compared with its tolerances (`compare_outputs`: >= 98% of detections matched at IoU > 0.99, same
-class, score within 1e-3; losses within 1e-3 relative).
+and compared with its tolerances: pyramid features (sampled) within 1e-3 relative, then `compare_outputs`
+(>= 98% of detections matched at IoU > 0.99, same class, score within 1e-3; losses within 1e-3 relative).
 
 Recorded references: `data/fcos_seed<k>.npz`. Regenerate (needs Detectron2):
 
@@ -41,6 +41,26 @@ WEIGHTS = Case(
     seeds=(0, 1),
 )
 NUM_CLASSES = 3
+# Every FEATURE_STEP-th value of each pyramid level of the first image is recorded (a few hundred values).
+FEATURE_STEP = 97
+
+
+def pyramid_samples(model: torch.nn.Module, seed: int) -> Dict[str, np.ndarray]:
+    """`feat__<level>`: every FEATURE_STEP-th value of the backbone's output on the first synthetic image."""
+    image = torch.from_numpy(synthetic_batch(seed, NUM_CLASSES)[0].image)
+    model.eval()
+    with torch.no_grad():
+        features = model.backbone(model.preprocess_image([{"image": image}]).tensor)
+    return {f"feat__{name}": value.flatten()[::FEATURE_STEP].numpy() for name, value in features.items()}
+
+
+def compare_features(reference: Dict[str, np.ndarray], ours: Dict[str, np.ndarray]) -> None:
+    """The same pyramid levels, each value within 1e-3 relative (of the level's largest value)."""
+    names = sorted(k for k in reference if k.startswith("feat__"))
+    assert names == sorted(k for k in ours if k.startswith("feat__")) and len(names) == 5
+    for name in names:
+        scale = np.abs(reference[name]).max()
+        np.testing.assert_allclose(ours[name], reference[name], rtol=1e-3, atol=1e-3 * scale, err_msg=name)
 
 
 def build(package: str) -> torch.nn.Module:
@@ -77,7 +97,9 @@ def run_detlib(seed: int, weights: Dict[str, np.ndarray], work_dir: Path) -> Dic
     checkpointer.load(str(path))
     keys = checkpointer.incompatible_keys
     assert not keys.missing and not keys.unexpected and not keys.shape_mismatch, keys
-    return run_model("detlib", model, synthetic_batch(seed, NUM_CLASSES), seed)
+    outputs = pyramid_samples(model, seed)
+    outputs.update(run_model("detlib", model, synthetic_batch(seed, NUM_CLASSES), seed))
+    return outputs
 
 
 def detectron2_outputs(seed: int) -> Dict[str, np.ndarray]:
@@ -86,7 +108,8 @@ def detectron2_outputs(seed: int) -> Dict[str, np.ndarray]:
     shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
     weights = random_weights(shapes, seed, WEIGHTS)
     model.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()}, strict=True)
-    outputs = run_model("detectron2", model, synthetic_batch(seed, NUM_CLASSES), seed)
+    outputs = pyramid_samples(model, seed)
+    outputs.update(run_model("detectron2", model, synthetic_batch(seed, NUM_CLASSES), seed))
     outputs["meta__param_shapes"] = np.asarray(json.dumps(shapes))
     outputs["meta__weights_sha256"] = np.asarray(weights_digest(weights))
     outputs["meta__inputs_sha256"] = np.asarray(inputs_digest(synthetic_batch(seed, NUM_CLASSES)))
@@ -99,7 +122,9 @@ def test_fcos_matches_recorded_detectron2(seed, tmp_path):
     weights = random_weights(json.loads(str(reference["meta__param_shapes"])), seed, WEIGHTS)
     assert weights_digest(weights) == str(reference["meta__weights_sha256"]), "weights differ: regenerate"
     assert inputs_digest(synthetic_batch(seed, NUM_CLASSES)) == str(reference["meta__inputs_sha256"])
-    compare_outputs(reference, run_detlib(seed, weights, tmp_path))
+    ours = run_detlib(seed, weights, tmp_path)
+    compare_features(reference, ours)
+    compare_outputs(reference, ours)
 
 
 @pytest.mark.parametrize("seed", WEIGHTS.seeds)
@@ -107,7 +132,9 @@ def test_fcos_matches_live_detectron2(seed, tmp_path):
     pytest.importorskip("detectron2")
     reference = detectron2_outputs(seed)
     weights = random_weights(json.loads(str(reference["meta__param_shapes"])), seed, WEIGHTS)
-    compare_outputs(reference, run_detlib(seed, weights, tmp_path))
+    ours = run_detlib(seed, weights, tmp_path)
+    compare_features(reference, ours)
+    compare_outputs(reference, ours)
 
 
 def regenerate() -> None:

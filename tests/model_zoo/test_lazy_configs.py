@@ -31,7 +31,7 @@ RESNET_CONFIGS = [
 
 def _load(path: str):
     """The config, or a skip naming the detlib class it needs when that is not there yet (ViT, Swin,
-    MViT and RegNet backbones, FCOS, C4 and panoptic heads, LVIS pieces)."""
+    MViT and RegNet backbones, C4 and panoptic heads, LVIS pieces)."""
     try:
         return model_zoo.get_config(path)
     except (ImportError, AttributeError) as e:

@@ -86,7 +86,9 @@ class FCOS(DenseDetector):
             head.configure(**settings)
 
 
-def _head_settings(head: FCOSHead, focal_loss_alpha, focal_loss_gamma, **settings) -> Dict[str, Any]:
+def _head_settings(
+    head: FCOSHead, focal_loss_alpha: Optional[float], focal_loss_gamma: Optional[float], **settings: Any
+) -> Dict[str, Any]:
     """Detectron2's FCOS keywords as `FCOSHead.configure` settings: those given, the focal loss's alpha and
     gamma as its `cls_loss` (the one not given kept from the head's focal loss, else Detectron2's default)."""
     given = {name: value for name, value in settings.items() if value is not None}

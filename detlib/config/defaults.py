@@ -248,6 +248,27 @@ _C.MODEL.RETINANET.CLS_LOSS_TYPE = "focal"
 _C.MODEL.RETINANET.CLS_LOSS_PARAMS = CN(new_allowed=True)
 _C.MODEL.RETINANET.NORM = ""
 
+# FCOS (meta-architecture "FCOS", head "FCOSHead"): keys named after Detectron2's FCOS arguments.
+_C.MODEL.FCOS = CN()
+_C.MODEL.FCOS.NUM_CLASSES = 80
+_C.MODEL.FCOS.HEAD_IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+_C.MODEL.FCOS.CONV_DIMS = [256, 256, 256, 256]
+_C.MODEL.FCOS.NORM = "GN"
+_C.MODEL.FCOS.PRIOR_PROB = 0.01
+# A point is positive only within this many strides of its box's center.
+_C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+_C.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+_C.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+_C.MODEL.FCOS.CLS_LOSS_TYPE = "focal"
+_C.MODEL.FCOS.CLS_LOSS_PARAMS = CN(new_allowed=True)
+_C.MODEL.FCOS.BBOX_REG_LOSS_TYPE = "giou"
+_C.MODEL.FCOS.BBOX_REG_LOSS_PARAMS = CN(new_allowed=True)
+_C.MODEL.FCOS.SMOOTH_L1_BETA = 0.0  # used only with a box loss that has a beta
+# Inference ranks sqrt(class probability * centerness).
+_C.MODEL.FCOS.TEST_SCORE_THRESH = 0.2
+_C.MODEL.FCOS.TEST_TOPK_CANDIDATES = 1000  # per level
+_C.MODEL.FCOS.TEST_NMS_THRESH = 0.6
+
 # ResNet -------------------------------------------------------------------------------------------
 _C.MODEL.RESNETS = CN()
 _C.MODEL.RESNETS.DEPTH = 50  # 18, 34 (BasicBlock) or 50, 101, 152 (Bottleneck)

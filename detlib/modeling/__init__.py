@@ -17,10 +17,11 @@ from .backbone import (
     get_vit_lr_decay_rate,
     make_stage,
 )
-from .box_regression import Box2BoxTransform, dense_box_regression_loss
-from .dense_heads import DENSE_HEAD_REGISTRY, DenseHead, RetinaNetHead, build_dense_head
+from .box_regression import Box2BoxTransform, Box2BoxTransformLinear, dense_box_regression_loss
+from .dense_heads import DENSE_HEAD_REGISTRY, DenseHead, FCOSHead, RetinaNetHead, build_dense_head
 from .matcher import Matcher
 from .meta_arch import (
+    FCOS,
     META_ARCH_REGISTRY,
     DenseDetector,
     GeneralizedRCNN,

@@ -1,4 +1,4 @@
-"""Box coding (`Box2BoxTransform`) and the box-regression loss of dense predictions (anchors, proposals)."""
+"""Box codings (`Box2BoxTransform`, FCOS's `Box2BoxTransformLinear`) and the box-regression loss of dense predictions (anchors, proposals)."""
 
 import math
 from typing import Sequence, Tuple, Union
@@ -9,7 +9,7 @@ from detlib.layers.losses import BoxLoss, BoxLossKind
 from detlib.layers.wrappers import cat
 from detlib.structures import Boxes
 
-__all__ = ["Box2BoxTransform", "dense_box_regression_loss"]
+__all__ = ["Box2BoxTransform", "Box2BoxTransformLinear", "dense_box_regression_loss"]
 
 # exp() of a larger log-scale delta would make a box over 1000/16 times its anchor: clamp there.
 _DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -92,9 +92,58 @@ class Box2BoxTransform:
         return torch.stack(corners, dim=-1).reshape(deltas.shape)
 
 
+class Box2BoxTransformLinear:
+    """
+    FCOS's box coding: a target box is encoded relative to a source box (an anchor point, a square of
+    the level's stride) as the distances (l, t, r, b) from the source's center to the target's left,
+    top, right and bottom edges, divided by the source's width / height when `normalize_by_size`.
+    Boxes are XYXY in absolute pixels.
+    """
+
+    def __init__(self, normalize_by_size: bool = True):
+        """
+        Args:
+            normalize_by_size: measure the distances in units of the source box's size (its stride).
+        """
+        self.normalize_by_size = normalize_by_size
+
+    def _sizes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """R x 4 (w, h, w, h) of R x 4 XYXY boxes."""
+        width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        return torch.stack((width, height, width, height), dim=1)
+
+    def get_deltas(self, src_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+        """
+        Distances (R x 4) from the centers of `src_boxes` to the edges of `target_boxes` (both R x 4),
+        positive where the center is inside the target.
+        """
+        if not (isinstance(src_boxes, torch.Tensor) and isinstance(target_boxes, torch.Tensor)):
+            raise TypeError(
+                f"get_deltas takes tensors, got {type(src_boxes).__name__} and {type(target_boxes).__name__}"
+            )
+        center = torch.cat(((src_boxes[:, :2] + src_boxes[:, 2:]) * 0.5,) * 2, dim=1)
+        sign = center.new_tensor([1.0, 1.0, -1.0, -1.0])
+        deltas = (center - target_boxes) * sign
+        return deltas / self._sizes(src_boxes) if self.normalize_by_size else deltas
+
+    def apply_deltas(self, deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """
+        Decode `deltas` (R x 4k, k boxes per source) relative to `boxes` (R x 4) into R x 4k boxes.
+        Negative distances are taken as 0, so every decoded box contains its source's center.
+        """
+        deltas = torch.relu(deltas)
+        boxes = boxes.to(deltas.dtype)
+        num_boxes = deltas.shape[1] // 4
+        if self.normalize_by_size:
+            deltas = deltas * self._sizes(boxes).repeat(1, num_boxes)
+        center = torch.cat(((boxes[:, :2] + boxes[:, 2:]) * 0.5,) * 2, dim=1).repeat(1, num_boxes)
+        sign = deltas.new_tensor([-1.0, -1.0, 1.0, 1.0]).repeat(num_boxes)
+        return center + sign * deltas
+
+
 def dense_box_regression_loss(
     anchors: Sequence[Union[Boxes, torch.Tensor]],
-    box2box_transform: Box2BoxTransform,
+    box2box_transform: Union[Box2BoxTransform, Box2BoxTransformLinear],
     pred_anchor_deltas: Sequence[torch.Tensor],
     gt_boxes: Sequence[torch.Tensor],
     fg_mask: torch.Tensor,

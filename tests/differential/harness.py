@@ -311,12 +311,13 @@ class _Library:
         self.structures = structures
         self.EventStorage = events.EventStorage
 
-    def targets(self, item: SyntheticImage, cfg) -> Any:
+    def targets(self, item: SyntheticImage, cfg=None) -> Any:
+        """The item's gt boxes and classes, with masks and keypoints where `cfg` has them on."""
         s = self.structures
         fields = {"gt_boxes": s.Boxes(torch.from_numpy(item.boxes)), "gt_classes": torch.from_numpy(item.classes)}
-        if cfg.MODEL.MASK_ON:
+        if cfg is not None and cfg.MODEL.MASK_ON:
             fields["gt_masks"] = s.PolygonMasks([[p] for p in item.polygons])
-        if cfg.MODEL.KEYPOINT_ON:
+        if cfg is not None and cfg.MODEL.KEYPOINT_ON:
             fields["gt_keypoints"] = s.Keypoints(torch.from_numpy(item.keypoints))
         return s.Instances(tuple(item.image.shape[1:]), **fields)
 
@@ -333,6 +334,14 @@ def run_library(package: str, cfg, weights_file: Path, batch: Sequence[Synthetic
     model = lib.build_model(cfg)
     checkpointer = lib.DetectionCheckpointer(model)
     checkpointer.load(str(weights_file))
+    return run_model(package, model, batch, seed, cfg), model, checkpointer
+
+
+def run_model(package: str, model: torch.nn.Module, batch: Sequence[SyntheticImage], seed: int, cfg=None):
+    """Inference on each image of `batch` (`model.eval()`) and one training forward on the batch
+    (`model.train()`, inside `package`'s `EventStorage`; masks and keypoints in the targets where `cfg`
+    has them on), as flat arrays: `instances_to_arrays` per image, `loss__<name>` scalars."""
+    lib = _Library(package)
     outputs: Dict[str, np.ndarray] = {}
     model.eval()
     with torch.no_grad():
@@ -347,7 +356,7 @@ def run_library(package: str, cfg, weights_file: Path, batch: Sequence[Synthetic
     model.eval()
     for name, value in losses.items():
         outputs[f"loss__{name}"] = np.asarray(value.detach().item(), dtype=np.float64)
-    return outputs, model, checkpointer
+    return outputs
 
 
 def instances_to_arrays(instances, prefix: str) -> Dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ SIGNATURES = Path(__file__).with_name("d2_lazy_model_signatures.json")
 ALL_PY_CONFIGS = sorted(str(p.relative_to(CONFIG_ROOT)) for p in CONFIG_ROOT.rglob("*.py"))
 # Detector configs built only from parts detlib has: these must load and instantiate, never skip.
 RESNET_CONFIGS = [
+    "COCO-Detection/fcos_R_50_FPN_1x.py",
     "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
     "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.py",
     "common/models/cascade_rcnn.py",
@@ -30,7 +31,7 @@ RESNET_CONFIGS = [
 
 def _load(path: str):
     """The config, or a skip naming the detlib class it needs when that is not there yet (ViT, Swin,
-    MViT and RegNet backbones, FCOS, C4 and panoptic heads, LVIS pieces)."""
+    MViT and RegNet backbones, C4 and panoptic heads, LVIS pieces)."""
     try:
         return model_zoo.get_config(path)
     except (ImportError, AttributeError) as e:

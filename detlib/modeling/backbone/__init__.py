@@ -3,7 +3,14 @@ timm models."""
 
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
-from .fpn import FPN, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn_backbone, build_retinanet_resnet_fpn_backbone
+from .fpn import (
+    FPN,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+    build_fcos_resnet_fpn_backbone,
+    build_resnet_fpn_backbone,
+    build_retinanet_resnet_fpn_backbone,
+)
 from .mvit import MViT
 from .regnet import AnyNet, RegNet
 from .resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet, build_resnet_backbone, make_stage
@@ -20,6 +27,7 @@ __all__ = [
     "LastLevelP6P7",
     "build_resnet_fpn_backbone",
     "build_retinanet_resnet_fpn_backbone",
+    "build_fcos_resnet_fpn_backbone",
     "BasicBlock",
     "BasicStem",
     "BottleneckBlock",

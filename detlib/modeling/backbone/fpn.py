@@ -201,13 +201,25 @@ def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
 @BACKBONE_REGISTRY.register()
 def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """ResNet + FPN with RetinaNet's p6/p7 computed from res5."""
+    return _resnet_fpn_p6p7(cfg, input_shape, "res5")
+
+
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN with FCOS's p6/p7 computed from p5 (as Detectron2's FCOS config sets its top block)."""
+    return _resnet_fpn_p6p7(cfg, input_shape, "p5")
+
+
+def _resnet_fpn_p6p7(cfg, input_shape: ShapeSpec, p6_input: str) -> FPN:
+    """ResNet + FPN whose p6 is a stride-2 conv of `p6_input` (a ResNet output or "p5") and p7 of p6."""
     bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    in_channels = out_channels if p6_input == "p5" else bottom_up.output_shape()[p6_input].channels
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels),
+        top_block=LastLevelP6P7(in_channels, out_channels, in_feature=p6_input),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )

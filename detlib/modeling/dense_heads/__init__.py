@@ -2,6 +2,7 @@
 
 from .base import DenseHead, anchor_major
 from .build import DENSE_HEAD_REGISTRY, build_dense_head
+from .fcos_head import FCOSHead
 from .retinanet_head import RetinaNetHead
 
-__all__ = ["DENSE_HEAD_REGISTRY", "build_dense_head", "DenseHead", "anchor_major", "RetinaNetHead"]
+__all__ = ["DENSE_HEAD_REGISTRY", "build_dense_head", "DenseHead", "anchor_major", "RetinaNetHead", "FCOSHead"]

@@ -3,6 +3,7 @@
 from .base import MetaArchitecture
 from .build import META_ARCH_REGISTRY, build_model
 from .dense_detector import DenseDetector
+from .fcos import FCOS
 from .rcnn import GeneralizedRCNN, ProposalNetwork
 from .retinanet import RetinaNet
 
@@ -11,6 +12,7 @@ __all__ = [
     "build_model",
     "MetaArchitecture",
     "DenseDetector",
+    "FCOS",
     "GeneralizedRCNN",
     "ProposalNetwork",
     "RetinaNet",

@@ -3,10 +3,11 @@ RetinaNet (Lin et al. 2017): a one-stage detector, `DenseDetector` with `RetinaN
 (`detlib/modeling/dense_heads/retinanet_head.py`: anchors, focal loss, decoding).
 """
 
+from ..dense_heads.retinanet_head import RetinaNetHead
 from .build import META_ARCH_REGISTRY
 from .dense_detector import DenseDetector
 
-__all__ = ["RetinaNet"]
+__all__ = ["RetinaNet", "RetinaNetHead"]
 
 
 @META_ARCH_REGISTRY.register()

@@ -400,9 +400,10 @@ class LazyConfig:
             )
         text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
         # Imported here: detlib.checkpoint imports the config package, so a module-level import would cycle.
-        from detlib.checkpoint.detection_checkpoint import atomic_write
+        from detlib.utils.atomic_write import atomic_write
 
-        atomic_write(str(filename), lambda f: f.write(text.encode()))
+        with atomic_write(filename, "w", encoding="utf-8") as f:
+            f.write(text)
 
     @staticmethod
     def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

@@ -6,7 +6,7 @@ checkpoints, downloads, evaluation results, exported models and dataset caches a
 import contextlib
 import os
 import tempfile
-from typing import IO, Iterator, Union
+from typing import IO, ContextManager, Iterator, Union
 
 __all__ = ["atomic_path", "atomic_write"]
 
@@ -46,11 +46,18 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     _fsync_path(directory)
 
 
+def atomic_write(path: PathLike, mode: str = "wb", **open_kwargs) -> ContextManager[IO]:
+    """
+    `open(path, mode)` for writing through `atomic_path`: the file appears at `path` only complete. Checked
+    when called, not when entered, so that a call outside a `with` (which would write nothing) fails loudly.
+    """
+    if not isinstance(mode, str) or not mode.startswith("w"):
+        raise ValueError(f"atomic_write opens files for writing ('w' modes) in a `with` block, got mode {mode!r}")
+    return _atomic_open(path, mode, **open_kwargs)
+
+
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
-    """`open(path, mode)` for writing through `atomic_path`: the file appears at `path` only complete."""
-    if not mode.startswith("w"):
-        raise ValueError(f"atomic_write opens files for writing ('w' modes), got mode {mode!r}")
+def _atomic_open(path: PathLike, mode: str, **open_kwargs) -> Iterator[IO]:
     with atomic_path(path) as tmp_path:
         with open(tmp_path, mode, **open_kwargs) as f:
             yield f

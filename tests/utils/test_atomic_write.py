@@ -36,7 +36,8 @@ def test_atomic_path_keeps_the_extension_for_writers_that_need_it(tmp_path):
     assert target.read_bytes() == b"program"
 
 
-def test_refuses_a_read_mode(tmp_path):
+def test_refuses_a_read_mode_and_a_call_outside_a_with_block(tmp_path):
     with pytest.raises(ValueError, match="'r'"):
-        with atomic_write(tmp_path / "x", "r"):
-            pass
+        atomic_write(tmp_path / "x", "r")
+    with pytest.raises(ValueError, match="in a `with` block"):
+        atomic_write(tmp_path / "x", lambda f: f.write(b"data"))  # the callback style writes nothing: refused

@@ -25,10 +25,13 @@ from .meta_arch import (
     DenseDetector,
     GeneralizedRCNN,
     MetaArchitecture,
+    PanopticFPN,
     ProposalNetwork,
     RetinaNet,
+    SemanticSegmentor,
     build_model,
 )
+from .panoptic import combine_semantic_and_instance_outputs
 from .poolers import ROIPooler
 from .postprocessing import detector_postprocess, sem_seg_postprocess
 from .proposal_generator import (
@@ -56,4 +59,5 @@ from .roi_heads import (
     build_roi_heads,
 )
 from .sampling import subsample_labels
+from .sem_seg_heads import SEM_SEG_HEADS_REGISTRY, SemSegFPNHead, build_sem_seg_head
 from .torchvision_anchors import TorchvisionAnchorGenerator

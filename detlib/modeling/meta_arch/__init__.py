@@ -3,8 +3,10 @@
 from .base import MetaArchitecture
 from .build import META_ARCH_REGISTRY, build_model
 from .dense_detector import DenseDetector
+from .panoptic_fpn import PanopticFPN
 from .rcnn import GeneralizedRCNN, ProposalNetwork
 from .retinanet import RetinaNet
+from .semantic_seg import SemanticSegmentor
 
 __all__ = [
     "META_ARCH_REGISTRY",
@@ -14,4 +16,6 @@ __all__ = [
     "GeneralizedRCNN",
     "ProposalNetwork",
     "RetinaNet",
+    "PanopticFPN",
+    "SemanticSegmentor",
 ]

@@ -28,6 +28,7 @@ def _model() -> torch.nn.Module:
     shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
     weights = random_weights(shapes, 0, CASE)
     model.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
+    model.combine_stuff_area_thresh = 16  # these small images' stuff regions make segments too
     return model.eval()
 
 

@@ -1,6 +1,6 @@
 """Panoptic FPN: Mask R-CNN and a semantic segmentation head on one FPN, combined into a panoptic segmentation."""
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from detlib.config import configurable
 from detlib.modeling.panoptic import combine_semantic_and_instance_outputs
 from detlib.modeling.sem_seg_heads import build_sem_seg_head
+from detlib.structures import Instances
 
 from .build import META_ARCH_REGISTRY
 from .rcnn import GeneralizedRCNN
@@ -109,7 +110,7 @@ class PanopticFPN(GeneralizedRCNN):
                 output["panoptic_seg"] = self.combine(output["instances"], output["sem_seg"])
         return outputs
 
-    def combine(self, instances, sem_seg: Tensor):
+    def combine(self, instances: Instances, sem_seg: Tensor) -> Tuple[Tensor, List[Dict[str, Any]]]:
         """The panoptic segmentation of one image's postprocessed instances and semantic logits."""
         return combine_semantic_and_instance_outputs(
             instances.pred_masks,

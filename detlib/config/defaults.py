@@ -196,7 +196,7 @@ _C.MODEL.ROI_KEYPOINT_HEAD.NORMALIZE_LOSS_BY_VISIBLE_KEYPOINTS = True
 _C.MODEL.ROI_KEYPOINT_HEAD.LOSS_WEIGHT = 1.0
 _C.MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE = "ROIAlignV2"
 
-# Semantic segmentation head (panoptic FPN; not implemented by detlib) -----------------------------
+# Semantic segmentation head (SemanticSegmentor, PanopticFPN) -----------------------------------------
 _C.MODEL.SEM_SEG_HEAD = CN()
 _C.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
 _C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
@@ -207,7 +207,7 @@ _C.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4  # output stride of the predictions
 _C.MODEL.SEM_SEG_HEAD.NORM = "GN"
 _C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
 
-# Panoptic FPN (not implemented by detlib) ---------------------------------------------------------
+# Panoptic FPN -------------------------------------------------------------------------------------------
 _C.MODEL.PANOPTIC_FPN = CN()
 _C.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT = 1.0
 # Merging instance and semantic predictions into one panoptic output at inference.

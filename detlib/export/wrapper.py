@@ -10,6 +10,9 @@ __all__ = ["ExportableDetector", "output_names"]
 # Per output key of a meta-architecture's inference: (exported name, field of the Instances) in order.
 _INSTANCE_OUTPUTS = (("boxes", "pred_boxes"), ("scores", "scores"), ("classes", "pred_classes"))
 _PROPOSAL_OUTPUTS = (("proposal_boxes", "proposal_boxes"), ("objectness_logits", "objectness_logits"))
+# Outputs a traced program does not return: Panoptic FPN's combine step places instances one by one, each
+# depending on the ones before (a data-dependent loop); it runs on the exported outputs instead.
+_NOT_EXPORTED = ("panoptic_seg",)
 
 
 def _instance_outputs(model: nn.Module) -> Tuple[Tuple[str, str], ...]:
@@ -32,7 +35,7 @@ def output_names(model: nn.Module) -> Tuple[str, ...]:
             names += [name for name, _ in _PROPOSAL_OUTPUTS]
         elif key == "sem_seg":
             names.append("sem_seg")
-        else:
+        elif key not in _NOT_EXPORTED:
             raise ValueError(f"{type(model).__name__} has an output '{key}' that export does not know how to flatten")
     return tuple(names)
 
@@ -47,7 +50,9 @@ class ExportableDetector(nn.Module):
       masks (N, H, W) bool when the model predicts masks; keypoints (N, K, 3) float (x, y, score) when
       it predicts keypoints;
     * "proposals": proposal_boxes (N, 4), objectness_logits (N,);
-    * "sem_seg": (C, H, W) float per-class scores.
+    * "sem_seg": (C, H, W) float per-class scores;
+    * "panoptic_seg" is not returned: `detlib.modeling.combine_semantic_and_instance_outputs(masks, scores,
+      classes, sem_seg.argmax(0), ...)` (with the model's `combine_*` thresholds) makes it from the outputs.
 
     Args of forward:
         image: uint8 (C, H, W) in the model's input format, already resized as for testing.
@@ -64,6 +69,8 @@ class ExportableDetector(nn.Module):
         outputs: Dict[str, Any] = self.model.inference([{"image": image}])[0]
         flat: List[Tensor] = []
         for key in self.model.OUTPUT_KEYS:
+            if key in _NOT_EXPORTED:
+                continue
             value = outputs[key]
             if key == "instances":
                 fields = _instance_outputs(self.model)

@@ -26,10 +26,13 @@ from .meta_arch import (
     DenseDetector,
     GeneralizedRCNN,
     MetaArchitecture,
+    PanopticFPN,
     ProposalNetwork,
     RetinaNet,
+    SemanticSegmentor,
     build_model,
 )
+from .panoptic import combine_semantic_and_instance_outputs
 from .poolers import ROIPooler
 from .postprocessing import detector_postprocess, sem_seg_postprocess
 from .proposal_generator import (
@@ -57,4 +60,5 @@ from .roi_heads import (
     build_roi_heads,
 )
 from .sampling import subsample_labels
+from .sem_seg_heads import SEM_SEG_HEADS_REGISTRY, SemSegFPNHead, build_sem_seg_head
 from .torchvision_anchors import TorchvisionAnchorGenerator

@@ -172,5 +172,13 @@ def sem_seg_postprocess(
     the padding beyond `image_size` (the image's size in the batch) is cut off, and the rest is resized
     bilinearly (pixel centers aligned, `align_corners=False`) to C x output_height x output_width.
     """
-    cropped = result[:, : image_size[0], : image_size[1]]
+    if torch.compiler.is_compiling():
+        # A slice would keep the padded batch's strides, and resizing it asks whether they are contiguous: for a
+        # traced program, whether the padded size equals the image size, a guard on the input size. Gathering
+        # the rows and columns gives a contiguous tensor of the same values.
+        rows = torch.arange(image_size[0], device=result.device)
+        cols = torch.arange(image_size[1], device=result.device)
+        cropped = result.index_select(1, rows).index_select(2, cols)
+    else:
+        cropped = result[:, : image_size[0], : image_size[1]]
     return F.interpolate(cropped[None], size=(output_height, output_width), mode="bilinear", align_corners=False)[0]

@@ -24,8 +24,12 @@ How a comparison runs (`check_live` needs Detectron2; `check_recorded` needs onl
    (`model.train()`, inside the library's `EventStorage`), as flat arrays (`instances_to_arrays`).
 5. `compare_outputs(reference, ours)`: >= 98% of the reference detections matched one to one (same
    class, IoU > 0.99, |score difference| < 1e-3) and >= 98% of ours; each matched pasted mask agrees
-   with its match on >= 99.9% of the image's pixels; matched keypoints within 0.1 px; the same
-   losses, each within 1e-3 relative.
+   with its match on >= 99.9% of the image's pixels; matched keypoints within 0.1 px; the argmax of
+   "sem_seg" equal on >= 99.9% of the pixels; "panoptic_seg" with the same segments (id, isthing,
+   class) and ids equal on >= 99.9% of the pixels; the same losses, each within 1e-3 relative.
+   Models with a semantic head (SemanticSegmentor, PanopticFPN) train on a synthetic "sem_seg"
+   (`synthetic_sem_seg`: stuff classes in blocks, class 0 in the instances' boxes, a band of
+   IGNORE_VALUE).
 
 Reference data: `data/<case>_seed<k>.npz` holds Detectron2's outputs, the parameter names and
 shapes of Detectron2's model, and checksums of the weights and inputs. CI has no Detectron2:
@@ -288,6 +292,18 @@ def _inside_box(height: int, width: int, low: np.ndarray, high: np.ndarray) -> n
     return (xs >= low[0]) & (xs <= high[0]) & (ys >= low[1]) & (ys <= high[1])
 
 
+def synthetic_sem_seg(item: SyntheticImage, num_classes: int, ignore_value: int) -> np.ndarray:
+    """H x W int64 semantic labels of `item` (a function of what `inputs_digest` covers): classes 1.. in
+    40 px blocks, 0 (Panoptic FPN's "things") inside each ground-truth box, `ignore_value` on the top 6 rows."""
+    height, width = item.image.shape[1:]
+    ys, xs = np.mgrid[:height, :width]
+    labels = (xs // 40 + ys // 40) % max(num_classes - 1, 1) + 1
+    for x0, y0, x1, y1 in item.boxes:
+        labels[_inside_box(height, width, np.array([x0, y0]), np.array([x1, y1]))] = 0
+    labels[:6] = ignore_value
+    return labels.astype(np.int64)
+
+
 def inputs_digest(batch: Sequence[SyntheticImage]) -> str:
     digest = hashlib.sha256()
     for item in batch:
@@ -348,15 +364,41 @@ def run_model(package: str, model: torch.nn.Module, batch: Sequence[SyntheticIma
         for index, item in enumerate(batch):
             height, width = item.original_hw
             result = model([{"image": torch.from_numpy(item.image), "height": height, "width": width}])
-            outputs.update(instances_to_arrays(result[0]["instances"], f"img{index}__"))
+            outputs.update(result_to_arrays(result[0], f"img{index}__"))
     model.train()
     with lib.EventStorage(0):
         torch.manual_seed(seed)
-        losses = model([{"image": torch.from_numpy(item.image), "instances": lib.targets(item, cfg)} for item in batch])
+        losses = model([_training_input(lib, item, cfg) for item in batch])
     model.eval()
     for name, value in losses.items():
         outputs[f"loss__{name}"] = np.asarray(value.detach().item(), dtype=np.float64)
     return outputs
+
+
+def _training_input(lib: _Library, item: SyntheticImage, cfg) -> Dict[str, Any]:
+    inputs = {"image": torch.from_numpy(item.image)}
+    if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+        inputs["instances"] = lib.targets(item, cfg)
+    if cfg.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "PanopticFPN"):
+        head = cfg.MODEL.SEM_SEG_HEAD
+        inputs["sem_seg"] = torch.from_numpy(synthetic_sem_seg(item, head.NUM_CLASSES, head.IGNORE_VALUE))
+    return inputs
+
+
+def result_to_arrays(result: Mapping[str, Any], prefix: str) -> Dict[str, np.ndarray]:
+    """Flat arrays of one image's outputs: instances, the argmax of "sem_seg", and "panoptic_seg" (the id
+    map, and per segment id, isthing, category_id)."""
+    out: Dict[str, np.ndarray] = {}
+    if "instances" in result:
+        out.update(instances_to_arrays(result["instances"], prefix))
+    if "sem_seg" in result:
+        out[prefix + "sem_seg_argmax"] = result["sem_seg"].argmax(dim=0).numpy().astype(np.uint8)
+    if "panoptic_seg" in result:
+        ids, segments = result["panoptic_seg"]
+        out[prefix + "panoptic_ids"] = ids.numpy().astype(np.int32)
+        fields = [[s["id"], int(s["isthing"]), s["category_id"]] for s in segments]
+        out[prefix + "panoptic_segments"] = np.asarray(fields, dtype=np.int64).reshape(-1, 3)
+    return out
 
 
 def instances_to_arrays(instances, prefix: str) -> Dict[str, np.ndarray]:
@@ -440,6 +482,19 @@ def compare_detections(reference: Mapping[str, np.ndarray], ours: Mapping[str, n
         assert diff.max(initial=0.0) <= KEYPOINT_ATOL, f"{prefix}: keypoints differ by {diff.max():.4f} px"
 
 
+def compare_segmentation(reference: Mapping[str, np.ndarray], ours: Mapping[str, np.ndarray], prefix: str) -> None:
+    """The argmax of "sem_seg" and the "panoptic_seg" id map on >= MIN_MASK_AGREEMENT of the pixels; the
+    same panoptic segments."""
+    for key in ("sem_seg_argmax", "panoptic_ids"):
+        if prefix + key not in reference:
+            continue
+        assert ours[prefix + key].shape == reference[prefix + key].shape, prefix + key
+        agreement = (ours[prefix + key] == reference[prefix + key]).mean()
+        assert agreement >= MIN_MASK_AGREEMENT, f"{prefix}{key}: equal on only {agreement:.6f} of the pixels"
+    if prefix + "panoptic_segments" in reference:
+        np.testing.assert_array_equal(ours[prefix + "panoptic_segments"], reference[prefix + "panoptic_segments"])
+
+
 def compare_losses(reference: Mapping[str, np.ndarray], ours: Mapping[str, np.ndarray]) -> None:
     ref_losses = {k: float(v) for k, v in reference.items() if k.startswith("loss__")}
     our_losses = {k: float(v) for k, v in ours.items() if k.startswith("loss__")}
@@ -455,7 +510,9 @@ def compare_outputs(reference: Mapping[str, np.ndarray], ours: Mapping[str, np.n
     prefixes = sorted({k.split("__")[0] + "__" for k in reference if k.startswith("img")})
     assert prefixes, "the reference holds no image"
     for prefix in prefixes:
-        compare_detections(reference, ours, prefix)
+        if prefix + "boxes" in reference:
+            compare_detections(reference, ours, prefix)
+        compare_segmentation(reference, ours, prefix)
     compare_losses(reference, ours)
 
 
@@ -561,11 +618,17 @@ def regenerate(case: Case, work_dir: Path) -> None:
     for seed in case.seeds:
         outputs, _ = d2_reference(case, seed, work_dir)
         counts = [len(v) for k, v in outputs.items() if k.endswith("__scores")]
-        if min(counts) < MIN_DETECTIONS or max(counts) >= cap:
+        if counts and (min(counts) < MIN_DETECTIONS or max(counts) >= cap):
             raise ValueError(
                 f"{case.name} seed {seed}: {counts} detections per image; tune the case's head_std / "
                 f"bias_offset to get between {MIN_DETECTIONS} and {cap - 1}"
             )
+        for key, segments in outputs.items():
+            if key.endswith("__panoptic_segments") and len(set(segments[:, 1].tolist())) < 2:
+                raise ValueError(
+                    f"{case.name} seed {seed}: {key} needs thing and stuff segments, got {segments.tolist()}; "
+                    "tune the case's PANOPTIC_FPN.COMBINE thresholds"
+                )
         _atomic_savez(case.reference_path(seed), outputs)
         size = case.reference_path(seed).stat().st_size
         print(f"{case.reference_path(seed)}: detections {counts}, {size} bytes")

@@ -114,6 +114,18 @@ class MetaArchitecture(nn.Module):
             return None
         return [x["instances"].to(self.device) for x in batched_inputs]
 
+    def sem_seg_ground_truth(self, batched_inputs: List[Dict[str, Any]], ignore_value: int) -> Tensor:
+        """Each input's "sem_seg" (H x W class ids), padded with `ignore_value` as `preprocess_image` pads images."""
+        missing = [i for i, x in enumerate(batched_inputs) if "sem_seg" not in x]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__} needs 'sem_seg' in every input in training; inputs {missing} lack it"
+            )
+        targets = [move_device_like(x["sem_seg"], self.pixel_mean) for x in batched_inputs]
+        return ImageList.from_tensors(
+            targets, self.backbone.size_divisibility, ignore_value, self.backbone.padding_constraints
+        ).tensor
+
     @staticmethod
     def postprocess(
         outputs: List[Dict[str, Any]], batched_inputs: List[Dict[str, Any]], image_sizes: List[Tuple[int, int]]

@@ -11,8 +11,8 @@ Panoptic quality (PQ = SQ x RQ) with the rules of COCO's panopticapi `pq_compute
 * Per category PQ = sum IoU / (TP + FP / 2 + FN / 2), SQ = sum IoU / TP, RQ = TP / (TP + FP / 2 +
   FN / 2); the averages are over categories with any TP, FP or FN, for all, things and stuff.
 
-panopticapi is not on PyPI; tests/evaluation/test_panoptic_evaluation.py (hand-computed) and test_panoptic_vs_torchmetrics.py checks these rules on
-hand-computed cases.
+panopticapi is not on PyPI: tests/evaluation/test_panoptic_evaluation.py checks these rules on hand-computed
+cases, and test_panoptic_vs_torchmetrics.py against torchmetrics' PanopticQuality where their conventions agree.
 """
 
 import json

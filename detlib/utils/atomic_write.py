@@ -22,18 +22,20 @@ def _fsync_path(path: str, flags: int = os.O_RDONLY) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[str]:
+def atomic_path(path: PathLike, keep_extension: bool = False) -> Iterator[str]:
     """
-    A temporary path beside `path` (same directory and extension, so writers that insist on a suffix
-    accept it) for the caller to write to. When the block ends normally the file is fsynced, renamed over
-    `path`, and the directory fsynced so that the rename survives a crash; when it raises, the temporary
-    file is removed and `path` is left as it was.
+    A temporary path beside `path` for the caller to write to: hidden and ending in ".tmp" (so that nothing
+    listing `*.pth` takes it for a file, and `DetectionCheckpointer` removes one left by a killed process),
+    or with `path`'s extension after ".tmp" for writers that insist on one (AOTInductor's ".pt2"). When the
+    block ends normally the file is fsynced, renamed over `path`, and the directory fsynced so that the
+    rename survives a crash; when it raises, the temporary file is removed and `path` is left as it was.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    stem, extension = os.path.splitext(os.path.basename(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{extension}", dir=directory)
+    name = os.path.basename(path)
+    suffix = ".tmp" + (os.path.splitext(name)[1] if keep_extension else "")
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
     os.close(fd)
     try:
         yield tmp_path

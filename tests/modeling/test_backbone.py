@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision
 
 from detlib.config import get_cfg
-from detlib.layers import FrozenBatchNorm2d, ShapeSpec, SyncBatchNorm2d
+from detlib.layers import BatchNorm2d, FrozenBatchNorm2d, ShapeSpec, SyncBatchNorm2d
 from detlib.modeling.backbone import (
     FPN,
     Backbone,
@@ -218,7 +218,7 @@ def test_frozen_stages_keep_eval_outputs():
 # ----------------------------------------------------------------------------------------------- norms
 @pytest.mark.parametrize(
     "norm, norm_type",
-    [("GN", nn.GroupNorm), ("BN", nn.BatchNorm2d), ("SyncBN", SyncBatchNorm2d), ("FrozenBN", FrozenBatchNorm2d)],
+    [("GN", nn.GroupNorm), ("BN", BatchNorm2d), ("SyncBN", SyncBatchNorm2d), ("FrozenBN", FrozenBatchNorm2d)],
 )
 def test_resnet_norms_build_and_train(norm, norm_type):
     torch.manual_seed(0)

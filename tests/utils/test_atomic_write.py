@@ -27,10 +27,13 @@ def test_a_failed_write_keeps_the_old_content_and_removes_the_partial_file(tmp_p
     assert os.listdir(tmp_path) == ["model.pth"]
 
 
-def test_atomic_path_keeps_the_extension_for_writers_that_need_it(tmp_path):
+def test_temporary_files_are_hidden_tmp_files_unless_the_extension_is_asked_for(tmp_path):
     target = tmp_path / "model.pt2"
     with atomic_path(target) as partial:
-        assert partial.endswith(".pt2") and os.path.dirname(partial) == str(tmp_path)
+        name = os.path.basename(partial)
+        assert name.startswith(".model.pt2.") and name.endswith(".tmp") and os.path.dirname(partial) == str(tmp_path)
+    with atomic_path(target, keep_extension=True) as partial:
+        assert partial.endswith(".tmp.pt2")
         with open(partial, "wb") as f:
             f.write(b"program")
     assert target.read_bytes() == b"program"

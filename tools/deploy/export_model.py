@@ -73,7 +73,7 @@ def main(argv=None) -> Path:
         path = export_onnx(program, (image,), output / "model.onnx", ExportableDetector(model).output_names)
     else:
         path = output / "model_aoti.pt2"
-        with atomic_path(path) as partial:  # keeps the .pt2 extension AOTInductor insists on
+        with atomic_path(path, keep_extension=True) as partial:  # AOTInductor insists on a .pt2 name
             torch._inductor.aoti_compile_and_package(program, package_path=partial)
     logger.info(f"Wrote {path}")
     return path

@@ -151,3 +151,16 @@ def test_panoptic_fpn_needs_masks():
     cfg.MODEL.MASK_ON = False
     with pytest.raises(ValueError, match="MASK_ON"):
         build_model(cfg)
+
+
+def test_shapes_config_builds_a_small_panoptic_fpn():
+    model = build_model(_load_shapes_config())
+    assert isinstance(model, PanopticFPN) and model.sem_seg_head.predictor.out_channels == 2
+    assert model.sem_seg_head.loss_weight == 0.1 and model.combine_instances_score_thresh == 0.3
+    assert isinstance(model.sem_seg_head.p2[0].norm, torch.nn.BatchNorm2d)
+
+
+def _load_shapes_config():
+    cfg = get_cfg()
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[2] / "configs" / "Shapes" / "panoptic_fpn_shapes.yaml"))
+    return cfg

@@ -44,9 +44,9 @@ class SemSegFPNHead(nn.Module):
         num_classes: int,
         conv_dims: int,
         common_stride: int,
-        loss_weight: float = 1.0,
         norm: Optional[Union[str, Callable[[int], nn.Module]]] = None,
         ignore_value: int = -1,
+        loss_weight: float = 1.0,
     ):
         """
         Args:
@@ -54,9 +54,9 @@ class SemSegFPNHead(nn.Module):
             num_classes: number of semantic classes predicted.
             conv_dims: channels of the intermediate convolutions.
             common_stride: stride every feature is brought to before summing (at most the smallest stride).
-            loss_weight: multiplier of `loss_sem_seg`.
             norm: norm of the intermediate convolutions ("" or None: none, with biases).
             ignore_value: ground-truth class id left out of the loss.
+            loss_weight: multiplier of `loss_sem_seg`.
         """
         super().__init__()
         if not input_shape:

@@ -43,7 +43,8 @@ test: setup
 SECOND_ISA := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null \
 	&& echo ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 \
 	|| echo ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default)
-ISA_TESTS ?= tests/modeling/test_acceleration.py tests/layers tests/differential
+ISA_TESTS ?= tests/modeling/test_acceleration.py tests/layers tests/differential/test_mask_rcnn.py \
+	tests/differential/test_retinanet_default.py
 
 test-isa: setup
 	$(SECOND_ISA) $(PY) -m detlib.collect_env | grep "CPU kernels"

@@ -170,7 +170,7 @@ class FPN(Backbone):
             # Each bottom-up map is let go once used and the sum is made in place, so that at the finest (largest)
             # level fewer maps of its size are alive at once. Same values; autograd keeps what backward needs.
             bottom_up = bottom_up_features[feature] if feature == source else bottom_up_features.pop(feature)
-            top_down = lateral_conv(bottom_up).add_(F.interpolate(top_down, scale_factor=2.0, mode="nearest"))
+            top_down = _add_upsampled_(lateral_conv(bottom_up), top_down)
             del bottom_up
             if self._fuse_type == "avg":
                 top_down = top_down / 2
@@ -183,6 +183,19 @@ class FPN(Backbone):
                 top_input = results[self._out_features.index(source)]
             results.extend(self.top_block(top_input))
         return dict(zip(self._out_features, results))
+
+
+def _add_upsampled_(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """
+    `fine += coarse` upsampled 2x (nearest), in place, without making the upsampled map: each coarse pixel is
+    broadcast over its 2x2 block of a view of `fine`. The same sums as adding `F.interpolate(coarse,
+    scale_factor=2)`, one map of the finest level's size fewer (62 MB at stride 4 of a 800x1216 image).
+    """
+    n, c, h, w = coarse.shape
+    if fine.shape != (n, c, 2 * h, 2 * w):
+        raise ValueError(f"FPN: a lateral map of shape {tuple(fine.shape)} is not twice {tuple(coarse.shape)}")
+    fine.view(n, c, h, 2, w, 2).add_(coarse[:, :, :, None, :, None])
+    return fine
 
 
 @BACKBONE_REGISTRY.register()

@@ -157,6 +157,10 @@ class BaseMaskRCNNHead(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must define layers(x)")
 
 
+# RoIs per chunk of the mask head's upsampling at inference (see MaskRCNNConvUpsampleHead.layers).
+_INFERENCE_CHUNK = 16
+
+
 @ROI_MASK_HEAD_REGISTRY.register()
 class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
     """
@@ -212,9 +216,22 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
         return ret
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self:
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            for layer in self:
+                x = layer(x)
+            return x
+        for layer in self.conv_norm_relus:
             x = layer(x)
-        return x
+        # Inference: the deconv's output, 4x the pooled maps (80 MB for 100 RoIs), is the head's largest tensor and
+        # sits at the model's peak memory. It goes through the deconv and the predictor a chunk of RoIs at a time,
+        # so one chunk's is alive at once; each RoI's logits are computed as in one batch.
+        logits = None
+        for start in range(0, x.shape[0], _INFERENCE_CHUNK):
+            chunk = self.predictor(self.deconv_relu(self.deconv(x[start : start + _INFERENCE_CHUNK])))
+            if logits is None:
+                logits = chunk.new_empty((x.shape[0],) + chunk.shape[1:])
+            logits[start : start + _INFERENCE_CHUNK] = chunk
+        return logits if logits is not None else self.predictor(self.deconv_relu(self.deconv(x)))
 
 
 def build_mask_head(cfg, input_shape: ShapeSpec) -> nn.Module:

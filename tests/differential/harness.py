@@ -375,11 +375,14 @@ def run_model(package: str, model: torch.nn.Module, batch: Sequence[SyntheticIma
     return outputs
 
 
-def _training_input(lib: _Library, item: SyntheticImage, cfg) -> Dict[str, Any]:
+def _training_input(lib: _Library, item: SyntheticImage, cfg=None) -> Dict[str, Any]:
+    """The item as a training input: gt instances (as `cfg` asks; boxes and classes without a cfg, for
+    models built from Python configs) and, for semantic models, a synthetic `sem_seg`."""
     inputs = {"image": torch.from_numpy(item.image)}
-    if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+    meta_architecture = cfg.MODEL.META_ARCHITECTURE if cfg is not None else None
+    if meta_architecture != "SemanticSegmentor":
         inputs["instances"] = lib.targets(item, cfg)
-    if cfg.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "PanopticFPN"):
+    if meta_architecture in ("SemanticSegmentor", "PanopticFPN"):
         head = cfg.MODEL.SEM_SEG_HEAD
         inputs["sem_seg"] = torch.from_numpy(synthetic_sem_seg(item, head.NUM_CLASSES, head.IGNORE_VALUE))
     return inputs

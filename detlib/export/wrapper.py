@@ -1,6 +1,6 @@
 """The model as one function of one image tensor, with plain tensors out: what torch.export and ONNX trace."""
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -15,29 +15,31 @@ _PROPOSAL_OUTPUTS = (("proposal_boxes", "proposal_boxes"), ("objectness_logits",
 _NOT_EXPORTED = ("panoptic_seg",)
 
 
-def _instance_outputs(model: nn.Module) -> Tuple[Tuple[str, str], ...]:
+def _flat_outputs(model: nn.Module) -> Tuple[Tuple[str, str, Optional[str]], ...]:
+    """(output key, exported name, field of the key's Instances or None for a plain tensor) of each tensor the
+    exported `model` returns, in order."""
     heads = getattr(model, "roi_heads", None)
-    outputs = _INSTANCE_OUTPUTS
+    instance_outputs = _INSTANCE_OUTPUTS
     if getattr(heads, "mask_on", False):
-        outputs += (("masks", "pred_masks"),)
+        instance_outputs += (("masks", "pred_masks"),)
     if getattr(heads, "keypoint_on", False):
-        outputs += (("keypoints", "pred_keypoints"),)
-    return outputs
+        instance_outputs += (("keypoints", "pred_keypoints"),)
+    flat = []
+    for key in model.OUTPUT_KEYS:
+        if key == "instances":
+            flat += [(key, name, field) for name, field in instance_outputs]
+        elif key == "proposals":
+            flat += [(key, name, field) for name, field in _PROPOSAL_OUTPUTS]
+        elif key == "sem_seg":
+            flat.append((key, "sem_seg", None))
+        elif key not in _NOT_EXPORTED:
+            raise ValueError(f"{type(model).__name__} has an output '{key}' that export does not know how to flatten")
+    return tuple(flat)
 
 
 def output_names(model: nn.Module) -> Tuple[str, ...]:
     """The names of the tensors the exported `model` returns, in order (see `ExportableDetector`)."""
-    names: List[str] = []
-    for key in model.OUTPUT_KEYS:
-        if key == "instances":
-            names += [name for name, _ in _instance_outputs(model)]
-        elif key == "proposals":
-            names += [name for name, _ in _PROPOSAL_OUTPUTS]
-        elif key == "sem_seg":
-            names.append("sem_seg")
-        elif key not in _NOT_EXPORTED:
-            raise ValueError(f"{type(model).__name__} has an output '{key}' that export does not know how to flatten")
-    return tuple(names)
+    return tuple(name for _, name, _ in _flat_outputs(model))
 
 
 class ExportableDetector(nn.Module):
@@ -63,26 +65,15 @@ class ExportableDetector(nn.Module):
         if model.training:
             raise ValueError("ExportableDetector needs the model in eval mode (call model.eval())")
         self.model = model
-        self.output_names = output_names(model)
+        self._flat_outputs = _flat_outputs(model)
+        self.output_names = tuple(name for _, name, _ in self._flat_outputs)
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
         outputs: Dict[str, Any] = self.model.inference([{"image": image}])[0]
         flat: List[Tensor] = []
-        for key in self.model.OUTPUT_KEYS:
-            if key in _NOT_EXPORTED:
-                continue
-            value = outputs[key]
-            if key == "instances":
-                fields = _instance_outputs(self.model)
-            elif key == "proposals":
-                fields = _PROPOSAL_OUTPUTS
-            else:  # sem_seg
-                flat.append(value)
-                continue
-            for _, field in fields:
-                tensor = value.get(field)
-                flat.append(tensor.tensor if hasattr(tensor, "tensor") else tensor)
-        if "classes" in self.output_names:
-            index = self.output_names.index("classes")
-            flat[index] = flat[index].to(torch.int64)
+        for key, name, field in self._flat_outputs:
+            value = outputs[key] if field is None else outputs[key].get(field)
+            if hasattr(value, "tensor"):  # Boxes
+                value = value.tensor
+            flat.append(value.to(torch.int64) if name == "classes" else value)
         return tuple(flat)

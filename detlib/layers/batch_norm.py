@@ -14,12 +14,19 @@ from .layer_norm import LayerNorm
 __all__ = ["BatchNorm2d", "FrozenBatchNorm2d", "SyncBatchNorm2d", "NaiveSyncBatchNorm", "LayerNorm", "get_norm"]
 
 
+def _scale_and_shift(
+    mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Inference batch norm as one scale and shift per channel: y = x * scale + shift."""
+    scale = weight * (var + eps).rsqrt()
+    return scale, bias - mean * scale
+
+
 def _affine_batch_norm(
     x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """Inference batch norm written out as one scale and shift per channel of an N x C x H x W map."""
-    scale = weight * (var + eps).rsqrt()
-    shift = bias - mean * scale
+    """Inference batch norm of an N x C x H x W map, written out as its scale and shift."""
+    scale, shift = _scale_and_shift(mean, var, weight, bias, eps)
     return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
 
 
@@ -74,8 +81,7 @@ class FrozenBatchNorm2d(nn.Module):
         convolution's `weight` (out_channels first) and `bias` (None for none). The buffers are untouched, so
         checkpoints keep the unfolded names and values.
         """
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        scale, shift = _scale_and_shift(self.running_mean, self.running_var, self.weight, self.bias, self.eps)
         if bias is not None:
             shift = shift + bias * scale
         return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))).to(weight.dtype), shift.to(weight.dtype)

@@ -28,6 +28,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import yaml
 from omegaconf import DictConfig, ListConfig
 
+from detlib.utils.atomic_write import atomic_write
+
 from .instantiate import check_call_allowed, check_target_allowed, is_sequence_node, locate, object_name
 
 __all__ = ["LazyCall", "L", "LazyConfig"]
@@ -399,9 +401,6 @@ class LazyConfig:
                 ", ".join(encoder.unserializable),
             )
         text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-        # Imported here: detlib.checkpoint imports the config package, so a module-level import would cycle.
-        from detlib.utils.atomic_write import atomic_write
-
         with atomic_write(filename, "w", encoding="utf-8") as f:
             f.write(text)
 

@@ -86,6 +86,9 @@ def _two_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
         inference = list(InferenceSampler(9))
         with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
             json.dump({"training": training, "inference": inference}, f)
+        # Tearing gloo down while the other rank is still inside a collective aborts the process
+        # ("terminate called without an active exception"), as CI saw once under load.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -38,6 +38,7 @@ def _two_rank_worker(rank, init_file, sizes, stats_mode, results):
             {"out": out.detach(), "mean": norm.running_mean, "weight_grad": norm.weight.grad, "x_grad": x.grad},
             f"{results}/{rank}.pt",
         )
+        dist.barrier()  # no rank tears gloo down while the other is still inside a collective
     finally:
         dist.destroy_process_group()
 

@@ -164,6 +164,10 @@ class Case:
 
 
 # -- weights -----------------------------------------------------------------------------------
+# Detectron2's integer buffers, recorded beside its outputs so that CI needs no Detectron2 to rebuild the weights.
+INT_BUFFER_PREFIX = "meta__int_buffer__"
+
+
 def _rng(seed: int, name: str) -> np.random.Generator:
     # One stream per parameter: adding a layer does not change the others' values.
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
@@ -180,8 +184,14 @@ def _first_match(patterns: Mapping[str, float], name: str) -> Optional[float]:
     return None
 
 
-def random_weights(param_shapes: Mapping[str, Sequence[int]], seed: int, case: Case) -> Dict[str, np.ndarray]:
-    """Seeded weights for a state dict with these names and shapes (float32 NumPy arrays).
+def random_weights(
+    param_shapes: Mapping[str, Sequence[int]],
+    seed: int,
+    case: Case,
+    int_buffers: Optional[Mapping[str, np.ndarray]] = None,
+) -> Dict[str, np.ndarray]:
+    """Seeded weights for a state dict with these names and shapes (float32 NumPy arrays), and the integer buffers
+    given as they are (they are tables, like Swin's relative position index, not weights).
 
     Norm layers get scales in [0.5, 1.5], shifts and running means ~ N(0, 0.1), running variances
     in [0.5, 2]: far from the identity, so a library that ignores one of them disagrees. Other
@@ -189,7 +199,11 @@ def random_weights(param_shapes: Mapping[str, Sequence[int]], seed: int, case: C
     by `case.head_std` (centered over their inputs). A bias named by `case.bias_offset` gets the
     value added to every entry (e.g. a focal-loss prior)."""
     weights = {}
+    int_buffers = int_buffers or {}
     for name, shape in sorted(param_shapes.items()):
+        if name in int_buffers:
+            weights[name] = int_buffers[name]
+            continue
         shape = tuple(int(s) for s in shape)
         rng = _rng(seed, name)
         leaf = name.rsplit(".", 1)[-1]
@@ -539,8 +553,14 @@ def d2_reference(case: Case, seed: int, work_dir: Path) -> Tuple[Dict[str, np.nd
     from detectron2.modeling import build_model
 
     model = build_model(cfg)
-    shapes = {name: tuple(v.shape) for name, v in model.state_dict().items()}
-    weights = random_weights(shapes, seed, case)
+    state = model.state_dict()
+    shapes = {name: tuple(v.shape) for name, v in state.items()}
+    int_buffers = {
+        name: v.numpy()
+        for name, v in state.items()
+        if not v.is_floating_point() and not name.endswith("num_batches_tracked")
+    }
+    weights = random_weights(shapes, seed, case, int_buffers)
     weights_file = work_dir / f"{case.name}_seed{seed}.pkl"
     save_d2_pickle(weights, weights_file)
     # Checked before running: a training forward moves batch-norm statistics.
@@ -552,6 +572,7 @@ def d2_reference(case: Case, seed: int, work_dir: Path) -> Tuple[Dict[str, np.nd
     batch = _batch_for(cfg, seed)
     outputs, _, _ = run_library("detectron2", cfg, weights_file, batch, seed)
     outputs["meta__param_shapes"] = np.asarray(json.dumps(shapes))
+    outputs.update({f"{INT_BUFFER_PREFIX}{name}": value for name, value in int_buffers.items()})
     outputs["meta__weights_sha256"] = np.asarray(weights_digest(weights))
     outputs["meta__inputs_sha256"] = np.asarray(inputs_digest(batch))
     return outputs, weights_file
@@ -592,7 +613,10 @@ def check_recorded(case: Case, seed: int, work_dir: Path) -> None:
     """detlib gives the outputs Detectron2 gave when the reference was recorded."""
     reference = load_reference(case, seed)
     shapes = json.loads(str(reference["meta__param_shapes"]))
-    weights = random_weights(shapes, seed, case)
+    int_buffers = {
+        key[len(INT_BUFFER_PREFIX) :]: value for key, value in reference.items() if key.startswith(INT_BUFFER_PREFIX)
+    }
+    weights = random_weights(shapes, seed, case, int_buffers)
     stale = f"; rerun `python {__file__} --regenerate {case.name}` if the case or the generator changed"
     assert weights_digest(weights) == str(reference["meta__weights_sha256"]), "weights differ" + stale
     cfg = case.detlib_config()

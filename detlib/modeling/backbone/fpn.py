@@ -24,10 +24,14 @@ __all__ = [
 
 
 class LastLevelMaxPool(nn.Module):
-    """Top block that adds p6 by subsampling p5 (1x1 max pool, stride 2), as used for the RPN in Faster R-CNN."""
+    """Top block that adds p6 by subsampling p5 (1x1 max pool, stride 2), as used for the RPN in Faster R-CNN;
+    or, for a pyramid whose coarsest level is another, the next level after `in_feature`."""
 
     num_levels = 1
-    in_feature = "p5"
+
+    def __init__(self, in_feature: str = "p5"):
+        super().__init__()
+        self.in_feature = in_feature
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]

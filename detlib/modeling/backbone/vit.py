@@ -410,13 +410,16 @@ def get_vit_lr_decay_rate(name: str, lr_decay_rate: float = 1.0, num_layers: int
 
 
 def build_simple_feature_pyramid(cfg, net: Backbone, in_feature: str) -> SimpleFeaturePyramid:
-    """`SimpleFeaturePyramid` over `net`'s `in_feature` from `cfg.MODEL.SFP`, MODEL.FPN.OUT_CHANNELS wide, with a p6."""
+    """`SimpleFeaturePyramid` over `net`'s `in_feature` from `cfg.MODEL.SFP`, MODEL.FPN.OUT_CHANNELS wide, with one
+    more level max-pooled from its coarsest (p6 for ViTDet's p2-p5)."""
+    scale_factors = tuple(cfg.MODEL.SFP.SCALE_FACTORS)
+    coarsest_stride = net.output_shape()[in_feature].stride / min(scale_factors)
     return SimpleFeaturePyramid(
         net=net,
         in_feature=in_feature,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        scale_factors=tuple(cfg.MODEL.SFP.SCALE_FACTORS),
-        top_block=LastLevelMaxPool(),
+        scale_factors=scale_factors,
+        top_block=LastLevelMaxPool(in_feature=f"p{int(math.log2(coarsest_stride))}"),
         norm=cfg.MODEL.SFP.NORM,
         square_pad=cfg.MODEL.SFP.SQUARE_PAD,
     )

@@ -130,6 +130,25 @@ def test_yaml_builder_follows_the_config():
     assert list(backbone.output_shape()) == ["p2", "p3", "p4", "p5", "p6"]
 
 
+def test_yaml_builder_adds_the_max_pooled_level_after_the_coarsest_scale():
+    # A stride-8 ViT (patch 8) with factors (2, 1, 0.5) gives strides 4, 8, 16, and the pooled level 32 after them.
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_vit_sfp_backbone"
+    cfg.merge_from_list(["MODEL.VIT.PATCH_SIZE", 8, "MODEL.VIT.EMBED_DIM", 32, "MODEL.VIT.DEPTH", 1])
+    cfg.merge_from_list(["MODEL.VIT.NUM_HEADS", 2, "MODEL.VIT.IMG_SIZE", 64, "MODEL.VIT.PRETRAIN_IMG_SIZE", 64])
+    cfg.merge_from_list(["MODEL.VIT.WINDOW_BLOCK_INDEXES", [], "MODEL.SFP.SCALE_FACTORS", [2.0, 1.0, 0.5]])
+    backbone = build_backbone(cfg, ShapeSpec(channels=3))
+    assert {k: v.stride for k, v in backbone.output_shape().items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+    out = backbone(torch.randn(1, 3, 64, 96))
+    assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {
+        "p2": (16, 24),
+        "p3": (8, 12),
+        "p4": (4, 6),
+        "p5": (2, 3),
+    }
+    assert torch.equal(out["p5"], out["p4"][..., ::2, ::2])
+
+
 def test_vit_lr_decay_rate_by_layer():
     # 12 blocks, rate 0.5: embeddings are layer 0, block i layer i + 1, everything else layer 13 (factor 1).
     rate = lambda name: get_vit_lr_decay_rate(name, lr_decay_rate=0.5, num_layers=12)  # noqa: E731

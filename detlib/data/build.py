@@ -2,7 +2,7 @@
 
 import functools
 import logging
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from .samplers import (
     RepeatFactorTrainingSampler,
     TrainingSampler,
 )
+from .shared_batches import SharedBatchSlots
 
 __all__ = [
     "load_dataset_parts",
@@ -145,32 +146,46 @@ def worker_init_reset_seed(worker_id: int) -> None:
 
 
 class _BatchCollator:
-    """Makes a batch from a `BatchStream`'s `(ordinals, items)` with `collate_fn`; with
-    `with_ordinals`, the batch is `(ordinals, batch)`."""
+    """Makes a batch from a `BatchStream`'s `(ordinals, items)` with `collate_fn`: `(ordinals, batch)` with
+    `with_ordinals`, else the batch; with `slots`, packed for sending (`SharedBatchSlots.pack`)."""
 
-    def __init__(self, collate_fn: Callable, with_ordinals: bool):
+    def __init__(self, collate_fn: Callable, with_ordinals: bool, slots: Optional[SharedBatchSlots]):
         self.collate_fn = collate_fn
         self.with_ordinals = with_ordinals
+        self.slots = slots
 
     def __call__(self, ordinals_and_items: Tuple[List[int], List]) -> Any:
         ordinals, items = ordinals_and_items
         batch = self.collate_fn(items)
-        return (ordinals, batch) if self.with_ordinals else batch
+        batch = (ordinals, batch) if self.with_ordinals else batch
+        return batch if self.slots is None else self.slots.pack(batch)
 
 
-def _batches(batches: BatchStream, *, num_workers: int, collate_fn: Callable, with_ordinals: bool) -> Iterable:
-    """Endless batches of `batches`, made and collated in `num_workers` workers (or in this process)."""
-    # A positioned stream seeds its workers from its own seed, not from the global generator: a
-    # resumed run then starts its loader without drawing from the random state it restored.
-    generator = torch.Generator().manual_seed(batches.sampler.seed) if with_ordinals else None
-    return data.DataLoader(
-        batches,
-        batch_size=None,  # the stream yields whole batches
-        num_workers=num_workers,
-        collate_fn=_BatchCollator(collate_fn, with_ordinals),
-        worker_init_fn=worker_init_reset_seed,
-        generator=generator,
-    )
+class _LoadedBatches:
+    """Endless batches of a `BatchStream`, made and collated whole in `num_workers` data-loader workers (or in
+    this process) and sent through `SharedBatchSlots`; each iteration starts its own workers."""
+
+    def __init__(self, batches: BatchStream, *, num_workers: int, collate_fn: Callable, with_ordinals: bool):
+        self.batches = batches
+        self.num_workers = num_workers
+        self.collate_fn = collate_fn
+        self.with_ordinals = with_ordinals
+
+    def __iter__(self) -> Iterator:
+        slots = SharedBatchSlots(self.num_workers) if self.num_workers > 0 else None
+        # A positioned stream seeds its workers from its own seed, not from the global generator: a
+        # resumed run then starts its loader without drawing from the random state it restored.
+        generator = torch.Generator().manual_seed(self.batches.sampler.seed) if self.with_ordinals else None
+        loader = data.DataLoader(
+            self.batches,
+            batch_size=None,  # the stream yields whole batches
+            num_workers=self.num_workers,
+            collate_fn=_BatchCollator(self.collate_fn, self.with_ordinals, slots),
+            worker_init_fn=worker_init_reset_seed,
+            generator=generator,
+        )
+        for batch in loader:
+            yield batch if slots is None else slots.unpack(*batch)
 
 
 def build_batch_data_loader(
@@ -205,7 +220,7 @@ def build_batch_data_loader(
         skip_bad_samples=skip_bad_samples,
     )
     make_batches = functools.partial(
-        _batches, batches, num_workers=num_workers, collate_fn=collate_fn or trivial_batch_collator
+        _LoadedBatches, batches, num_workers=num_workers, collate_fn=collate_fn or trivial_batch_collator
     )
     if isinstance(sampler, EpochStreamSampler):
         return ResumableLoader(sampler, functools.partial(make_batches, with_ordinals=True))

@@ -5,8 +5,10 @@ checked equal first (flips and sizes made deterministic), then both loaders are 
 
 import argparse
 import contextlib
+import glob
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -202,30 +204,57 @@ def check(libraries: Sequence[_Library], records: Dict[str, List[dict]], args: a
     return rows
 
 
-def _images_per_second(loader: Iterable, num_batches: int, batch_size: int) -> float:
+def _stat_cpu_seconds(pid: str) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # from the state on: the name may hold spaces
+    except FileNotFoundError:  # a worker that has just exited
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user and system) used so far by this process and its live children (a loader's workers);
+    NaN without Linux's /proc."""
+    pid = str(os.getpid())
+    if not os.path.exists(f"/proc/{pid}/stat"):
+        return math.nan
+    children = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        with open(path) as f:
+            children += f.read().split()
+    return sum(_stat_cpu_seconds(p) for p in [pid] + children)
+
+
+def timed_run(loader: Iterable, num_batches: int, batch_size: int) -> Tuple[float, float]:
+    """(images per second, CPU ms per image of this process and the workers) over `num_batches` batches after the
+    first (which starts the workers)."""
     batches = iter(loader)
-    next(batches)  # starts the workers
-    start = time.perf_counter()
+    next(batches)
+    cpu, start = cpu_seconds(), time.perf_counter()
     for _ in islice(batches, num_batches):
         pass
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     del batches  # stops the workers
-    return num_batches * batch_size / seconds
+    images = num_batches * batch_size
+    return images / seconds, 1e3 * cpu / images
 
 
 def measure(libraries: Sequence[_Library], records: Dict[str, List[dict]], args: argparse.Namespace) -> Dict:
-    """{(library, num_workers): [images/s of each run]}, the runs interleaved."""
-    speeds: Dict[Tuple[str, int], List[float]] = {}
+    """{(library, num_workers): [(images/s, CPU ms per image) of each run]}, the runs interleaved."""
+    results: Dict[Tuple[str, int], List[Tuple[float, float]]] = {}
     for repeat in range(args.repeats):
         for num_workers in args.workers:
             for library in libraries:
                 loader = library.loader(records[library.name], args, num_workers, False)
-                speed = _images_per_second(loader, args.batches, args.batch_size)
-                speeds.setdefault((library.name, num_workers), []).append(speed)
+                speed, cpu = timed_run(loader, args.batches, args.batch_size)
+                results.setdefault((library.name, num_workers), []).append((speed, cpu))
                 print(
-                    f"  run {repeat + 1}: {library.name}, {num_workers} workers: {speed:.1f} images/s", file=sys.stderr
+                    f"  run {repeat + 1}: {library.name}, {num_workers} workers: {speed:.1f} images/s, "
+                    f"CPU {cpu:.1f} ms/image",
+                    file=sys.stderr,
                 )
-    return speeds
+    return results
 
 
 def run(args: argparse.Namespace) -> None:
@@ -247,7 +276,7 @@ def run(args: argparse.Namespace) -> None:
         if any(row[2] != "equal" for row in checks):
             print(tabulate(checks, headers=["loader", "against", "check", "max coordinate diff"], tablefmt="github"))
             raise SystemExit("the loaders' batches differ: not timed")
-        speeds = measure(libraries, records, args)
+        results = measure(libraries, records, args)
     load_after = load_average()
 
     print_command()
@@ -257,22 +286,24 @@ def run(args: argparse.Namespace) -> None:
     print(
         f"{args.images} JPEGs (640x480 and 480x640, polygon objects), batches of {args.batch_size} grouped by aspect "
         f"ratio, shortest edge {MIN_SIZES} (max {MAX_SIZE}), flip 0.5, masks as {args.mask_format}s; images/s over "
-        f"{args.batches} batches after the first, median of {args.repeats} interleaved runs\n"
+        f"{args.batches} batches after the first, median of {args.repeats} interleaved runs; CPU: user + system time "
+        "of the loading process and its workers over those batches, per image\n"
     )
     print(tabulate(checks, headers=["loader", "against", "check", "max coordinate diff"], tablefmt="github"))
     print()
-    median = {key: statistics.median(values) for key, values in speeds.items()}
+    speed = {key: statistics.median(s for s, _ in runs) for key, runs in results.items()}
+    cpu = {key: statistics.median(c for _, c in runs) for key, runs in results.items()}
     rows = []
     for num_workers in args.workers:
-        ours = median[("detlib", num_workers)]
-        row = [num_workers, ours, ours / median[("detlib", args.workers[0])]]
+        key = ("detlib", num_workers)
+        row = [num_workers, speed[key], speed[key] / speed[("detlib", args.workers[0])], cpu[key]]
         if peer is not None:
-            theirs = median[("detectron2", num_workers)]
-            row += [theirs, ours / theirs]
+            peer_key = ("detectron2", num_workers)
+            row += [speed[peer_key], speed[key] / speed[peer_key], cpu[peer_key]]
         rows.append(row)
-    headers = ["workers", "detlib images/s", f"detlib / detlib at {args.workers[0]} workers"]
+    headers = ["workers", "detlib images/s", f"/ detlib at {args.workers[0]} workers", "detlib CPU ms/image"]
     if peer is not None:
-        headers += ["detectron2 images/s", "detlib / detectron2"]
+        headers += ["detectron2 images/s", "detlib / detectron2", "detectron2 CPU ms/image"]
     print(tabulate(rows, headers=headers, tablefmt="github", floatfmt=".2f"))
 
 

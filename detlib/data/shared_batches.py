@@ -66,10 +66,12 @@ class SharedBatchSlots:
         if not tensors or not free:
             return None, None, batch
         total = sum(_aligned(_nbytes(t)) for t in tensors)
-        fitting = [i for i in free if self._buffers[i] is not None and len(self._buffers[i]) >= total]
-        slot = fitting[0] if fitting else free[0]
-        if not fitting:  # room for some growth, so that the buffer is seldom replaced
-            storage = torch.UntypedStorage._new_shared(total + total // 4)
+        sizes = {i: 0 if self._buffers[i] is None else len(self._buffers[i]) for i in free}
+        fitting = [i for i in free if sizes[i] >= total]
+        slot = min(fitting or free, key=sizes.__getitem__)  # the smallest that fits, or else the smallest to replace
+        if not fitting:
+            # Twice the size: pages are only mapped when written, and batches that vary in size then find room.
+            storage = torch.UntypedStorage._new_shared(2 * total)
             self._buffers[slot] = torch.empty(0, dtype=torch.uint8).set_(storage)
         buffer = self._buffers[slot]
         views: Iterator[torch.Tensor] = iter(self._copy_into(buffer, tensors))

@@ -34,7 +34,10 @@ MAX_SIZE = 1333
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=200, help="JPEG images in the dataset")
     parser.add_argument("--batch-size", type=int, default=2, help="images per batch (Mask R-CNN: 2 per GPU)")
-    parser.add_argument("--batches", type=int, default=40, help="batches timed per run (after one warm-up batch)")
+    parser.add_argument("--batches", type=int, default=40, help="batches timed per run")
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="batches before the timed ones (start the workers, fill their buffers)"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="num_workers values to time")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs (median reported)")
     parser.add_argument("--check-batches", type=int, default=8, help="batches compared before timing")
@@ -226,11 +229,12 @@ def cpu_seconds() -> float:
     return sum(_stat_cpu_seconds(p) for p in [pid] + children)
 
 
-def timed_run(loader: Iterable, num_batches: int, batch_size: int) -> Tuple[float, float]:
-    """(images per second, CPU ms per image of this process and the workers) over `num_batches` batches after the
-    first (which starts the workers)."""
+def timed_run(loader: Iterable, warmup: int, num_batches: int, batch_size: int) -> Tuple[float, float]:
+    """(images per second, CPU ms per image of this process and the workers) over `num_batches` batches after
+    `warmup` batches (the first starts the workers)."""
     batches = iter(loader)
-    next(batches)
+    for _ in islice(batches, max(warmup, 1)):
+        pass
     cpu, start = cpu_seconds(), time.perf_counter()
     for _ in islice(batches, num_batches):
         pass
@@ -247,7 +251,7 @@ def measure(libraries: Sequence[_Library], records: Dict[str, List[dict]], args:
         for num_workers in args.workers:
             for library in libraries:
                 loader = library.loader(records[library.name], args, num_workers, False)
-                speed, cpu = timed_run(loader, args.batches, args.batch_size)
+                speed, cpu = timed_run(loader, args.warmup, args.batches, args.batch_size)
                 results.setdefault((library.name, num_workers), []).append((speed, cpu))
                 print(
                     f"  run {repeat + 1}: {library.name}, {num_workers} workers: {speed:.1f} images/s, "
@@ -286,7 +290,7 @@ def run(args: argparse.Namespace) -> None:
     print(
         f"{args.images} JPEGs (640x480 and 480x640, polygon objects), batches of {args.batch_size} grouped by aspect "
         f"ratio, shortest edge {MIN_SIZES} (max {MAX_SIZE}), flip 0.5, masks as {args.mask_format}s; images/s over "
-        f"{args.batches} batches after the first, median of {args.repeats} interleaved runs; CPU: user + system time "
+        f"{args.batches} batches after {args.warmup}, median of {args.repeats} interleaved runs; CPU: user + system time "
         "of the loading process and its workers over those batches, per image\n"
     )
     print(tabulate(checks, headers=["loader", "against", "check", "max coordinate diff"], tablefmt="github"))

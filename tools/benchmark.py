@@ -7,6 +7,7 @@ prints the ratio.
     python tools/benchmark.py model [--device cpu|cuda] [--quick] [--repeats N] [--threads N] [--opts KEY VALUE ...]
     python tools/benchmark.py export --config-file CFG --image IMG [--repeats N] [KEY VALUE ...]
     python tools/benchmark.py deform [--device cpu|cuda] [--batch N ...] [--repeats N]
+    python tools/benchmark.py data [--images N] [--batches N] [--workers N ...] [--repeats N] [--mask-format F]
 
 `python tools/benchmark.py SUBCOMMAND --help` describes each. Each benchmark is a module of tools/benchmarks/
 (tools/benchmarks/__init__.py gives the interface), registered by one line in BENCHMARKS below.
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "model": "benchmarks.model",
     "export": "benchmarks.export",
     "deform": "benchmarks.deform_conv",
+    "data": "benchmarks.data_loading",
 }
 
 

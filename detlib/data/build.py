@@ -2,8 +2,7 @@
 
 import functools
 import logging
-import operator
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,15 +14,9 @@ from detlib.utils import comm
 from detlib.utils.env import seed_all_rng
 
 from . import bad_samples
+from .batch_stream import BatchStream
 from .catalog import DatasetCatalog, MetadataCatalog
-from .common import (
-    AspectRatioGroupedDataset,
-    DatasetFromList,
-    MapDataset,
-    MapIterableDataset,
-    ResumableLoader,
-    ToIterableDataset,
-)
+from .common import DatasetFromList, MapDataset, ResumableLoader, ToIterableDataset
 from .dataset_mapper import DatasetMapper
 from .proposals import load_proposals_into_dataset
 from .samplers import (
@@ -33,6 +26,7 @@ from .samplers import (
     RepeatFactorTrainingSampler,
     TrainingSampler,
 )
+from .shared_batches import SharedBatchSlots
 
 __all__ = [
     "load_dataset_parts",
@@ -152,58 +146,46 @@ def worker_init_reset_seed(worker_id: int) -> None:
 
 
 class _BatchCollator:
-    """Makes a batch of items with `collate_fn`; with `with_ordinals`, the items are
-    `(ordinals, item)` pairs and the batch is `(all their ordinals, batch)`."""
+    """Makes a batch from a `BatchStream`'s `(ordinals, items)` with `collate_fn`: `(ordinals, batch)` with
+    `with_ordinals`, else the batch; with `slots`, packed for sending (`SharedBatchSlots.pack`)."""
 
-    def __init__(self, collate_fn: Callable, with_ordinals: bool):
+    def __init__(self, collate_fn: Callable, with_ordinals: bool, slots: Optional[SharedBatchSlots]):
+        self.collate_fn = collate_fn
+        self.with_ordinals = with_ordinals
+        self.slots = slots
+
+    def __call__(self, ordinals_and_items: Tuple[List[int], List]) -> Any:
+        ordinals, items = ordinals_and_items
+        batch = self.collate_fn(items)
+        batch = (ordinals, batch) if self.with_ordinals else batch
+        return batch if self.slots is None else self.slots.pack(batch)
+
+
+class _LoadedBatches:
+    """Endless batches of a `BatchStream`, made and collated whole in `num_workers` data-loader workers (or in
+    this process) and sent through `SharedBatchSlots`; each iteration starts its own workers."""
+
+    def __init__(self, batches: BatchStream, *, num_workers: int, collate_fn: Callable, with_ordinals: bool):
+        self.batches = batches
+        self.num_workers = num_workers
         self.collate_fn = collate_fn
         self.with_ordinals = with_ordinals
 
-    def __call__(self, items: List) -> Any:
-        if not self.with_ordinals:
-            return self.collate_fn(items)
-        ordinals = [o for item_ordinals, _ in items for o in item_ordinals]
-        return ordinals, self.collate_fn([item for _, item in items])
-
-
-def _batches(
-    dataset: data.Dataset,
-    sampler: data.Sampler,
-    batch_size: int,
-    *,
-    aspect_ratio_grouping: bool,
-    num_workers: int,
-    collate_fn: Callable,
-    skip_bad_samples: bool,
-    with_ordinals: bool,
-) -> Iterable:
-    """Endless batches of `batch_size` items of `dataset` in sampler order."""
-    collator = _BatchCollator(collate_fn, with_ordinals)
-    # A positioned stream seeds its workers from its own seed, not from the global generator: a
-    # resumed run then starts its loader without drawing from the random state it restored.
-    generator = torch.Generator().manual_seed(sampler.seed) if with_ordinals else None
-    if not aspect_ratio_grouping:
-        # Workers take batch-sized runs of the stream in turn, so batches come in stream order.
-        items = ToIterableDataset(dataset, sampler, skip_bad_samples, chunk=batch_size, track_positions=with_ordinals)
-        return data.DataLoader(
-            items,
-            batch_size=batch_size,
-            drop_last=True,
-            num_workers=num_workers,
-            collate_fn=collator,
+    def __iter__(self) -> Iterator:
+        slots = SharedBatchSlots(self.num_workers) if self.num_workers > 0 else None
+        # A positioned stream seeds its workers from its own seed, not from the global generator: a
+        # resumed run then starts its loader without drawing from the random state it restored.
+        generator = torch.Generator().manual_seed(self.batches.sampler.seed) if self.with_ordinals else None
+        loader = data.DataLoader(
+            self.batches,
+            batch_size=None,  # the stream yields whole batches
+            num_workers=self.num_workers,
+            collate_fn=_BatchCollator(self.collate_fn, self.with_ordinals, slots),
             worker_init_fn=worker_init_reset_seed,
             generator=generator,
         )
-    # Grouping needs every item's shape, so items leave the workers one at a time.
-    items = data.DataLoader(
-        ToIterableDataset(dataset, sampler, skip_bad_samples, track_positions=with_ordinals),
-        num_workers=num_workers,
-        collate_fn=operator.itemgetter(0),
-        worker_init_fn=worker_init_reset_seed,
-        generator=generator,
-    )
-    grouped = AspectRatioGroupedDataset(items, batch_size, operator.itemgetter(1) if with_ordinals else None)
-    return MapIterableDataset(grouped, collator)
+        for batch in loader:
+            yield batch if slots is None else slots.unpack(*batch)
 
 
 def build_batch_data_loader(
@@ -212,28 +194,33 @@ def build_batch_data_loader(
     total_batch_size: int,
     *,
     aspect_ratio_grouping: bool = False,
+    landscape: Optional[Sequence[bool]] = None,
     num_workers: int = 0,
     collate_fn: Optional[Callable] = None,
     skip_bad_samples: bool = False,
 ) -> Iterable:
     """
     Batches a map-style dataset in sampler order. `total_batch_size` is over all ranks; each rank
-    yields `total_batch_size / world_size` items per batch. Over an `EpochStreamSampler` the
+    yields `total_batch_size / world_size` items per batch. Each batch is made and collated whole in
+    one data-loader worker (see `BatchStream`). `landscape[i]`, whether item i is wider than tall
+    when that is known before mapping, lets aspect-ratio grouping plan the batches on the sampler's
+    indices: they are then the same for any number of workers. Over an `EpochStreamSampler` the
     loader is a `ResumableLoader`: its position can be saved and restored in constant time.
     """
     ranks = comm.get_world_size()
     per_rank, remainder = divmod(total_batch_size, ranks)
     if per_rank <= 0 or remainder:
         raise ValueError(f"SOLVER.IMS_PER_BATCH={total_batch_size} must be a positive multiple of the {ranks} ranks.")
-    make_batches = functools.partial(
-        _batches,
+    batches = BatchStream(
         dataset,
         sampler,
         per_rank,
-        aspect_ratio_grouping=aspect_ratio_grouping,
-        num_workers=num_workers,
-        collate_fn=collate_fn or trivial_batch_collator,
+        group_by_aspect_ratio=aspect_ratio_grouping,
+        landscape=landscape,
         skip_bad_samples=skip_bad_samples,
+    )
+    make_batches = functools.partial(
+        _LoadedBatches, batches, num_workers=num_workers, collate_fn=collate_fn or trivial_batch_collator
     )
     if isinstance(sampler, EpochStreamSampler):
         return ResumableLoader(sampler, functools.partial(make_batches, with_ordinals=True))
@@ -305,6 +292,13 @@ def _mapped(dataset: Union[List[dict], data.Dataset], mapper: Optional[Callable]
     return items if mapper is None else MapDataset(items, mapper)
 
 
+def _landscape(dataset: Union[List[dict], data.Dataset]) -> Optional[np.ndarray]:
+    """Whether each record is wider than tall, when a list of records that all carry their size."""
+    if not isinstance(dataset, list) or not all("width" in r and "height" in r for r in dataset):
+        return None
+    return np.array([r["width"] > r["height"] for r in dataset], dtype=bool)
+
+
 @configurable(from_config=_train_loader_from_config)
 def build_detection_train_loader(
     dataset: Union[List[dict], data.Dataset],
@@ -335,6 +329,7 @@ def build_detection_train_loader(
         num_workers=num_workers,
         skip_bad_samples=skip_bad_samples,
         aspect_ratio_grouping=aspect_ratio_grouping,
+        landscape=_landscape(dataset) if aspect_ratio_grouping else None,
         collate_fn=collate_fn,
     )
 

@@ -8,19 +8,10 @@ import numpy as np
 import torch.utils.data as data
 from torch.utils.data.sampler import Sampler
 
-from detlib.utils.env import seed_all_rng
-
 from .bad_samples import BadSampleError, SkipCounter
 from .samplers import ConsumedStream, EpochStreamSampler
 
-__all__ = [
-    "DatasetFromList",
-    "MapDataset",
-    "MapIterableDataset",
-    "ToIterableDataset",
-    "AspectRatioGroupedDataset",
-    "ResumableLoader",
-]
+__all__ = ["DatasetFromList", "MapDataset", "ToIterableDataset", "AspectRatioGroupedDataset", "ResumableLoader"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,82 +59,55 @@ class MapDataset(data.Dataset):
         return self._map_func(self._dataset[idx])
 
 
-class MapIterableDataset(data.IterableDataset):
-    """Applies `map_func` to each item of an iterable."""
+def group_by_orientation(items: Iterable, batch_size: int, is_landscape: Callable[[Any], bool]) -> Iterator[List]:
+    """Lists of `batch_size` items that are all landscape or all portrait, in the order they fill up
+    (an item of the other orientation waits for its own batch)."""
+    buckets: Tuple[List, List] = ([], [])
+    for item in items:
+        bucket = buckets[0 if is_landscape(item) else 1]
+        bucket.append(item)
+        if len(bucket) == batch_size:
+            yield bucket[:]
+            del bucket[:]
 
-    def __init__(self, dataset: Iterable, map_func: Callable):
-        self._dataset = dataset
-        self._map_func = map_func
 
-    def __iter__(self) -> Iterator:
-        for item in self._dataset:
-            yield self._map_func(item)
-
-
-def _worker_shard(iterable: Iterable, chunk: int = 1) -> Iterator:
-    """Inside a DataLoader worker, the share of `iterable` that this worker should produce: runs of
-    `chunk` consecutive items, dealt to the workers in turn (a batch-sized chunk keeps each batch a
-    run of the stream)."""
+def worker_shard(iterable: Iterable) -> Iterator:
+    """Inside a DataLoader worker, the items of `iterable` this worker produces: item k goes to worker
+    k mod num_workers, the order in which the DataLoader collects the workers' outputs."""
     info = data.get_worker_info()
     if info is None or info.num_workers == 1:
         yield from iterable
         return
     for i, item in enumerate(iterable):
-        if (i // chunk) % info.num_workers == info.id:
+        if i % info.num_workers == info.id:
             yield item
 
 
 class ToIterableDataset(data.IterableDataset):
     """
-    Iterates a map-style dataset in the order of `sampler`, split among data-loader workers in runs
-    of `chunk` items.
+    Iterates a map-style dataset in the order of `sampler`, item k by data-loader worker k mod
+    num_workers (the order in which the DataLoader collects them).
 
     With `skip_bad_samples`, an item that raises `BadSampleError` is left out with a warning that
     carries the running count of skipped items (per worker process); otherwise the error propagates.
-    With `track_positions` (the sampler must be an `EpochStreamSampler`), it yields
-    `(ordinals, item)`: the stream ordinals the item accounts for, its own and those of the bad
-    items skipped just before it. Inside a data-loader worker, each item is then mapped with the
-    random generators seeded by its place in the stream: a resumed run, whose workers start
-    afresh, maps every item as the interrupted run would have.
     """
 
-    def __init__(
-        self,
-        dataset: data.Dataset,
-        sampler: Sampler,
-        skip_bad_samples: bool = False,
-        *,
-        chunk: int = 1,
-        track_positions: bool = False,
-    ):
+    def __init__(self, dataset: data.Dataset, sampler: Sampler, skip_bad_samples: bool = False):
         self.dataset = dataset
         self.sampler = sampler
         self.skip_bad_samples = skip_bad_samples
-        self.chunk = chunk
-        self.track_positions = track_positions
 
     def __iter__(self) -> Iterator:
         skipped = SkipCounter("image")
-        stream = self.sampler.positions() if self.track_positions else enumerate(self.sampler)
-        skipped_ordinals: List[int] = []
-        in_worker = data.get_worker_info() is not None
-        for position, idx in _worker_shard(stream, self.chunk):
-            if self.track_positions and in_worker:
-                seed_all_rng(self.sampler.item_seed(position.ordinal))
+        for idx in worker_shard(self.sampler):
             try:
                 item = self.dataset[idx]
             except BadSampleError as e:
                 if not self.skip_bad_samples:
                     raise
                 skipped.skip(e)
-                if self.track_positions:
-                    skipped_ordinals.append(position.ordinal)
                 continue
-            if self.track_positions:
-                yield skipped_ordinals + [position.ordinal], item
-                skipped_ordinals = []
-            else:
-                yield item
+            yield item
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -161,15 +125,12 @@ class AspectRatioGroupedDataset(data.IterableDataset):
         self.batch_size = batch_size
         self.record_of = record_of
 
+    def _is_landscape(self, item: Any) -> bool:
+        record = item if self.record_of is None else self.record_of(item)
+        return record["width"] > record["height"]
+
     def __iter__(self) -> Iterator[List]:
-        buckets: List[List] = [[], []]
-        for d in self.dataset:
-            record = d if self.record_of is None else self.record_of(d)
-            bucket = buckets[0 if record["width"] > record["height"] else 1]
-            bucket.append(d)
-            if len(bucket) == self.batch_size:
-                yield bucket[:]
-                del bucket[:]
+        return group_by_orientation(self.dataset, self.batch_size, self._is_landscape)
 
 
 class ResumableLoader:

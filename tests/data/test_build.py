@@ -9,6 +9,8 @@ from detlib.config import get_cfg
 from detlib.data import (
     BadSampleError,
     DatasetCatalog,
+    DatasetFromList,
+    MapDataset,
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
@@ -184,8 +186,9 @@ def test_resumed_loader_continues_the_stream_without_decoding_what_was_consumed(
         assert len(mapper.decoded) <= 9 + len(state["consumed_ahead"]) + 2 * 2
 
 
-def test_resumed_loader_with_workers_repeats_random_augmentation():
-    original = _resumable(_CountingMapper(random_shift=True), grouping=False, num_workers=2)
+@pytest.mark.parametrize("grouping", [False, True])
+def test_resumed_loader_with_workers_repeats_random_augmentation(grouping):
+    original = _resumable(_CountingMapper(random_shift=True), grouping=grouping, num_workers=2)
     batches = iter(original)
     for _ in range(4):
         next(batches)
@@ -193,7 +196,7 @@ def test_resumed_loader_with_workers_repeats_random_augmentation():
     following = [_summary(next(batches)) for _ in range(4)]
     del batches
 
-    resumed = _resumable(_CountingMapper(random_shift=True), grouping=False, num_workers=2)
+    resumed = _resumable(_CountingMapper(random_shift=True), grouping=grouping, num_workers=2)
     resumed.load_state_dict(state)
     resumed_batches = iter(resumed)
     assert [_summary(next(resumed_batches)) for _ in range(4)] == following
@@ -234,3 +237,99 @@ def test_sampling_ratios_from_config_mix_the_training_datasets(two_datasets):
     cfg.DATALOADER.SAMPLING_RATIOS = (1.0,)
     with pytest.raises(ValueError, match="1 sampling ratios given for 2 datasets"):
         build_detection_train_loader(cfg, mapper=lambda record: record)
+
+
+def _oriented_records(n, seed=0):
+    """Records of random orientation, as many landscape as portrait (so an epoch's items of each
+    orientation fill whole batches of 3 when n / 2 is a multiple of 3)."""
+    landscape = np.random.default_rng(seed).permutation(np.arange(n) % 2 == 0)
+    return [
+        {"image_id": i, "width": 20 if wide else 10, "height": 10 if wide else 20, "bad": False}
+        for i, wide in enumerate(landscape)
+    ]
+
+
+def _grouped_reference(records, sampler, batch_size, num_batches):
+    """Batches of image ids: the sampler's stream grouped by each record's orientation."""
+    buckets, batches = {True: [], False: []}, []
+    for index in sampler:
+        record = records[index]
+        bucket = buckets[record["width"] > record["height"]]
+        bucket.append(record["image_id"])
+        if len(bucket) == batch_size:
+            batches.append(bucket[:])
+            bucket.clear()
+            if len(batches) == num_batches:
+                return batches
+
+
+@pytest.mark.parametrize("rank,world_size", [(0, 1), (1, 2)])
+def test_grouped_batches_with_workers_equal_in_process_ones_and_the_grouped_stream(rank, world_size):
+    records = _oriented_records(24)
+
+    def loader(num_workers):
+        return build_detection_train_loader(
+            records,
+            mapper=_CountingMapper(random_shift=True),
+            sampler=TrainingSampler(24, seed=3, rank=rank, world_size=world_size),
+            total_batch_size=3,
+            num_workers=num_workers,
+        )
+
+    num_batches = 12
+    in_process = [_summary(b) for b in islice(iter(loader(0)), num_batches)]
+    with_workers = [_summary(b) for b in islice(iter(loader(2)), num_batches)]
+    assert with_workers == in_process  # the random augmentation too
+    reference = _grouped_reference(records, TrainingSampler(24, seed=3, rank=rank, world_size=world_size), 3, 12)
+    assert [[image_id for image_id, _ in batch] for batch in with_workers] == reference
+    for batch in with_workers:
+        assert len({records[image_id]["width"] > records[image_id]["height"] for image_id, _ in batch}) == 1
+    if world_size == 1:  # an epoch of 12 landscape and 12 portrait records is 8 whole batches: each id once
+        assert sorted(image_id for batch in with_workers[:8] for image_id, _ in batch) == list(range(24))
+
+
+def test_grouping_mapped_items_in_workers_sees_each_item_once():
+    """A dataset object (no record sizes before mapping): each worker groups its own mapped items."""
+    records = _oriented_records(24)
+    loader = build_detection_train_loader(
+        MapDataset(DatasetFromList(records), _mapper),
+        mapper=None,
+        sampler=TrainingSampler(24, seed=5, rank=0, world_size=1),
+        total_batch_size=3,
+        num_workers=2,
+    )
+    batches = list(islice(iter(loader), 16))  # two epochs' worth
+    for batch in batches:
+        assert len({d["width"] > d["height"] for d in batch}) == 1
+    counts = np.bincount([d["image_id"] for b in batches for d in b], minlength=24)
+    # Each of the 2 workers holds back at most 2 items of each orientation.
+    assert counts.sum() == 48 and counts.max() <= 2 and (counts < 2).sum() <= 2 * 2 * 2
+
+
+def test_bad_samples_skipped_in_workers_leave_no_item_out_or_twice():
+    records = _oriented_records(24)
+    for record in records[::5]:
+        record["bad"] = True
+
+    def batches(num_workers):
+        loader = build_detection_train_loader(
+            records,
+            mapper=_CountingMapper(random_shift=True),
+            sampler=TrainingSampler(24, seed=1, rank=0, world_size=1),
+            total_batch_size=3,
+            num_workers=num_workers,
+            skip_bad_samples=True,
+        )
+        return list(islice(iter(loader), 12))  # about two epochs of the 19 good items
+
+    with_workers, in_process = batches(2), batches(0)
+    for batch in with_workers:
+        assert len(batch) == 3 and len({d["width"] > d["height"] for d in batch}) == 1
+    # An item's random shift is drawn from its stream ordinal: equal pairs are the same stream item.
+    items = [(d["image_id"], d["shift"]) for b in with_workers for d in b]
+    assert len(set(items)) == len(items)
+    assert not {r["image_id"] for r in records if r["bad"]} & {image_id for image_id, _ in items}
+    # The bad items shift the rest within each worker: the same items up to those the buckets hold
+    # back (at most 2 of each orientation per worker, or in process).
+    reference = {(d["image_id"], d["shift"]) for b in in_process for d in b}
+    assert len(set(items) ^ reference) <= 2 * (2 * 2 * 2 + 2 * 2)

@@ -1,5 +1,6 @@
-"""tools/benchmark.py: every module of tools/benchmarks/ is registered and parses its options; the ops and eval
-benchmarks run end to end on tiny cases; the model benchmark's loss check samples nothing."""
+"""tools/benchmark.py: every module of tools/benchmarks/ is registered and parses its options; the ops, eval and
+data benchmarks run end to end on tiny cases; the model benchmark's loss check samples nothing, the data benchmark's
+check sees a changed batch."""
 
 import importlib
 import importlib.util
@@ -68,3 +69,35 @@ def test_model_loss_check_samples_every_anchor_and_roi(cli):
     assert _losses_match({"a": 1.0, "b": 2.0}, {"a": 1.0 + 5e-6, "b": 2.0}) == ""
     assert "relative 2.0e-05" in _losses_match({"a": 1.0}, {"a": 1.0 + 2e-5})
     assert "names differ" in _losses_match({"a": 1.0}, {"b": 1.0})
+
+
+def test_data_benchmark_runs_and_checks_the_batches(cli, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "data"])
+    cli.main(["data", "--images", "4", "--batches", "1", "--repeats", "1", "--check-batches", "1", "--workers", "2"])
+    out = capsys.readouterr().out
+    checks = [line for line in out.splitlines() if line.startswith("| detlib, ")]
+    assert len(checks) >= 1 and all("| equal " in line for line in checks), out
+    assert [line for line in out.splitlines() if line.startswith("|         2 ")], out  # the speeds' row
+
+
+def test_data_benchmark_check_sees_a_changed_image_box_or_polygon(cli, tmp_path):
+    import argparse
+    import copy
+
+    from benchmarks.data_loading import _detlib, batch_differences, write_dataset
+
+    library = _detlib()
+    records = library.register("benchmark_data_check_test", write_dataset(str(tmp_path), 2, seed=0), str(tmp_path))
+    args = argparse.Namespace(batch_size=1, seed=0, mask_format="polygon")
+    batch = next(iter(library.loader(records, args, 0, checked=True)))
+    assert batch_differences(batch, batch, "polygon") == ("", 0.0)
+
+    changed = copy.deepcopy(batch)
+    changed[0]["image"][0, 0, 0] += 1
+    assert "image differs" in batch_differences(batch, changed, "polygon")[0]
+    changed = copy.deepcopy(batch)
+    changed[0]["instances"].gt_boxes.tensor[0, 0] += 0.01
+    assert "coordinates differ" in batch_differences(batch, changed, "polygon")[0]
+    changed = copy.deepcopy(batch)
+    changed[0]["instances"].gt_masks.polygons[0][0][1] += 0.01
+    assert "coordinates differ" in batch_differences(batch, changed, "polygon")[0]

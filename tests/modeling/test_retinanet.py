@@ -18,7 +18,7 @@ from torchvision.ops import box_iou
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 from detlib.config import get_cfg
-from detlib.layers import sigmoid_focal_loss
+from detlib.layers import ShapeSpec, sigmoid_focal_loss
 from detlib.layers.losses import build_box_loss, build_classification_loss
 from detlib.model_zoo import get_checkpoint_url, get_config_file
 from detlib.modeling import DefaultAnchorGenerator, build_model
@@ -50,7 +50,7 @@ def _head(num_classes=3, in_channels=4, sizes=((8,),), ratios=((1.0,),), strides
     )
     args = dict(
         in_features=[f"p{int(math.log2(s))}" for s in strides],
-        in_channels=in_channels,
+        input_shape=[ShapeSpec(channels=in_channels)] * len(strides),
         num_classes=num_classes,
         anchor_generator=generator,
         anchor_matcher=Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True),

@@ -151,7 +151,7 @@ class RetinaNetHead(DenseHead):
             in_features=in_features,
             num_classes=num_classes,
             anchor_generator=None,
-            box2box_transform=box2box_transform or Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0)),
+            box2box_transform=box2box_transform if box2box_transform is not None else Box2BoxTransform((1.0,) * 4),
             num_levels=len(input_shape),
             score_thresh=score_thresh,
             topk_candidates=topk_candidates,
@@ -176,7 +176,9 @@ class RetinaNetHead(DenseHead):
         # sigmoid(bias) = prior_prob.
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
 
-        self.anchor_matcher = anchor_matcher or Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)
+        if anchor_matcher is None:
+            anchor_matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)
+        self.anchor_matcher = anchor_matcher
         self.cls_loss = cls_loss if cls_loss is not None else build_classification_loss("focal")
         self.box_loss = box_loss if box_loss is not None else build_box_loss("smooth_l1", beta=0.0)
         self.loss_weight = check_loss_weights("RetinaNet", loss_weight, self.LOSS_NAMES)

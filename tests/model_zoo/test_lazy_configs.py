@@ -208,6 +208,7 @@ def test_other_backbone_config_model_has_detectron2_parameters(path):
     [
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
         "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.py",
+        "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.py",
         "common/models/cascade_rcnn.py",
         "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py",
     ],

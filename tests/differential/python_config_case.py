@@ -25,6 +25,7 @@ from harness import (
     compare_outputs,
     inputs_digest,
     load_reference,
+    match_detections,
     random_weights,
     run_model,
     save_d2_pickle,
@@ -34,6 +35,14 @@ from harness import (
 
 # No cap on the detections in practice (a reference reaching it is refused: ties at the cut are flaky).
 MAX_DETECTIONS = 1000
+# Beyond the harness's matching (IoU > 0.99, scores within 1e-3), matched detections agree to what the float32
+# arithmetic allows: the two libraries run the same layers in the same order, so their values differ by the
+# rounding of a few convolutions (relative ~1e-6; measured: scores within 6e-7, boxes within 6e-5 px, losses
+# within 1 ulp). Boxes are at most ~230 px, where a float32 step is 1.5e-5 px; each bound leaves a margin of
+# more than 10x for other CPUs' kernels.
+SCORE_TOL = 1e-5
+BOX_TOL_PX = 1e-3
+LOSS_RTOL = 1e-5
 # Every FEATURE_STEP-th value of each pyramid level of the first image is compared (a few hundred values).
 FEATURE_STEP = 97
 
@@ -114,6 +123,7 @@ class PythonConfigCase:
         ours = self.outputs("detlib", model, seed)
         compare_features(reference, ours, self.num_levels)
         compare_outputs(reference, ours)
+        compare_values(reference, ours)
 
     def check_live(self, seed: int) -> None:
         reference, d2_model = self.detectron2_reference(seed)
@@ -122,6 +132,7 @@ class PythonConfigCase:
         ours = self.outputs("detlib", model, seed)
         compare_features(reference, ours, self.num_levels)
         compare_outputs(reference, ours)
+        compare_values(reference, ours)
 
     def tests(self) -> Tuple[Callable, Callable]:
         """The recorded and the live test, one per seed each, for a test module to bind to `test_` names."""
@@ -157,3 +168,20 @@ def compare_features(reference: Dict[str, np.ndarray], ours: Dict[str, np.ndarra
     for name in names:
         scale = np.abs(reference[name]).max()
         np.testing.assert_allclose(ours[name], reference[name], rtol=1e-3, atol=1e-3 * scale, err_msg=name)
+
+
+def compare_values(reference: Dict[str, np.ndarray], ours: Dict[str, np.ndarray]) -> None:
+    """The matched detections' scores within SCORE_TOL and boxes within BOX_TOL_PX, the losses within LOSS_RTOL."""
+    prefixes = sorted({k.split("__")[0] + "__" for k in reference if k.startswith("img")})
+    for prefix in prefixes:
+        pairs = np.asarray(match_detections(reference, ours, prefix), dtype=np.int64).reshape(-1, 2)
+        ref, our = pairs[:, 0], pairs[:, 1]
+        score_diff = np.abs(reference[prefix + "scores"][ref] - ours[prefix + "scores"][our]).max(initial=0.0)
+        box_diff = np.abs(reference[prefix + "boxes"][ref] - ours[prefix + "boxes"][our]).max(initial=0.0)
+        assert score_diff <= SCORE_TOL, f"{prefix}: scores differ by {score_diff:.3g}"
+        assert box_diff <= BOX_TOL_PX, f"{prefix}: boxes differ by {box_diff:.3g} px"
+    for name, value in reference.items():
+        if name.startswith("loss__"):
+            assert abs(float(ours[name]) - float(value)) <= LOSS_RTOL * abs(float(value)), (
+                f"{name[6:]}: detlib {float(ours[name])!r}, Detectron2 {float(value)!r}"
+            )

@@ -3,7 +3,8 @@ A differential case built from a Python zoo config (`model_zoo.get_config(path).
 the one-stage detectors that Detectron2 builds from Python configs (FCOS; RetinaNet through its keywords): the
 config of each library (ours has its imports changed to detlib), shrunk by the same code (with
 `num_classes` and `max_detections_per_image` set on the detector), instantiated, given the harness's seeded random weights and its synthetic inputs, and compared
-with its tolerances: pyramid features (sampled) within 1e-3 relative, then `compare_outputs`.
+with its tolerances: pyramid features (sampled) within 1e-3 relative, then `compare_outputs`; then, tighter,
+`compare_values` (matched scores, boxes and losses to the float32 arithmetic, see SCORE_TOL).
 
 Against the recorded reference, the weights reach detlib as a Detectron2 pickle through its checkpointer (no
 missing, unexpected or mis-shaped key); against live Detectron2, as Detectron2's model's own state_dict,

@@ -4,7 +4,8 @@ not apply: both models come from the Python config `COCO-Detection/fcos_R_50_FPN
 and ours with its imports changed to detlib), shrunk the same way (ResNet-18, 64-channel FPN and head,
 3 classes), and compared by `PythonConfigCase` (python_config_case.py): pyramid features (sampled) within
 1e-3 relative, then `compare_outputs` (>= 98% of detections matched at IoU > 0.99, same class, score within
-1e-3; losses within 1e-3 relative).
+1e-3; losses within 1e-3 relative), then `compare_values` (scores within 1e-5, boxes within 1e-3 px, losses
+within 1e-5 relative).
 
 Recorded references: `data/fcos_seed<k>.npz`. Regenerate (needs Detectron2):
 

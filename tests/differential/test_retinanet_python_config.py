@@ -5,7 +5,8 @@ changed to detlib) against Detectron2's: the detector's keywords (`head_in_featu
 head through `RetinaNet`, and the head takes Detectron2's `input_shape` / `num_anchors`. Both are shrunk the
 same way (ResNet-18, 64-channel FPN with P6/P7 from C5, two 64-channel convs per subnet, 3 classes) and compared
 by `PythonConfigCase` (python_config_case.py): pyramid features, detections and losses with the harness's
-tolerances; Detectron2's state_dict loads into detlib's model with strict=True.
+tolerances, then matched scores within 1e-5, boxes within 1e-3 px and losses within 1e-5 relative; Detectron2's
+state_dict loads into detlib's model with strict=True.
 
 Recorded references: `data/retinanet_python_config_seed<k>.npz`. Regenerate (needs Detectron2):
 

@@ -1,11 +1,16 @@
-"""Detectron2's Python model-zoo configs, shipped under configs/ with their imports changed to detlib:
-each loads; the R50/R101-based ones build a model whose parameters are Detectron2's, name for name and
-shape for shape (against Detectron2 itself when installed, else against a recorded signature of its
-models), so Detectron2 checkpoints of these configs load with no missing or unexpected keys."""
+"""Detectron2's Python model-zoo configs (and ViTDet's), shipped under configs/ with their imports changed to
+detlib: each loads; each model builds with Detectron2's parameters, name for name and shape for shape (against
+Detectron2 itself when installed, else against a recorded signature of its models), so Detectron2 checkpoints
+of these configs load with no missing or unexpected keys. The R50/R101-based ones are built for real; the
+others on the meta device, which allocates and initializes nothing, so that even ViT-H costs little."""
 
+import contextlib
 import hashlib
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import pytest
 import torch
@@ -21,12 +26,44 @@ ALL_PY_CONFIGS = sorted(str(p.relative_to(CONFIG_ROOT)) for p in CONFIG_ROOT.rgl
 # Detector configs built only from parts detlib has: these must load and instantiate, never skip.
 RESNET_CONFIGS = [
     "COCO-Detection/fcos_R_50_FPN_1x.py",
+    "COCO-Detection/retinanet_R_50_FPN_1x.py",
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.py",
     "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
     "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.py",
+    "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.py",
     "common/models/cascade_rcnn.py",
     *(f"new_baselines/mask_rcnn_R_50_FPN_{n}ep_LSJ.py" for n in (50, 100, 200, 400)),
     *(f"new_baselines/mask_rcnn_R_101_FPN_{n}ep_LSJ.py" for n in (100, 200, 400)),
 ]
+
+# Configs without a model (parts the others import), and detlib's own (no Detectron2 counterpart).
+NOT_DETECTRON2_MODELS = (
+    "common/coco_schedule.py",
+    "common/optim.py",
+    "common/train.py",
+    "common/data/",
+    "ViTDet/common/",
+    "Shapes/",
+)
+# Every other config: its model is built on the meta device.
+META_CONFIGS = [p for p in ALL_PY_CONFIGS if not p.startswith(NOT_DETECTRON2_MODELS) and p not in RESNET_CONFIGS]
+
+
+@contextlib.contextmanager
+def _meta_device() -> Iterator[None]:
+    """Build on the meta device. Detectron2's transformer backbones turn their drop-path rates, from
+    torch.linspace, into floats (.item()), which a meta tensor cannot give: torch.linspace runs on the CPU."""
+    linspace = torch.linspace
+
+    def cpu_linspace(*args, **kwargs):
+        return linspace(*args, **{**kwargs, "device": "cpu"})
+
+    torch.linspace = cpu_linspace
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        torch.linspace = linspace
 
 
 def _load(path: str):
@@ -62,9 +99,13 @@ OTHER_BACKBONE_CONFIGS = [
 D2_VITDET_CONFIGS = REPO.parent / "shared" / "peers" / "detectron2-ViTDet-configs"
 
 
-def _detectron2_model(path: str):
+# Detectron2's activation checkpointing (ViT, MViT) needs fairscale; its wrapper keeps the parameter names.
+_HAS_FAIRSCALE = importlib.util.find_spec("fairscale") is not None
+
+
+def _detectron2_model(path: str, act_checkpoint: bool = True):
     """Detectron2's model of the same config: from its model zoo, or for ViTDet's project configs from
-    the copy of them beside the peer wheel."""
+    the copy of them beside the peer wheel; without `act_checkpoint`, with activation checkpointing off."""
     from detectron2 import model_zoo as d2_zoo
     from detectron2.config import LazyConfig as D2LazyConfig
     from detectron2.config import instantiate as d2_instantiate
@@ -73,8 +114,13 @@ def _detectron2_model(path: str):
         local = D2_VITDET_CONFIGS / path[len("ViTDet/") :]
         if not local.is_file():
             pytest.skip(f"Detectron2's ViTDet configs are not at {D2_VITDET_CONFIGS}")
-        return d2_instantiate(D2LazyConfig.load(str(local)).model)
-    return d2_instantiate(d2_zoo.get_config(path).model)
+        model = D2LazyConfig.load(str(local)).model
+    else:
+        model = d2_zoo.get_config(path).model
+    backbone = model.backbone.get("net") or model.backbone.get("bottom_up") if "backbone" in model else None
+    if not act_checkpoint and backbone is not None and backbone.get("use_act_checkpoint"):
+        backbone.use_act_checkpoint = False
+    return d2_instantiate(model)
 
 
 @pytest.mark.parametrize("path", ALL_PY_CONFIGS)
@@ -129,6 +175,21 @@ def test_config_saved_by_detectron2_builds_the_same_model(tmp_path):
     assert cfg.optimizer.lr == d2_cfg.optimizer.lr and cfg.train.max_iter == d2_cfg.train.max_iter
 
 
+@pytest.mark.parametrize("path", META_CONFIGS)
+def test_config_model_built_on_meta_has_detectron2_parameters(path):
+    with _meta_device():
+        signature = _signature(instantiate(model_zoo.get_config(path).model))
+    recorded = json.loads(SIGNATURES.read_text())[path]
+    assert (len(signature), _digest(signature)) == (recorded["num_tensors"], recorded["sha256"])
+    if importlib.util.find_spec("detectron2") is not None:
+        with _meta_device():
+            d2_signature = _signature(_detectron2_model(path, act_checkpoint=_HAS_FAIRSCALE))
+        missing = sorted(set(d2_signature) - set(signature))
+        unexpected = sorted(set(signature) - set(d2_signature))
+        assert not missing and not unexpected, f"missing {missing[:10]}, unexpected {unexpected[:10]}"
+        assert signature == d2_signature
+
+
 @pytest.mark.parametrize("path", OTHER_BACKBONE_CONFIGS)
 def test_other_backbone_config_model_has_detectron2_parameters(path):
     cfg = _load(path)  # skips, naming the class, until detlib has it
@@ -147,6 +208,7 @@ def test_other_backbone_config_model_has_detectron2_parameters(path):
     [
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
         "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.py",
+        "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.py",
         "common/models/cascade_rcnn.py",
         "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py",
     ],
@@ -190,14 +252,17 @@ def test_config_gives_detectron2_detections_with_its_weights(path):
         )
 
 
-def record_signatures() -> None:
-    """Write d2_lazy_model_signatures.json from Detectron2's models (run with Detectron2 installed)."""
-    records = {}
-    for path in RESNET_CONFIGS:
-        signature = _signature(_detectron2_model(path))
+def record_signatures(paths: Sequence[str]) -> None:
+    """Record the signatures of Detectron2's models of `paths` in d2_lazy_model_signatures.json, keeping the
+    others (run with Detectron2 installed)."""
+    records = json.loads(SIGNATURES.read_text())
+    for path in paths:
+        with _meta_device():
+            signature = _signature(_detectron2_model(path, act_checkpoint=_HAS_FAIRSCALE))
         records[path] = {"num_tensors": len(signature), "sha256": _digest(signature)}
+        print(path, records[path]["num_tensors"])
     SIGNATURES.write_text(json.dumps(records, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    record_signatures()
+    record_signatures(sys.argv[1:] or [*RESNET_CONFIGS, *META_CONFIGS])

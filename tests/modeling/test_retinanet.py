@@ -18,7 +18,7 @@ from torchvision.ops import box_iou
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 from detlib.config import get_cfg
-from detlib.layers import sigmoid_focal_loss
+from detlib.layers import ShapeSpec, sigmoid_focal_loss
 from detlib.layers.losses import build_box_loss, build_classification_loss
 from detlib.model_zoo import get_checkpoint_url, get_config_file
 from detlib.modeling import DefaultAnchorGenerator, build_model
@@ -26,7 +26,7 @@ from detlib.modeling.box_regression import Box2BoxTransform
 from detlib.modeling.dense_heads import RetinaNetHead
 from detlib.modeling.matcher import Matcher
 from detlib.modeling.meta_arch import RetinaNet
-from detlib.structures import Boxes, Instances
+from detlib.structures import Boxes, ImageList, Instances
 from detlib.utils.events import EventStorage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def _head(num_classes=3, in_channels=4, sizes=((8,),), ratios=((1.0,),), strides
     )
     args = dict(
         in_features=[f"p{int(math.log2(s))}" for s in strides],
-        in_channels=in_channels,
+        input_shape=[ShapeSpec(channels=in_channels)] * len(strides),
         num_classes=num_classes,
         anchor_generator=generator,
         anchor_matcher=Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True),
@@ -263,6 +263,90 @@ def test_losses_selected_and_weighted_by_config():
     cfg.MODEL.RETINANET.CLS_LOSS_PARAMS.alpha = 0.5
     with pytest.raises(ValueError, match="FOCAL_LOSS_ALPHA"):
         build_model(cfg)
+
+
+def test_yaml_and_python_configs_build_the_same_retinanet():
+    """The COCO YAML config and Detectron2's Python config (through RetinaNet's Detectron2 keywords) give the same
+    parameters and the same head settings, so Detectron2's RetinaNet checkpoints load into either."""
+    from detlib import model_zoo
+    from detlib.config import instantiate
+
+    cfg = get_cfg()
+    cfg.merge_from_file(get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    yaml_model = build_model(cfg)
+    python_model = instantiate(model_zoo.get_config("COCO-Detection/retinanet_R_50_FPN_1x.py").model)
+    yaml_head, python_head = yaml_model.head, python_model.head
+    signature = {name: tuple(value.shape) for name, value in yaml_model.state_dict().items()}
+    assert signature == {name: tuple(value.shape) for name, value in python_model.state_dict().items()}
+    for name in ("in_features", "num_classes", "num_anchors", "score_thresh", "topk_candidates", "nms_thresh"):
+        assert getattr(yaml_head, name) == getattr(python_head, name), name
+    assert yaml_head.max_detections_per_image == python_head.max_detections_per_image
+    for name in ("cls_loss", "box_loss"):
+        yaml_loss, python_loss = getattr(yaml_head, name), getattr(python_head, name)
+        assert (yaml_loss.name, yaml_loss.params) == (python_loss.name, python_loss.params), name
+    yaml_anchors, python_anchors = yaml_head.anchor_generator, python_head.anchor_generator
+    assert yaml_anchors.strides == python_anchors.strides
+    for ours, theirs in zip(yaml_anchors.cell_anchors, python_anchors.cell_anchors):
+        torch.testing.assert_close(ours, theirs)
+    assert yaml_head.box2box_transform.weights == python_head.box2box_transform.weights
+    assert yaml_head.anchor_matcher.thresholds == python_head.anchor_matcher.thresholds
+
+
+def test_detectron2_keywords_configure_the_head():
+    backbone = build_model(_small_cfg()).backbone
+    head = RetinaNetHead(input_shape=[ShapeSpec(channels=32)] * 3, num_classes=4, num_anchors=9, conv_dims=[32])
+    with pytest.raises(RuntimeError, match="no levels"):
+        head(ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]), {})
+    sizes = [[s, s * 1.25, s * 1.5] for s in (32, 64, 128)]
+    generator = DefaultAnchorGenerator(sizes=sizes, aspect_ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32])
+    matcher = Matcher([0.3, 0.6], [0, -1, 1], allow_low_quality_matches=False)
+    transform = Box2BoxTransform((2.0, 2.0, 1.0, 1.0))
+    common = dict(backbone=backbone, pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3)
+    model = RetinaNet(
+        **common,
+        head=head,
+        head_in_features=["p3", "p4", "p5"],
+        anchor_generator=generator,
+        anchor_matcher=matcher,
+        box2box_transform=transform,
+        num_classes=4,
+        focal_loss_gamma=1.5,
+        smooth_l1_beta=0.2,
+        test_score_thresh=0.1,
+        test_topk_candidates=10,
+        test_nms_thresh=0.4,
+        max_detections_per_image=3,
+    )
+    assert model.head is head and head.in_features == ["p3", "p4", "p5"]
+    assert head.anchor_generator is generator and head.anchor_matcher is matcher
+    assert head.box2box_transform is transform
+    assert head.cls_loss.name == "focal" and head.cls_loss.params == {"alpha": 0.25, "gamma": 1.5}
+    assert head.box_loss.name == "smooth_l1" and head.box_loss.params == {"beta": 0.2}
+    assert (head.score_thresh, head.topk_candidates, head.nms_thresh, head.max_detections_per_image) == (
+        0.1,
+        10,
+        0.4,
+        3,
+    )
+    model.train()
+    with EventStorage(0):
+        losses = model(_inputs())
+    assert set(losses) == {"loss_cls", "loss_box_reg"} and all(torch.isfinite(v) for v in losses.values())
+
+    # The type alone: its beta is the head's only while the type is kept.
+    RetinaNet(**common, head=head, box_reg_loss_type="giou")
+    assert head.box_loss.name == "giou"
+    with pytest.raises(ValueError, match="num_classes"):
+        RetinaNet(**common, head=head, num_classes=5)
+    with pytest.raises(ValueError, match="3 levels"):
+        RetinaNet(**common, head=head, head_in_features=["p3", "p4"])
+    with pytest.raises(ValueError, match="9 anchors"):
+        RetinaNet(
+            **common, head=head, anchor_generator=DefaultAnchorGenerator(sizes=[[32]], aspect_ratios=[1.0], strides=[8])
+        )
+    with pytest.raises(ValueError, match="vis_period"):
+        RetinaNet(**common, head=head, vis_period=20)
 
 
 def _inputs(seed=0):

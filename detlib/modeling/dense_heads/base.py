@@ -32,15 +32,28 @@ class DenseHead(nn.Module):
 
     and may override `scores(predictions)`, the per-level N x R_l x K class probabilities that inference
     ranks (default: the sigmoid of the logits).
+
+    A head may be built before it knows its levels or anchors (Detectron2's Python configs give those to the
+    detector, not to the head): its detector then sets them, and any of `SETTINGS`, through `configure`.
     """
+
+    # What `configure` may set (besides the levels); subclasses add their own.
+    SETTINGS: Tuple[str, ...] = (
+        "box2box_transform",
+        "score_thresh",
+        "topk_candidates",
+        "nms_thresh",
+        "max_detections_per_image",
+    )
 
     def __init__(
         self,
         *,
         in_features: Sequence[str],
         num_classes: int,
-        anchor_generator: nn.Module,
+        anchor_generator: Optional[nn.Module],
         box2box_transform,
+        num_levels: Optional[int] = None,
         score_thresh: float = 0.05,
         topk_candidates: int = 1000,
         nms_thresh: float = 0.5,
@@ -50,10 +63,14 @@ class DenseHead(nn.Module):
     ):
         """
         Args:
-            in_features: names of the pyramid levels the head runs on, e.g. ["p3", ..., "p7"].
+            in_features: names of the pyramid levels the head runs on, e.g. ["p3", ..., "p7"]; empty until
+                the detector sets them (`configure`).
             num_classes: K, the number of foreground classes (one sigmoid each; no background logit).
-            anchor_generator: per-level anchors, the same number A per location on every level.
+            anchor_generator: per-level anchors, the same number A per location on every level; None until
+                set (`configure`).
             box2box_transform: decodes the predicted deltas against the anchors (`apply_deltas`).
+            num_levels: the number of levels the head was built for, when its layers fix it; the levels
+                it is given must be that many.
             score_thresh, topk_candidates, nms_thresh, max_detections_per_image: inference: on each level the
                 `topk_candidates` best (anchor, class) scores above `score_thresh`, then class-wise NMS at
                 `nms_thresh` over all levels keeps at most `max_detections_per_image`, best first.
@@ -63,6 +80,8 @@ class DenseHead(nn.Module):
         super().__init__()
         if not 0 <= normalizer_momentum < 1:
             raise ValueError(f"{type(self).__name__}: normalizer_momentum must be in [0, 1), got {normalizer_momentum}")
+        self.num_levels = num_levels
+        self._check_num_levels(in_features)
         self.in_features = list(in_features)
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator
@@ -76,6 +95,43 @@ class DenseHead(nn.Module):
         # A plain attribute, not a buffer: like Detectron2's, it is neither saved nor synchronized
         # between processes. Kept as a tensor so that updating it does not wait for the device.
         self._loss_normalizer: Optional[Tensor] = None
+
+    def set_levels(self, in_features: Sequence[str], strides: Optional[Sequence[int]] = None) -> None:
+        """
+        The pyramid levels the head runs on, by name, with their strides when the detector knows them. A head
+        with an anchor generator of its own does not need the strides; one whose anchors follow from them
+        (FCOS's points) overrides this to build its anchors.
+        """
+        if strides is not None and len(strides) != len(in_features):
+            raise ValueError(f"{type(self).__name__}: in_features {list(in_features)} but strides {list(strides)}")
+        self._check_num_levels(in_features)
+        self.in_features = list(in_features)
+
+    def _check_num_levels(self, in_features: Sequence[str]) -> None:
+        if in_features and self.num_levels is not None and len(in_features) != self.num_levels:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.num_levels} levels, got in_features {list(in_features)}"
+            )
+
+    def configure(
+        self, *, in_features: Optional[Sequence[str]] = None, strides: Optional[Sequence[int]] = None, **settings
+    ) -> None:
+        """
+        Set, after construction, the levels (`in_features`, with their `strides`: see `set_levels`) and any of
+        the non-module settings named in `SETTINGS`. This is how a detector hands its head what Detectron2's
+        detector keywords carry.
+        """
+        unknown = sorted(set(settings) - set(self.SETTINGS))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.configure: no setting {unknown}; the settings are {list(self.SETTINGS)}"
+            )
+        if in_features is not None:
+            self.set_levels(in_features, strides)
+        elif strides is not None:
+            raise ValueError(f"{type(self).__name__}.configure: strides without in_features")
+        for name, value in settings.items():
+            setattr(self, name, value)
 
     def predict(self, levels: List[Tensor]) -> Tuple[List[Tensor], ...]:
         raise NotImplementedError(f"{type(self).__name__} does not implement predict")
@@ -101,6 +157,11 @@ class DenseHead(nn.Module):
             training: ([], the loss dict); inference: per image, `Instances(pred_boxes, scores,
             pred_classes)` in decreasing score order at the input size, and an empty dict.
         """
+        if not self.in_features or self.anchor_generator is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no levels or no anchors yet: give it in_features and its anchors, or "
+                "build it inside its detector (which sets them through configure)"
+            )
         levels = [features[f] for f in self.in_features]
         anchors = self.anchor_generator(levels)
         predictions = self.predict(levels)

@@ -26,7 +26,7 @@ from detlib.layers.losses import (
     build_classification_loss,
     check_loss_weights,
 )
-from detlib.structures import Boxes, ImageList, Instances
+from detlib.structures import Boxes, Instances
 from detlib.utils.events import get_event_storage
 
 from ..anchor_generator import DefaultAnchorGenerator
@@ -41,17 +41,6 @@ __all__ = ["FCOSHead", "point_anchor_generator"]
 # A level's points take the boxes whose farthest edge is between these multiples of its stride
 # (the first level has no lower bound, the last no upper one): 0-64-128-256-512-inf for strides 8-128.
 _SIZE_RANGE_IN_STRIDES = (4.0, 8.0)
-# What `FCOSHead.configure` may set besides the levels.
-_SETTINGS = (
-    "box2box_transform",
-    "center_sampling_radius",
-    "cls_loss",
-    "box_loss",
-    "score_thresh",
-    "topk_candidates",
-    "nms_thresh",
-    "max_detections_per_image",
-)
 # Detectron2's: the loss normalizer starts at 300 positives.
 _INITIAL_NORMALIZER = 300.0
 
@@ -73,6 +62,7 @@ class FCOSHead(DenseHead):
     """
 
     LOSS_NAMES = ("loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr")
+    SETTINGS = (*DenseHead.SETTINGS, "center_sampling_radius", "cls_loss", "box_loss")
 
     @configurable
     def __init__(
@@ -125,13 +115,13 @@ class FCOSHead(DenseHead):
             num_classes=num_classes,
             anchor_generator=None,
             box2box_transform=box2box_transform or Box2BoxTransformLinear(normalize_by_size=True),
+            num_levels=len(input_shape),
             score_thresh=score_thresh,
             topk_candidates=topk_candidates,
             nms_thresh=nms_thresh,
             max_detections_per_image=max_detections_per_image,
             initial_normalizer=_INITIAL_NORMALIZER,
         )
-        self.num_levels = len(input_shape)
         in_channels = channels.pop()
         conv_dims = list(conv_dims)
         last_dim = conv_dims[-1] if conv_dims else in_channels
@@ -175,37 +165,12 @@ class FCOSHead(DenseHead):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
         }
 
-    def configure(
-        self, *, in_features: Optional[Sequence[str]] = None, strides: Optional[Sequence[int]] = None, **settings
-    ) -> None:
-        """
-        Set the levels (`in_features` with their `strides`, together) and any of the constructor's other
-        non-module settings (`box2box_transform`, `center_sampling_radius`, `cls_loss`, `box_loss`,
-        `score_thresh`, `topk_candidates`, `nms_thresh`, `max_detections_per_image`) after construction.
-        """
-        if (in_features is None) != (strides is None):
-            raise ValueError("FCOSHead.configure: in_features and strides go together")
-        if in_features is not None:
-            if not len(in_features) == len(strides) == self.num_levels:
-                raise ValueError(
-                    f"FCOSHead was built for {self.num_levels} levels, got in_features {list(in_features)} "
-                    f"and strides {list(strides)}"
-                )
-            self.in_features = list(in_features)
-            self.anchor_generator = point_anchor_generator(strides)
-        unknown = sorted(set(settings) - set(_SETTINGS))
-        if unknown:
-            raise TypeError(f"FCOSHead.configure: no setting {unknown}; the settings are {list(_SETTINGS)}")
-        for name, value in settings.items():
-            setattr(self, name, float(value) if name == "center_sampling_radius" else value)
-
-    def forward(
-        self, images: ImageList, features: Dict[str, Tensor], gt_instances: Optional[List[Instances]] = None
-    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
-        """`DenseHead.forward`, once the levels are set."""
-        if self.anchor_generator is None:
-            raise RuntimeError("FCOSHead has no levels: give it in_features and strides, or build it inside FCOS")
-        return super().forward(images, features, gt_instances)
+    def set_levels(self, in_features: Sequence[str], strides: Optional[Sequence[int]] = None) -> None:
+        """The levels (see `DenseHead.set_levels`) and their points, one per location, from the strides."""
+        if strides is None:
+            raise ValueError("FCOSHead: in_features and strides go together")
+        super().set_levels(in_features, strides)
+        self.anchor_generator = point_anchor_generator(strides)
 
     def predict(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """Per level, class logits N x (Hi*Wi) x K, distances N x (Hi*Wi) x 4, centerness logits N x (Hi*Wi) x 1."""

@@ -39,6 +39,16 @@ from .build import DENSE_HEAD_REGISTRY
 __all__ = ["RetinaNetHead"]
 
 
+def _anchors_per_location(anchor_generator: nn.Module) -> int:
+    """A, the number of anchors per location, which must be the same on every level (the convs are shared)."""
+    counts = set(anchor_generator.num_anchors)
+    if len(counts) != 1:
+        raise ValueError(
+            f"RetinaNetHead needs the same number of anchors on every level, got {anchor_generator.num_anchors}"
+        )
+    return counts.pop()
+
+
 def _conv_tower(in_channels: int, conv_dims: Sequence[int], norm: str) -> nn.Sequential:
     """3x3 convs with `norm` (if any) and ReLU; indices as in Detectron2 (conv at 0, then norm, ReLU)."""
     layers: List[nn.Module] = []
@@ -63,23 +73,29 @@ class RetinaNetHead(DenseHead):
     number of positive anchors per batch (Detectron2's loss normalizer). Inference: per level, the
     `topk_candidates` best (anchor, class) scores above `score_thresh` are decoded, then per-class
     NMS over all levels keeps at most `max_detections_per_image`.
+
+    The constructor takes Detectron2's keywords (`input_shape`, `num_classes`, `num_anchors`, `conv_dims`,
+    `norm`, `prior_prob`); Detectron2's Python configs give the levels, the anchors and the rest to
+    `RetinaNet`, which sets them on the head through `configure`.
     """
 
     LOSS_NAMES = ("loss_cls", "loss_box_reg")
+    SETTINGS = (*DenseHead.SETTINGS, "anchor_generator", "anchor_matcher", "cls_loss", "box_loss")
 
     @configurable
     def __init__(
         self,
         *,
-        in_features: Sequence[str],
-        in_channels: int,
+        input_shape: Sequence[ShapeSpec],
         num_classes: int,
-        anchor_generator: nn.Module,
-        anchor_matcher: Matcher,
-        box2box_transform: Box2BoxTransform,
         conv_dims: Sequence[int],
+        num_anchors: Optional[int] = None,
         norm: str = "",
         prior_prob: float = 0.01,
+        in_features: Sequence[str] = (),
+        anchor_generator: Optional[nn.Module] = None,
+        anchor_matcher: Optional[Matcher] = None,
+        box2box_transform: Optional[Box2BoxTransform] = None,
         cls_loss: Optional[ClassificationLoss] = None,
         box_loss: Optional[BoxLoss] = None,
         loss_weight: Union[float, Mapping[str, float]] = 1.0,
@@ -92,19 +108,24 @@ class RetinaNetHead(DenseHead):
     ):
         """
         Args:
-            in_features: names of the pyramid levels the head runs on, e.g. ["p3", ..., "p7"].
-            in_channels: channels of every level.
+            input_shape: per level the head runs on, its shape (only the channels are read; all equal).
             num_classes: K, the number of foreground classes (one sigmoid each; no background logit).
-            anchor_generator: per-level anchors, the same number A per location on every level.
-            anchor_matcher: labels anchors by IoU (0 background, -1 ignored, 1 foreground).
-            box2box_transform: the coding of the predicted deltas.
             conv_dims: output channels of the convs of each subnet.
+            num_anchors: A, the anchors per location (default: the anchor generator's, which must agree).
             norm: norm after each subnet conv ("" for none, "GN", ...). It is shared by the levels, so
                 a BatchNorm would mix their statistics: "BN" and "SyncBN" are refused.
             prior_prob: the foreground probability every class logit starts at (its bias), so that
                 the many background anchors do not swamp the first iterations.
+            in_features: names of the levels, in the order of `input_shape`, e.g. ["p3", ..., "p7"]; empty
+                until the detector sets them (`configure`).
+            anchor_generator: per-level anchors, A per location on every level; None until set.
+            anchor_matcher: labels anchors by IoU (0 background, -1 ignored, 1 foreground); default
+                Detectron2's RetinaNet matcher (background below 0.4, foreground from 0.5, low-quality
+                matches allowed).
+            box2box_transform: the coding of the predicted deltas (default: `Box2BoxTransform`, weights 1).
             cls_loss: classification loss, used in its binary form (default: focal, alpha 0.25, gamma 2).
-            box_loss: box regression loss over the positives (default: smooth-L1 with beta 0.1).
+            box_loss: box regression loss over the positives (default: smooth-L1 with beta 0, i.e. L1,
+                the default of Detectron2's RetinaNet).
             loss_weight: multiplier of both losses, or per loss ({"loss_cls": w, "loss_box_reg": w}).
             normalizer_momentum, initial_normalizer: the loss normalizer starts at `initial_normalizer`
                 and moves each step to `momentum * old + (1 - momentum) * max(#positive anchors, 1)`.
@@ -119,16 +140,19 @@ class RetinaNetHead(DenseHead):
             raise ValueError(
                 f"RetinaNetHead: prior_prob (MODEL.RETINANET.PRIOR_PROB) must be in (0, 1), got {prior_prob}"
             )
-        num_anchors = set(anchor_generator.num_anchors)
-        if len(num_anchors) != 1:
-            raise ValueError(
-                f"RetinaNetHead needs the same number of anchors on every level, got {anchor_generator.num_anchors}"
-            )
+        channels = {shape.channels for shape in input_shape}
+        if len(channels) != 1:
+            raise ValueError(f"RetinaNetHead shares its convs across levels, which have channels {sorted(channels)}")
+        if num_anchors is None:
+            if anchor_generator is None:
+                raise ValueError("RetinaNetHead needs num_anchors or an anchor_generator")
+            num_anchors = _anchors_per_location(anchor_generator)
         super().__init__(
             in_features=in_features,
             num_classes=num_classes,
-            anchor_generator=anchor_generator,
-            box2box_transform=box2box_transform,
+            anchor_generator=None,
+            box2box_transform=box2box_transform if box2box_transform is not None else Box2BoxTransform((1.0,) * 4),
+            num_levels=len(input_shape),
             score_thresh=score_thresh,
             topk_candidates=topk_candidates,
             nms_thresh=nms_thresh,
@@ -136,13 +160,15 @@ class RetinaNetHead(DenseHead):
             normalizer_momentum=normalizer_momentum,
             initial_normalizer=initial_normalizer,
         )
-        num_anchors = num_anchors.pop()
+        self.num_anchors = num_anchors
+        box_dim = anchor_generator.box_dim if anchor_generator is not None else 4
+        in_channels = channels.pop()
         conv_dims = list(conv_dims)
         last_dim = conv_dims[-1] if conv_dims else in_channels
         self.cls_subnet = _conv_tower(in_channels, conv_dims, norm)
         self.bbox_subnet = _conv_tower(in_channels, conv_dims, norm)
         self.cls_score = nn.Conv2d(last_dim, num_anchors * num_classes, kernel_size=3, stride=1, padding=1)
-        self.bbox_pred = nn.Conv2d(last_dim, num_anchors * anchor_generator.box_dim, kernel_size=3, stride=1, padding=1)
+        self.bbox_pred = nn.Conv2d(last_dim, num_anchors * box_dim, kernel_size=3, stride=1, padding=1)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, mean=0.0, std=0.01)
@@ -150,23 +176,38 @@ class RetinaNetHead(DenseHead):
         # sigmoid(bias) = prior_prob.
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
 
+        if anchor_matcher is None:
+            anchor_matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True)
         self.anchor_matcher = anchor_matcher
         self.cls_loss = cls_loss if cls_loss is not None else build_classification_loss("focal")
-        self.box_loss = box_loss if box_loss is not None else build_box_loss("smooth_l1", beta=0.1)
+        self.box_loss = box_loss if box_loss is not None else build_box_loss("smooth_l1", beta=0.0)
         self.loss_weight = check_loss_weights("RetinaNet", loss_weight, self.LOSS_NAMES)
+        if anchor_generator is not None:
+            self.configure(anchor_generator=anchor_generator)
+
+    def configure(self, **settings) -> None:
+        """`DenseHead.configure`; an anchor generator must give the head's `num_anchors` per location on every
+        level, with the box size its `bbox_pred` was built for."""
+        generator = settings.get("anchor_generator")
+        if generator is not None:
+            num_anchors = _anchors_per_location(generator)
+            box_dim = self.bbox_pred.out_channels // self.num_anchors
+            if num_anchors != self.num_anchors or generator.box_dim != box_dim:
+                raise ValueError(
+                    f"RetinaNetHead was built for {self.num_anchors} anchors of {box_dim} values per location, "
+                    f"got an anchor generator of {num_anchors} anchors of {generator.box_dim} values"
+                )
+        super().configure(**settings)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         node = cfg.MODEL.RETINANET
         shapes = select_features(input_shape, node.IN_FEATURES, "MODEL.RETINANET.IN_FEATURES")
-        channels = {shape.channels for shape in shapes}
-        if len(channels) != 1:
-            raise ValueError(f"RetinaNetHead shares its convs across levels, which have channels {sorted(channels)}")
-        in_channels = channels.pop()
+        in_channels = shapes[0].channels
         weights = cfg.MODEL.LOSS_WEIGHTS
         return {
+            "input_shape": shapes,
             "in_features": node.IN_FEATURES,
-            "in_channels": in_channels,
             "num_classes": node.NUM_CLASSES,
             "anchor_generator": build_anchor_generator(cfg, shapes),
             "anchor_matcher": Matcher(node.IOU_THRESHOLDS, node.IOU_LABELS, allow_low_quality_matches=True),

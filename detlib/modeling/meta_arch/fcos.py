@@ -4,12 +4,11 @@ FCOS (Tian et al. 2019): a one-stage detector, `DenseDetector` with `FCOSHead`
 takes Detectron2's FCOS keywords, so Detectron2's Python config (`configs/common/models/fcos.py`) builds it.
 """
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 from torch import nn
 
 from detlib.config import configurable
-from detlib.layers.losses import build_classification_loss
 
 from ..backbone import Backbone
 from ..box_regression import Box2BoxTransformLinear
@@ -39,7 +38,7 @@ class FCOS(DenseDetector):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         input_format: Optional[str] = None,
-        head_in_features: Optional[List[str]] = None,
+        head_in_features: Optional[Sequence[str]] = None,
         box2box_transform: Optional[Box2BoxTransformLinear] = None,
         num_classes: Optional[int] = None,
         center_sampling_radius: Optional[float] = None,
@@ -52,49 +51,23 @@ class FCOS(DenseDetector):
     ):
         """
         Args:
-            backbone, head, pixel_mean, pixel_std, input_format: as in `DenseDetector`.
-            head_in_features ... max_detections_per_image: Detectron2's FCOS keywords, each set on the head
-                (`FCOSHead.configure`) when given; None keeps the head's own. The head's levels come from
-                `head_in_features` (default: the head's, else every backbone output by stride) and the
-                backbone's strides.
+            backbone ... max_detections_per_image: as in `DenseDetector`.
+            center_sampling_radius: Detectron2's FCOS keyword, the head's when given; None keeps the head's.
         """
         super().__init__(
-            backbone=backbone, head=head, pixel_mean=pixel_mean, pixel_std=pixel_std, input_format=input_format
-        )
-        if num_classes is not None and num_classes != head.num_classes:
-            raise ValueError(f"FCOS: num_classes={num_classes} but the head predicts {head.num_classes} classes")
-        settings = _head_settings(
-            head,
+            backbone=backbone,
+            head=head,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            input_format=input_format,
+            head_in_features=head_in_features,
+            num_classes=num_classes,
             box2box_transform=box2box_transform,
-            center_sampling_radius=center_sampling_radius,
             focal_loss_alpha=focal_loss_alpha,
             focal_loss_gamma=focal_loss_gamma,
-            score_thresh=test_score_thresh,
-            topk_candidates=test_topk_candidates,
-            nms_thresh=test_nms_thresh,
+            test_score_thresh=test_score_thresh,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
             max_detections_per_image=max_detections_per_image,
         )
-        if head_in_features is not None or not head.in_features:
-            shapes = backbone.output_shape()
-            names = head_in_features or sorted(shapes, key=lambda name: shapes[name].stride)
-            settings.update(in_features=names, strides=[shapes[name].stride for name in names])
-        if settings and not hasattr(head, "configure"):
-            raise TypeError(
-                f"FCOS: {sorted(settings)} are set through FCOSHead.configure; {type(head).__name__} has none"
-            )
-        if settings:
-            head.configure(**settings)
-
-
-def _head_settings(
-    head: FCOSHead, focal_loss_alpha: Optional[float], focal_loss_gamma: Optional[float], **settings: Any
-) -> Dict[str, Any]:
-    """Detectron2's FCOS keywords as `FCOSHead.configure` settings: those given, the focal loss's alpha and
-    gamma as its `cls_loss` (the one not given kept from the head's focal loss, else Detectron2's default)."""
-    given = {name: value for name, value in settings.items() if value is not None}
-    if focal_loss_alpha is not None or focal_loss_gamma is not None:
-        current = head.cls_loss.params if head.cls_loss.name == "focal" else {}
-        alpha = focal_loss_alpha if focal_loss_alpha is not None else current.get("alpha", 0.25)
-        gamma = focal_loss_gamma if focal_loss_gamma is not None else current.get("gamma", 2.0)
-        given["cls_loss"] = build_classification_loss("focal", alpha=alpha, gamma=gamma)
-    return given
+        self.configure_head(center_sampling_radius=center_sampling_radius)

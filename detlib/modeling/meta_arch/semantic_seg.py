@@ -1,4 +1,8 @@
-"""Semantic segmentation: a backbone and a semantic segmentation head, per-pixel class scores out."""
+"""
+Semantic segmentation: a backbone and a semantic segmentation head, per-pixel class scores out. The heads live in
+`detlib/modeling/sem_seg_heads/`; their registry and `SemSegFPNHead` are importable from here too, where
+Detectron2 defines them, so its Python configs (`configs/common/models/panoptic_fpn.py`) load.
+"""
 
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -6,12 +10,12 @@ from torch import Tensor, nn
 
 from detlib.config import configurable
 from detlib.modeling.backbone import Backbone, build_backbone
-from detlib.modeling.sem_seg_heads import build_sem_seg_head
+from detlib.modeling.sem_seg_heads import SEM_SEG_HEADS_REGISTRY, SemSegFPNHead, build_sem_seg_head
 
 from .base import MetaArchitecture
 from .build import META_ARCH_REGISTRY
 
-__all__ = ["SemanticSegmentor"]
+__all__ = ["SemanticSegmentor", "SEM_SEG_HEADS_REGISTRY", "SemSegFPNHead", "build_sem_seg_head"]
 
 
 @META_ARCH_REGISTRY.register()

@@ -122,12 +122,12 @@ def test_yaml_builder_follows_the_config():
     cfg.merge_from_file(str(REPO / "configs" / "Shapes" / "mask_rcnn_vit_tiny_shapes.yaml"))
     backbone = build_backbone(cfg, ShapeSpec(channels=3))
     vit = backbone.net
-    assert len(vit.blocks) == 6 and vit.pos_embed.shape == (1, 64, 192)
-    assert [b.window_size for b in vit.blocks] == [4, 4, 0] * 2
-    assert vit.blocks[2].attn.rel_pos_h.shape == (2 * 8 - 1, 64)  # global: the 8 x 8 token map
-    assert vit.blocks[0].attn.rel_pos_h.shape == (2 * 4 - 1, 64)  # windowed: a 4 x 4 window
+    assert len(vit.blocks) == 4 and vit.pos_embed.shape == (1, 256, 128)
+    assert [b.window_size for b in vit.blocks] == [8, 0] * 2
+    assert vit.blocks[1].attn.rel_pos_h.shape == (2 * 16 - 1, 32)  # global: the 16 x 16 token map
+    assert vit.blocks[0].attn.rel_pos_h.shape == (2 * 8 - 1, 32)  # windowed: an 8 x 8 window
     assert isinstance(vit.blocks[0].norm1, nn.LayerNorm) and vit.blocks[0].norm1.eps == 1e-6
-    assert list(backbone.output_shape()) == ["p2", "p3", "p4", "p5", "p6"]
+    assert {k: v.stride for k, v in backbone.output_shape().items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
 
 
 def test_yaml_builder_adds_the_max_pooled_level_after_the_coarsest_scale():

@@ -152,7 +152,8 @@ def get_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, int])
     if side * side != abs_pos.shape[1]:
         raise ValueError(f"absolute position embeddings of {abs_pos.shape[1]} positions are not a square grid")
     grid = abs_pos.reshape(1, side, side, -1)
-    # Statically: a symbolic (torch.export) size is resized, an identity at the grid's own size, not guarded.
+    # Only sizes known to be the grid's skip the resize: a symbolic one (torch.export) is resized, the identity
+    # at the grid's size, rather than guarded.
     if statically_known_true(side == hw[0]) and statically_known_true(side == hw[1]):
         return grid
     resized = F.interpolate(grid.permute(0, 3, 1, 2), size=tuple(hw), mode="bicubic", align_corners=False)

@@ -11,6 +11,7 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 __all__ = [
     "PatchEmbed",
@@ -34,10 +35,12 @@ def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, T
         padded size (Hp, Wp).
     """
     b, h, w, c = x.shape
-    hp, wp = -(-h // window_size) * window_size, -(-w // window_size) * window_size
-    if (hp, wp) != (h, w):
-        x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
-    rows, cols = hp // window_size, wp // window_size
+    # Ceiling division on non-negative numbers: ONNX export turns a size's floor division into Div, which
+    # truncates, so -(-h // window_size) would round the wrong way there.
+    rows, cols = (h + window_size - 1) // window_size, (w + window_size - 1) // window_size
+    hp, wp = rows * window_size, cols * window_size
+    # Padded unconditionally (by zero rows when H divides): a branch on the size would make torch.export guard it.
+    x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
     x = x.reshape(b, rows, window_size, cols, window_size, c).transpose(2, 3)
     return x.reshape(b * rows * cols, window_size, window_size, c), (hp, wp)
 
@@ -53,7 +56,9 @@ def window_unpartition(
     rows, cols = hp // window_size, wp // window_size
     c = windows.shape[-1]
     x = windows.reshape(-1, rows, cols, window_size, window_size, c).transpose(2, 3).reshape(-1, hp, wp, c)
-    return x[:, :h, :w].contiguous() if (hp, wp) != (h, w) else x
+    # Cropped by negative padding, which copies, rather than sliced: torch.export records whether a slice is
+    # contiguous, a guard that padding happened which would fix whether H and W are multiples of the window.
+    return F.pad(x, (0, 0, 0, w - wp, 0, h - hp))
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -69,15 +74,20 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     Returns:
         (q_size, k_size, C).
     """
+    # Sizes may be symbolic (torch.export): a branch on one that is not known to hold takes the general path,
+    # which gives the same result, instead of guarding (and so fixing) the size.
     length = 2 * max(q_size, k_size) - 1
     table = rel_pos
-    if rel_pos.shape[0] != length:
+    if not statically_known_true(rel_pos.shape[0] == length):
         table = F.interpolate(rel_pos.t().unsqueeze(0), size=length, mode="linear").squeeze(0).t()
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None]
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :]
+    if statically_known_true(q_size == k_size):
+        # Integer offsets, shifted to start at row 0 (the float steps below are 1 here).
+        return table[q_coords - k_coords + (k_size - 1)]
     q_step, k_step = max(k_size / q_size, 1.0), max(q_size / k_size, 1.0)
-    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * q_step
-    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * k_step
     # Offsets run from -(k_size - 1) * k_step to (q_size - 1) * q_step; shifted to start at row 0.
-    offsets = q_coords - k_coords + (k_size - 1) * k_step
+    offsets = q_coords * q_step - k_coords * k_step + (k_size - 1) * k_step
     return table[offsets.long()]
 
 
@@ -142,7 +152,9 @@ def get_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, int])
     if side * side != abs_pos.shape[1]:
         raise ValueError(f"absolute position embeddings of {abs_pos.shape[1]} positions are not a square grid")
     grid = abs_pos.reshape(1, side, side, -1)
-    if (side, side) == tuple(hw):
+    # Only sizes known to be the grid's skip the resize: a symbolic one (torch.export) is resized, the identity
+    # at the grid's size, rather than guarded.
+    if statically_known_true(side == hw[0]) and statically_known_true(side == hw[1]):
         return grid
     resized = F.interpolate(grid.permute(0, 3, 1, 2), size=tuple(hw), mode="bicubic", align_corners=False)
     return resized.permute(0, 2, 3, 1)

@@ -69,15 +69,19 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
-        # (B, HW, 3, heads, head_dim) -> 3 x (B * heads, HW, head_dim)
-        q, k, v = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).flatten(1, 2).unbind(0)
+        # (B, HW, 3, heads, head_dim) -> 3 x (B, heads, HW, head_dim): 4-D, as ONNX export's attention needs
+        q, k, v = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         bias = None
         if self.use_rel_pos:
-            zeros = q.new_zeros(q.shape[0], h * w, h * w)
-            bias = add_decomposed_rel_pos(zeros, q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
+            flat_q = q.flatten(0, 1)
+            zeros = q.new_zeros(flat_q.shape[0], h * w, h * w)
+            bias = add_decomposed_rel_pos(zeros, flat_q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
+            bias = bias.reshape(b, self.num_heads, h * w, h * w)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        # (B * heads, HW, head_dim) -> (B, H, W, heads * head_dim)
-        out = out.reshape(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, c)
+        # (B, heads, HW, head_dim) -> (B, H, W, heads * head_dim). An explicit copy, not reshape's own choice of
+        # a view: the CPU kernel's output lays the heads out so that a view works, and torch.export would record
+        # one, which the ONNX export's attention (laid out as its shape) cannot take.
+        out = out.permute(0, 2, 1, 3).clone(memory_format=torch.contiguous_format).view(b, h, w, c)
         return self.proj(out)
 
 

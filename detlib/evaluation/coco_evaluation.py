@@ -17,6 +17,7 @@ from detlib.data.datasets.coco import convert_to_coco_json
 from detlib.structures import BoxMode, Instances
 from detlib.utils.atomic_write import atomic_write
 
+from .coco_results import rle_areas
 from .cocoeval_backend import evaluate_box_proposals, evaluate_predictions_on_coco, load_coco_json
 from .evaluator import DatasetEvaluator
 from .prediction_stream import PredictionStream
@@ -207,8 +208,9 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> List[dict]:
 
     `instances` holds `pred_boxes` (XYXY absolute), `scores`, `pred_classes` (contiguous ids) and,
     optionally, `pred_masks` (N x H x W, bool or 0/1) and `pred_keypoints` (N x K x 3: x, y,
-    score). Boxes become XYWH, masks compressed RLE, keypoints flat [x, y, score, ...] lists in
-    COCO's pixel-index convention (x, y - 0.5, the inverse of the loader's shift).
+    score). Boxes become XYWH, masks compressed RLE with their pixel count as "area", keypoints flat
+    [x, y, score, ...] lists in COCO's pixel-index convention (x, y - 0.5, the inverse of the loader's
+    shift).
     """
     num = len(instances)
     if num == 0:
@@ -218,10 +220,12 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> List[dict]:
     scores = instances.scores.tolist()
     classes = instances.pred_classes.tolist()
 
-    rles = None
+    rles = areas = None
     if instances.has("pred_masks"):
         masks = np.asfortranarray(instances.pred_masks.numpy().astype(np.uint8).transpose(1, 2, 0))
         rles = mask_util.encode(masks)
+        # Computed here, in one call per image, so that evaluation need not decode every RLE again for it.
+        areas = rle_areas(rles)
         for rle in rles:
             # json cannot hold bytes; COCO tools accept the counts as a str.
             rle["counts"] = rle["counts"].decode("utf-8")
@@ -237,6 +241,7 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> List[dict]:
         result = {"image_id": image_id, "category_id": classes[k], "bbox": boxes[k], "score": scores[k]}
         if rles is not None:
             result["segmentation"] = rles[k]
+            result["area"] = areas[k]
         if keypoints is not None:
             result["keypoints"] = keypoints[k]
         results.append(result)

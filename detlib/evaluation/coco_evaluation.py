@@ -1,11 +1,13 @@
 """COCO-style box, mask and keypoint AP, with predictions streamed to disk."""
 
+import contextlib
+import gc
 import json
 import logging
 import os
 import tempfile
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -143,21 +145,22 @@ class COCOEvaluator(DatasetEvaluator):
             with atomic_write(path, "w", encoding="utf-8") as f:
                 f.write(results_json)
 
-        coco_results = json.loads(results_json)
-        tasks = self._tasks or _tasks_from_results(coco_results)
-        for index, task in enumerate(tasks):
-            if index > 0:  # COCO's loadRes adds fields to the dicts it is given; start afresh
-                coco_results = json.loads(results_json)
-            coco_eval = evaluate_predictions_on_coco(
-                self._coco_api,
-                coco_results,
-                task,
-                image_ids=sorted(image_ids) or None,
-                max_dets=self._max_dets,
-                use_fast_impl=self._use_fast_impl,
-                kpt_oks_sigmas=self._kpt_oks_sigmas,
-            )
-            results[task] = self._derive_metrics(coco_eval, task)
+        with _cyclic_gc_paused():
+            coco_results = json.loads(results_json)
+            tasks = self._tasks or _tasks_from_results(coco_results)
+            for index, task in enumerate(tasks):
+                if index > 0:  # the result set takes over the dicts and COCOeval adds fields; start afresh
+                    coco_results = json.loads(results_json)
+                coco_eval = evaluate_predictions_on_coco(
+                    self._coco_api,
+                    coco_results,
+                    task,
+                    image_ids=sorted(image_ids) or None,
+                    max_dets=self._max_dets,
+                    use_fast_impl=self._use_fast_impl,
+                    kpt_oks_sigmas=self._kpt_oks_sigmas,
+                )
+                results[task] = self._derive_metrics(coco_eval, task)
         return results
 
     def _map_to_dataset_ids(self, coco_results: List[dict], image_id: int) -> None:
@@ -194,6 +197,20 @@ class COCOEvaluator(DatasetEvaluator):
         logger.info("Per-category %s AP:\n%s", task, _table(per_category, ["category", "AP"]))
         metrics.update({f"AP-{name}": ap for name, ap in per_category})
         return metrics
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pauses Python's cyclic garbage collector. COCOeval builds hundreds of thousands of dicts and lists that
+    hold no reference cycles; each collection the allocations trigger would traverse all of them again (a
+    quarter of segm evaluate()'s time at 500 images). Reference counting still frees them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _mean_precision(precision: np.ndarray) -> float:

@@ -10,7 +10,6 @@ from collections import OrderedDict
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from tabulate import tabulate
 
@@ -19,7 +18,7 @@ from detlib.data.datasets.coco import convert_to_coco_json
 from detlib.structures import BoxMode, Instances
 from detlib.utils.atomic_write import atomic_write
 
-from .coco_results import rle_areas
+from .coco_columns import columns_to_results, decode_columns, encode_columns, instances_to_columns
 from .cocoeval_backend import evaluate_box_proposals, evaluate_predictions_on_coco, load_coco_json
 from .evaluator import DatasetEvaluator
 from .prediction_stream import PredictionStream
@@ -91,7 +90,9 @@ class COCOEvaluator(DatasetEvaluator):
             self._metadata.json_file = json_file
         self._coco_api = load_coco_json(json_file, use_fast_impl)
         self._dataset_ids = self._contiguous_to_dataset_ids()
-        self._stream = PredictionStream(output_dir, "coco_predictions")
+        # Results as columns, read back by evaluate(); as JSON only for the result file of an output_dir.
+        self._columns = PredictionStream(output_dir, "coco_columns")
+        self._stream = PredictionStream(output_dir, "coco_predictions") if output_dir else None
         self._proposal_stream = PredictionStream(output_dir, "coco_proposals")
         self.reset()
 
@@ -106,22 +107,26 @@ class COCOEvaluator(DatasetEvaluator):
         return dataset_ids
 
     def reset(self) -> None:
-        self._stream.reset()
+        self._columns.reset()
+        if self._stream is not None:
+            self._stream.reset()
         self._proposal_stream.reset()
 
     def process(self, inputs: List[dict], outputs: List[dict]) -> None:
         for inp, out in zip(inputs, outputs):
             if "instances" in out:
-                instances = out["instances"].to("cpu")
-                results = instances_to_coco_json(instances, inp["image_id"])
-                self._map_to_dataset_ids(results, inp["image_id"])
-                self._stream.append(inp["image_id"], json.dumps(results))
+                columns = instances_to_columns(out["instances"].to("cpu"))
+                columns["category_id"] = self._map_to_dataset_ids(columns["category_id"], inp["image_id"])
+                self._columns.append(inp["image_id"], encode_columns(columns))
+                if self._stream is not None:
+                    self._stream.append(inp["image_id"], json.dumps(columns_to_results(inp["image_id"], columns)))
             if "proposals" in out:
                 proposals = proposals_to_coco_json(out["proposals"].to("cpu"), inp["image_id"], max(_PROPOSAL_LIMITS))
                 self._proposal_stream.append(inp["image_id"], json.dumps(proposals))
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
-        merged = self._stream.merge(self._distributed)
+        merged = self._columns.merge_payloads(self._distributed)
+        results_file = self._stream.merge(self._distributed) if self._stream is not None else None
         proposals = self._proposal_stream.merge(self._distributed)
         if merged is None:
             return None
@@ -134,23 +139,23 @@ class COCOEvaluator(DatasetEvaluator):
                 limits=_PROPOSAL_LIMITS,
                 use_fast_impl=self._use_fast_impl,
             )
-        image_ids, results_json = merged
+        image_ids, payloads = merged
         if not image_ids:
             if not results:
                 logger.warning("COCOEvaluator received no predictions: was the dataset empty?")
             return results
-        if self._output_dir:
+        if results_file is not None:
             path = os.path.join(self._output_dir, "coco_instances_results.json")
             logger.info("Saving results to %s", path)
             with atomic_write(path, "w", encoding="utf-8") as f:
-                f.write(results_json)
+                f.write(results_file[1])
 
         with _cyclic_gc_paused():
-            coco_results = json.loads(results_json)
+            coco_results = _decode_results(image_ids, payloads)
             tasks = self._tasks or _tasks_from_results(coco_results)
             for index, task in enumerate(tasks):
                 if index > 0:  # the result set takes over the dicts and COCOeval adds fields; start afresh
-                    coco_results = json.loads(results_json)
+                    coco_results = _decode_results(image_ids, payloads)
                 coco_eval = evaluate_predictions_on_coco(
                     self._coco_api,
                     coco_results,
@@ -163,16 +168,17 @@ class COCOEvaluator(DatasetEvaluator):
                 results[task] = self._derive_metrics(coco_eval, task)
         return results
 
-    def _map_to_dataset_ids(self, coco_results: List[dict], image_id: int) -> None:
-        for result in coco_results:
-            category = result["category_id"]
-            if not 0 <= category < len(self._dataset_ids) or self._dataset_ids[category] < 0:
-                raise ValueError(
-                    f"A prediction for image {image_id} has class {category}, but dataset "
-                    f"'{self._metadata.name}' has only {len(self._dataset_ids)} classes "
-                    f"(contiguous ids 0..{len(self._dataset_ids) - 1})."
-                )
-            result["category_id"] = int(self._dataset_ids[category])
+    def _map_to_dataset_ids(self, classes: np.ndarray, image_id: int) -> np.ndarray:
+        """The dataset's category ids of contiguous `classes`."""
+        known = (classes >= 0) & (classes < len(self._dataset_ids))
+        known[known] = self._dataset_ids[classes[known]] >= 0
+        if not known.all():
+            raise ValueError(
+                f"A prediction for image {image_id} has class {classes[~known][0]}, but dataset "
+                f"'{self._metadata.name}' has only {len(self._dataset_ids)} classes "
+                f"(contiguous ids 0..{len(self._dataset_ids) - 1})."
+            )
+        return self._dataset_ids[classes]
 
     def _derive_metrics(self, coco_eval, task: str) -> Dict[str, float]:
         """AP metrics in percent (NaN where there is no ground truth), plus AP per category, all at
@@ -229,39 +235,14 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> List[dict]:
     [x, y, score, ...] lists in COCO's pixel-index convention (x, y - 0.5, the inverse of the loader's
     shift).
     """
-    num = len(instances)
-    if num == 0:
-        return []
-    boxes = instances.pred_boxes.tensor.numpy()
-    boxes = BoxMode.convert(boxes, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS).tolist()
-    scores = instances.scores.tolist()
-    classes = instances.pred_classes.tolist()
+    return columns_to_results(image_id, instances_to_columns(instances))
 
-    rles = areas = None
-    if instances.has("pred_masks"):
-        masks = np.asfortranarray(instances.pred_masks.numpy().astype(np.uint8).transpose(1, 2, 0))
-        rles = mask_util.encode(masks)
-        # Computed here, in one call per image, so that evaluation need not decode every RLE again for it.
-        areas = rle_areas(rles)
-        for rle in rles:
-            # json cannot hold bytes; COCO tools accept the counts as a str.
-            rle["counts"] = rle["counts"].decode("utf-8")
 
-    keypoints = None
-    if instances.has("pred_keypoints"):
-        keypoints = instances.pred_keypoints.clone()
-        keypoints[..., :2] -= 0.5
-        keypoints = keypoints.flatten(1).tolist()
-
-    results = []
-    for k in range(num):
-        result = {"image_id": image_id, "category_id": classes[k], "bbox": boxes[k], "score": scores[k]}
-        if rles is not None:
-            result["segmentation"] = rles[k]
-            result["area"] = areas[k]
-        if keypoints is not None:
-            result["keypoints"] = keypoints[k]
-        results.append(result)
+def _decode_results(image_ids: List[int], payloads: List[str]) -> List[dict]:
+    """Every image's result dicts, from the payloads of `encode_columns`."""
+    results: List[dict] = []
+    for image_id, payload in zip(image_ids, payloads):
+        results += columns_to_results(image_id, decode_columns(payload))
     return results
 
 

@@ -1,8 +1,8 @@
 """Per-image predictions streamed to one file per rank and merged on the main rank.
 
 Each line of a rank's file is `image_id<TAB>payload` (the id as JSON: an int, or a string such as
-Pascal VOC's file ids), the payload one image's encoded results as
-a JSON array. Holding predictions on disk keeps a rank's memory flat in the number of images; the
+Pascal VOC's file ids), the payload one image's encoded results on one line: a JSON array for
+`merge`, any text without a newline for `merge_payloads`. Holding predictions on disk keeps a rank's memory flat in the number of images; the
 main rank reads the other ranks' files directly where it shares their file system (same host) and
 receives their content otherwise, so no rank ever holds every rank's results as Python objects.
 """
@@ -48,7 +48,7 @@ class PredictionStream:
         _remove(self.path)
 
     def append(self, image_id: Union[int, str], payload: str) -> None:
-        """Add one image's results; `payload` is a JSON array on one line."""
+        """Add one image's results; `payload` is one line (a JSON array, for `merge`)."""
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8")
         key = json.dumps(image_id if isinstance(image_id, str) else int(image_id))
@@ -66,6 +66,14 @@ class PredictionStream:
         this is collective and covers every rank's file; otherwise this rank's only. An image
         that appears more than once is counted once, with a warning.
         """
+        merged = self.merge_payloads(distributed)
+        if merged is None:
+            return None
+        image_ids, payloads = merged
+        return image_ids, "[" + ",".join(p[1:-1] for p in payloads if p != "[]") + "]"
+
+    def merge_payloads(self, distributed: bool) -> Optional[Tuple[List[Union[int, str]], List[str]]]:
+        """As `merge`, but `(image_ids, payloads)`: each image's payload as it was appended."""
         if self._file is not None:
             self._file.flush()
         if not (distributed and comm.get_world_size() > 1):
@@ -100,7 +108,7 @@ def _read_lines(path: str) -> Iterator[str]:
         yield from f
 
 
-def _concatenate(*sources: Iterator[str]) -> Tuple[List[Union[int, str]], str]:
+def _concatenate(*sources: Iterator[str]) -> Tuple[List[Union[int, str]], List[str]]:
     image_ids: List[Union[int, str]] = []
     seen = set()
     parts = []
@@ -114,8 +122,7 @@ def _concatenate(*sources: Iterator[str]) -> Tuple[List[Union[int, str]], str]:
                 continue
             seen.add(image_id)
             image_ids.append(image_id)
-            if payload != "[]":
-                parts.append(payload[1:-1])
+            parts.append(payload)
     if duplicates:
         logger.warning("%d images were processed more than once; each is evaluated once", duplicates)
-    return image_ids, "[" + ",".join(parts) + "]"
+    return image_ids, parts

@@ -38,12 +38,14 @@ class COCOEvaluator(DatasetEvaluator):
     Evaluates instance detection ("bbox"), segmentation ("segm") and keypoints ("keypoints", by
     OKS) with COCOeval.
 
-    `process()` converts each image's predictions to COCO results (XYWH boxes, RLE masks,
-    keypoints, the dataset's own category ids) and appends them to this rank's file under `output_dir`, so memory
-    stays flat however many images are processed. `evaluate()` merges the ranks' files on the main
-    process, writes `output_dir/coco_instances_results.json` (atomically) and scores it against the
-    dataset's COCO json (`MetadataCatalog.get(name).json_file`; for a dataset registered without
-    one, a COCO json is written from its records into `output_dir`). Metrics are in percent.
+    `process()` converts each image's predictions to COCO results (XYWH boxes, RLE masks with their
+    areas, keypoints, the dataset's own category ids) and appends them to this rank's files under
+    `output_dir`, as columns (`coco_columns`) and, for the result file, as JSON, so memory stays flat
+    however many images are processed. `evaluate()` merges the ranks' files on the main process,
+    writes `output_dir/coco_instances_results.json` (atomically), builds the result set from the
+    columns (`coco_results.load_results`) and scores it against the dataset's COCO json
+    (`MetadataCatalog.get(name).json_file`; for a dataset registered without one, a COCO json is
+    written from its records into `output_dir`). Metrics are in percent.
     """
 
     def __init__(

@@ -16,7 +16,6 @@ from tabulate import tabulate
 from detlib.data import MetadataCatalog
 from detlib.data.datasets.coco import convert_to_coco_json
 from detlib.structures import BoxMode, Instances
-from detlib.utils.atomic_write import atomic_write
 
 from .coco_columns import columns_to_results, decode_columns, encode_columns, instances_to_columns
 from .cocoeval_backend import evaluate_box_proposals, evaluate_predictions_on_coco, load_coco_json
@@ -128,7 +127,10 @@ class COCOEvaluator(DatasetEvaluator):
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
         merged = self._columns.merge_payloads(self._distributed)
-        results_file = self._stream.merge(self._distributed) if self._stream is not None else None
+        if self._stream is not None:
+            path = os.path.join(self._output_dir, "coco_instances_results.json")
+            logger.info("Saving results to %s", path)
+            self._stream.write_merged(path, self._distributed)
         proposals = self._proposal_stream.merge(self._distributed)
         if merged is None:
             return None
@@ -146,12 +148,6 @@ class COCOEvaluator(DatasetEvaluator):
             if not results:
                 logger.warning("COCOEvaluator received no predictions: was the dataset empty?")
             return results
-        if results_file is not None:
-            path = os.path.join(self._output_dir, "coco_instances_results.json")
-            logger.info("Saving results to %s", path)
-            with atomic_write(path, "w", encoding="utf-8") as f:
-                f.write(results_file[1])
-
         with _cyclic_gc_paused():
             coco_results = _decode_results(image_ids, payloads)
             tasks = self._tasks or _tasks_from_results(coco_results)

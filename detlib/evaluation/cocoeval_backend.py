@@ -15,6 +15,7 @@ import pycocotools.coco
 import pycocotools.cocoeval
 
 from .coco_results import load_results
+from .keypoint_oks import COCOevalFasterOks
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def evaluate_predictions_on_coco(
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = load_results(coco_gt, coco_results, iou_type)
         if use_fast_impl:
-            coco_eval = faster_coco_eval.COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=messages.append)
+            evaluator = COCOevalFasterOks if iou_type == "keypoints" else faster_coco_eval.COCOeval_faster
+            coco_eval = evaluator(coco_gt, coco_dt, iou_type, print_function=messages.append)
         else:
             coco_eval = pycocotools.cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
         if iou_type == "keypoints":

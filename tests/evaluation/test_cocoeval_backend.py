@@ -3,6 +3,7 @@
 import copy
 import json
 
+import faster_coco_eval
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
@@ -11,6 +12,7 @@ from pycocotools.cocoeval import COCOeval
 
 from detlib.evaluation.coco_results import load_results, rle_areas
 from detlib.evaluation.cocoeval_backend import evaluate_predictions_on_coco, load_coco_json
+from detlib.evaluation.keypoint_oks import COCOevalFasterOks
 
 CATEGORY_IDS = [1, 2, 5, 11, 90]  # gaps, like COCO's
 SIZE = 256  # large objects (area > 96^2) fit
@@ -161,8 +163,8 @@ def _write(tmp_path, dataset):
     return json_file
 
 
-def _keypoint_set(seed):
-    """People with 3 keypoints (some unlabelled, some with none labelled, some crowd), images without people; and
+def _keypoint_set(seed, num_keypoints=3):
+    """People with `num_keypoints` keypoints (some unlabelled, some with none labelled, some crowd), images without people; and
     noisy copies of them plus false positives, no predictions on some images."""
     rng = np.random.default_rng(seed)
     images, annotations, results = [], [], []
@@ -170,8 +172,10 @@ def _keypoint_set(seed):
         images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": SIZE, "width": SIZE})
         for _ in range(0 if image_id % 6 == 0 else int(rng.integers(1, 5))):
             x, y, w, h = _random_box(rng, float(rng.choice([20.0, 60.0, 140.0])))
-            visibility = rng.choice([0, 2], size=3, p=[0.3, 0.7])
-            points = rng.uniform([x, y], [x + w, y + h], size=(3, 2)) * (visibility > 0)[:, None]
+            visibility = rng.choice([0, 2], size=num_keypoints, p=[0.3, 0.7])
+            if len(annotations) % 7 == 3:
+                visibility[:] = 0  # scored against its box
+            points = rng.uniform([x, y], [x + w, y + h], size=(num_keypoints, 2)) * (visibility > 0)[:, None]
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -187,20 +191,19 @@ def _keypoint_set(seed):
             if image_id % 5 == 0:
                 continue  # no predictions on this image
             for _ in range(int(rng.integers(0, 3))):
-                noisy = points + rng.normal(0, rng.uniform(0.01, 0.1), size=(3, 2)) * [w, h]
+                noisy = points + rng.normal(0, rng.uniform(0.01, 0.1), size=points.shape) * [w, h]
                 results.append(_keypoint_result(image_id, noisy, [x, y, w, h], rng))
         if image_id % 5:
             for _ in range(int(rng.integers(0, 3))):  # false positives
                 x, y, w, h = _random_box(rng, 60.0)
-                results.append(
-                    _keypoint_result(image_id, rng.uniform([x, y], [x + w, y + h], (3, 2)), [x, y, w, h], rng)
-                )
-    categories = [{"id": 1, "name": "person", "keypoints": ["a", "b", "c"], "skeleton": []}]
+                points = rng.uniform([x, y], [x + w, y + h], (num_keypoints, 2))
+                results.append(_keypoint_result(image_id, points, [x, y, w, h], rng))
+    categories = [{"id": 1, "name": "person", "keypoints": [str(k) for k in range(num_keypoints)], "skeleton": []}]
     return {"images": images, "annotations": annotations, "categories": categories}, results
 
 
 def _keypoint_result(image_id, points, box, rng):
-    keypoints = np.concatenate([points, rng.random((3, 1))], 1).ravel().tolist()
+    keypoints = np.concatenate([points, rng.random((len(points), 1))], 1).ravel().tolist()
     score = float(np.round(rng.random(), 2))
     return {"image_id": image_id, "category_id": 1, "bbox": box, "score": score, "keypoints": keypoints}
 
@@ -296,3 +299,25 @@ def test_segm_with_mask_areas_given_equals_pycocotools(tmp_path, use_fast_impl):
     assert (expected.eval["precision"][0, :, :, 0, -1] > 0).any()
     np.testing.assert_allclose(ours.eval["precision"], expected.eval["precision"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(ours.eval["recall"], expected.eval["recall"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_keypoints", [3, 17])
+def test_oks_is_bit_identical_to_pycocotools(num_keypoints):
+    """17 keypoints take numpy's unrolled pairwise summation, 3 its plain loop."""
+    dataset, results = _keypoint_set(2, num_keypoints)
+    sigmas = np.linspace(0.025, 0.1, num_keypoints)
+    gt = COCO()
+    gt.dataset = copy.deepcopy(dataset)
+    gt.createIndex()
+    reference = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), "keypoints")
+    fast_gt = faster_coco_eval.COCO(dataset)
+    ours = COCOevalFasterOks(fast_gt, load_results(fast_gt, results, "keypoints"), "keypoints")
+    for coco_eval in (reference, ours):
+        coco_eval.params.kpt_oks_sigmas = sigmas
+        coco_eval._prepare()
+    compared = 0
+    for image_id in gt.getImgIds():
+        expected = reference.computeOks(image_id, 1)
+        np.testing.assert_array_equal(np.asarray(ours.computeOks(image_id, 1)), np.asarray(expected))
+        compared += len(expected) > 0
+    assert compared >= 10 and any(a["num_keypoints"] == 0 for a in dataset["annotations"])

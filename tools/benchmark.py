@@ -3,7 +3,7 @@
 prints the ratio.
 
     python tools/benchmark.py ops [--quick] [--device cpu|cuda] [--repeats N]
-    python tools/benchmark.py eval [--images N] [--segm-images N] [--repeats N]
+    python tools/benchmark.py eval [--images N] [--segm-images N] [--keypoints-images N] [--repeats N]
     python tools/benchmark.py model [--device cpu|cuda] [--quick] [--repeats N] [--threads N] [--opts KEY VALUE ...]
     python tools/benchmark.py export --config-file CFG --image IMG [--repeats N] [KEY VALUE ...]
     python tools/benchmark.py deform [--device cpu|cuda] [--batch N ...] [--repeats N]

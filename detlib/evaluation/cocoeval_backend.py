@@ -5,7 +5,6 @@ regions, area ranges, max detections); tests/evaluation holds both to the same n
 """
 
 import contextlib
-import copy
 import io
 import logging
 from typing import Dict, List, Optional, Sequence, Union
@@ -14,6 +13,9 @@ import faster_coco_eval
 import numpy as np
 import pycocotools.coco
 import pycocotools.cocoeval
+
+from .coco_results import load_results
+from .keypoint_oks import COCOevalFasterOks
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,8 @@ def evaluate_predictions_on_coco(
     sigmas), over COCO's keypoint detection limit (20 per image) and area ranges (all, medium,
     large); `max_dets` applies to boxes and masks.
 
-    `coco_results` (COCO result dicts with dataset category ids) is consumed: the COCO API adds
-    fields to the dicts. `coco_gt` must come from `load_coco_json` with the same `use_fast_impl`.
+    `coco_results` (COCO result dicts with dataset category ids) is consumed: the result set is built
+    from the dicts themselves (`load_results`), and COCOeval adds fields to them. `coco_gt` must come from `load_coco_json` with the same `use_fast_impl`.
     An empty result list scores 0 AP.
     """
     if iou_type == "segm":
@@ -55,11 +57,11 @@ def evaluate_predictions_on_coco(
     # Both libraries print progress: pycocotools to stdout, faster-coco-eval to `print_function`.
     messages: List[str] = []
     with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = load_results(coco_gt, coco_results, iou_type)
         if use_fast_impl:
-            coco_dt = coco_gt.loadRes(coco_results)
-            coco_eval = faster_coco_eval.COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=messages.append)
+            evaluator = COCOevalFasterOks if iou_type == "keypoints" else faster_coco_eval.COCOeval_faster
+            coco_eval = evaluator(coco_gt, coco_dt, iou_type, print_function=messages.append)
         else:
-            coco_dt = coco_gt.loadRes(coco_results) if coco_results else _empty_results(coco_gt)
             coco_eval = pycocotools.cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
         if iou_type == "keypoints":
             _set_oks_sigmas(coco_eval, coco_gt, coco_results, kpt_oks_sigmas)
@@ -96,18 +98,6 @@ def _set_oks_sigmas(coco_eval, coco_gt: COCOApi, coco_results: List[dict], sigma
         )
 
 
-def _empty_results(coco_gt: pycocotools.coco.COCO) -> pycocotools.coco.COCO:
-    """A results COCO object with no detections (pycocotools' loadRes rejects an empty list)."""
-    coco_dt = pycocotools.coco.COCO()
-    coco_dt.dataset = {
-        "images": list(coco_gt.dataset["images"]),
-        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
-        "annotations": [],
-    }
-    coco_dt.createIndex()
-    return coco_dt
-
-
 def evaluate_box_proposals(
     coco_gt: COCOApi,
     proposals: List[dict],
@@ -125,11 +115,10 @@ def evaluate_box_proposals(
     for proposal in proposals:
         proposal["category_id"] = category
     with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = load_results(coco_gt, proposals, "bbox")
         if use_fast_impl:
-            coco_dt = coco_gt.loadRes(proposals)
             coco_eval = faster_coco_eval.COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=logger.debug)
         else:
-            coco_dt = coco_gt.loadRes(proposals) if proposals else _empty_results(coco_gt)
             coco_eval = pycocotools.cocoeval.COCOeval(coco_gt, coco_dt, "bbox")
         coco_eval.params.useCats = 0
         coco_eval.params.maxDets = sorted(limits)

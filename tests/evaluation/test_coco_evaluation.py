@@ -250,19 +250,17 @@ def test_an_interrupted_run_leaves_nothing_a_later_run_reads(tmp_path):
     crashed = COCOEvaluator("eval_crash", output_dir=str(out))
     for image_id in (1, 2):
         crashed.process([{"image_id": image_id}], [{"instances": _predictions_from(anns, image_id)}])
-    crashed._stream._file.flush()  # as if the process died here, its stream file on disk
+    crashed._stream._file.flush()  # as if the process died here, its stream files on disk
+    crashed._columns._file.flush()
     assert not (out / "coco_instances_results.json").exists()
 
     later = COCOEvaluator("eval_crash", output_dir=str(out))
     later.process([{"image_id": 3}], [{"instances": _predictions_from(anns, 3)}])
     later.evaluate()
     assert json.load(open(out / "coco_instances_results.json")) == []  # image 3 has no objects
-    leftover = os.path.basename(crashed._stream.path)
-    assert {p.name for p in out.iterdir()} == {
-        "coco_instances_results.json",
-        leftover,
-        os.path.basename(later._stream.path),
-    }
+    streams = [evaluator._stream.path for evaluator in (crashed, later)]
+    streams += [evaluator._columns.path for evaluator in (crashed, later)]
+    assert {p.name for p in out.iterdir()} == {"coco_instances_results.json"} | {os.path.basename(p) for p in streams}
     del crashed, later  # a stream's file goes with it
     assert [p.name for p in out.iterdir()] == ["coco_instances_results.json"]
 

@@ -44,10 +44,10 @@ def test_nms_rows_time_both_and_check_equal_keeps(cli):
 
 def test_eval_benchmark_runs_and_checks_the_metrics(cli, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["benchmark.py", "eval"])
-    cli.main(["eval", "--images", "6", "--segm-images", "4", "--dets", "5"])
+    cli.main(["eval", "--images", "6", "--segm-images", "4", "--keypoints-images", "6", "--dets", "5"])
     out = capsys.readouterr().out
-    table = [line for line in out.splitlines() if line.startswith(("| bbox", "| segm"))]
-    assert len(table) >= 2, out
+    table = [line for line in out.splitlines() if line.startswith(("| bbox", "| segm", "| keypoints"))]
+    assert {line.split("|")[1].strip() for line in table} == {"bbox", "segm", "keypoints"}, out
     assert "not equal" not in out and "ATen" in out  # the kernels' ISA is named next to the figures
 
 

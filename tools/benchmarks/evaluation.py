@@ -1,6 +1,6 @@
 """COCO evaluation: COCOEvaluator.evaluate() against pycocotools' COCOeval and (when importable) Detectron2's
-COCOEvaluator on a synthetic COCO-scale set, bbox and segm, metrics checked equal first; and the memory process()
-adds."""
+COCOEvaluator on a synthetic COCO-scale set, bbox, segm and keypoints, metrics checked equal first; and the memory
+process() adds."""
 
 import argparse
 import contextlib
@@ -30,6 +30,7 @@ HELP = "COCOEvaluator against pycocotools and Detectron2"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=5000, help="images of the bbox case")
     parser.add_argument("--segm-images", type=int, default=500, help="images of the segm case (0: skip)")
+    parser.add_argument("--keypoints-images", type=int, default=5000, help="images of the keypoints case (0: skip)")
     parser.add_argument("--dets", type=int, default=100, help="detections per image")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved evaluate() runs (median reported)")
     parser.add_argument("--seed", type=int, default=0)
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# COCOeval's summary for keypoints has no small objects.
+KEYPOINT_METRICS = ("AP", "AP50", "AP75", "APm", "APl")
+NUM_KEYPOINTS = 17
 
 
 def synthetic_coco(num_images: int, seed: int) -> dict:
@@ -66,6 +70,68 @@ def synthetic_coco(num_images: int, seed: int) -> dict:
             )
     categories = [{"id": c, "name": f"category{c}"} for c in COCO_CATEGORY_IDS]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def synthetic_person_keypoints(num_images: int, seed: int) -> dict:
+    """COCO-like person keypoints: 640 px wide images, 0-8 people each of log-uniform size, 17 keypoints inside
+    the box, each unlabelled with probability 0.3 (people without a labelled one are ignored), 1% crowd regions."""
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        height, width = int(rng.choice([427, 480, 640])), 640
+        images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "height": height, "width": width})
+        for _ in range(int(rng.integers(0, 9))):
+            w, h = np.exp(rng.uniform(np.log(8), np.log(0.8 * height), size=2))
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            visibility = rng.choice([0, 1, 2], size=NUM_KEYPOINTS, p=[0.3, 0.2, 0.5])
+            points = rng.uniform([x, y], [x + w, y + h], size=(NUM_KEYPOINTS, 2)) * (visibility > 0)[:, None]
+            keypoints = np.concatenate([points, visibility[:, None]], axis=1)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [float(x), float(y), float(w), float(h)],
+                    "area": float(0.6 * w * h),
+                    "iscrowd": int(rng.random() < 0.01),
+                    "num_keypoints": int((visibility > 0).sum()),
+                    "keypoints": keypoints.ravel().tolist(),
+                }
+            )
+    categories = [{"id": 1, "name": "person", "keypoints": [f"k{i}" for i in range(NUM_KEYPOINTS)], "skeleton": []}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def synthetic_keypoint_predictions(image: dict, objects: List[dict], num_dets: int, seed: int) -> dict:
+    """`num_dets` people for one image: noisy copies of its people (keypoints moved by 0.5-5% of the box) and
+    random people; arrays of XYXY boxes, scores, classes (0) and (N, 17, 3) keypoints (x, y, score)."""
+    rng = np.random.default_rng(seed + image["id"])
+    height, width = image["height"], image["width"]
+    boxes, keypoints = [], []
+    for obj in objects:
+        x, y, w, h = obj["bbox"]
+        truth = np.asarray(obj["keypoints"], dtype=np.float64).reshape(-1, 3)[:, :2]
+        for _ in range(int(rng.integers(1, 3))):
+            boxes.append([x, y, w, h] + rng.normal(0, 0.05, size=4) * np.array([w, h, w, h]))
+            # A spread of errors, so that the matches span OKS thresholds 0.5-0.95.
+            noise = rng.uniform(0.005, 0.05)
+            keypoints.append(truth + rng.normal(0, noise, size=truth.shape) * np.array([w, h]))
+    while len(boxes) < num_dets:
+        w, h = np.exp(rng.uniform(np.log(8), np.log(0.8 * height), size=2))
+        x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        boxes.append(np.array([x, y, w, h]))
+        keypoints.append(rng.uniform([x, y], [x + w, y + h], size=(NUM_KEYPOINTS, 2)))
+    xywh = np.array(boxes[:num_dets], dtype=np.float64)
+    xywh[:, 2:] = xywh[:, 2:].clip(min=1.0)
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    points = np.stack(keypoints[:num_dets])
+    scores = rng.random((num_dets, NUM_KEYPOINTS, 1))
+    return {
+        "boxes": xyxy.astype(np.float32),
+        "scores": rng.random(num_dets).astype(np.float32),
+        "classes": np.zeros(num_dets, dtype=np.int64),
+        "keypoints": np.concatenate([points, scores], axis=2).astype(np.float32),
+    }
 
 
 def synthetic_predictions(image: dict, objects: List[dict], num_dets: int, masks: bool, seed: int) -> dict:
@@ -109,6 +175,9 @@ def _instances(structures, image: dict, prediction: dict):
     instances.pred_classes = torch.from_numpy(prediction["classes"])
     if "masks" in prediction:
         instances.pred_masks = torch.from_numpy(prediction["masks"]).bool()
+    if "keypoints" in prediction:
+        # A copy: Detectron2's process() shifts the keypoints in place.
+        instances.pred_keypoints = torch.tensor(prediction["keypoints"])
     return instances
 
 
@@ -119,23 +188,35 @@ def _rss_mb() -> float:
 
 
 def _feed(
-    evaluator, structures, dataset: dict, num_dets: int, masks: bool, seed: int, rss_at: Sequence[int]
-) -> Tuple[float, Dict[int, float]]:
-    """process() every image, one per call; returns (seconds inside process(), RSS growth in MB after
-    each count of images in `rss_at`)."""
+    evaluators: Sequence[Tuple[object, object]],
+    dataset: dict,
+    task: str,
+    num_dets: int,
+    seed: int,
+    rss_at: Sequence[int],
+) -> Tuple[List[float], Dict[int, float]]:
+    """process() every image, one per call, in each (evaluator, its structures module) of `evaluators`, each image's
+    predictions made once for all; returns (seconds inside each evaluator's process(), RSS growth in MB after each
+    count of images in `rss_at`, meaningful with one evaluator)."""
     objects: Dict[int, List[dict]] = {image["id"]: [] for image in dataset["images"]}
     for ann in dataset["annotations"]:
         objects[ann["image_id"]].append(ann)
-    evaluator.reset()
+    for evaluator, _ in evaluators:
+        evaluator.reset()
     base = _rss_mb()
-    growth, seconds = {}, 0.0
+    growth, seconds = {}, [0.0] * len(evaluators)
     for count, image in enumerate(dataset["images"], start=1):
-        prediction = synthetic_predictions(image, objects[image["id"]], num_dets, masks, seed)
-        outputs = [{"instances": _instances(structures, image, prediction)}]
-        start = time.perf_counter()
-        evaluator.process([{"image_id": image["id"]}], outputs)
-        seconds += time.perf_counter() - start
-        del prediction, outputs
+        if task == "keypoints":
+            prediction = synthetic_keypoint_predictions(image, objects[image["id"]], num_dets, seed)
+        else:
+            prediction = synthetic_predictions(image, objects[image["id"]], num_dets, task == "segm", seed)
+        for k, (evaluator, structures) in enumerate(evaluators):
+            outputs = [{"instances": _instances(structures, image, prediction)}]
+            start = time.perf_counter()
+            evaluator.process([{"image_id": image["id"]}], outputs)
+            seconds[k] += time.perf_counter() - start
+            del outputs
+        del prediction
         if count in rss_at:
             growth[count] = _rss_mb() - base
     return seconds, growth
@@ -154,6 +235,7 @@ def _pycocotools_metrics(json_file: str, results_file: str, task: str) -> Tuple[
     if task == "segm":
         for result in results:
             result.pop("bbox")
+    names = KEYPOINT_METRICS if task == "keypoints" else METRICS
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         coco_eval = COCOeval(gt, gt.loadRes(results), task)
@@ -161,9 +243,10 @@ def _pycocotools_metrics(json_file: str, results_file: str, task: str) -> Tuple[
         coco_eval.accumulate()
         coco_eval.summarize()
     seconds = time.perf_counter() - start
-    metrics = {name: float(v * 100) for name, v in zip(METRICS, coco_eval.stats[:6])}
+    metrics = {name: float(v * 100) for name, v in zip(names, coco_eval.stats)}
     precision = coco_eval.eval["precision"][:, :, :, 0, -1]
-    for k, cat_id in enumerate(coco_eval.params.catIds):
+    # Detectron2 reports AP per category only where there are several.
+    for k, cat_id in enumerate(coco_eval.params.catIds if len(coco_eval.params.catIds) > 1 else ()):
         p = precision[:, :, k]
         metrics[f"AP-{gt.cats[cat_id]['name']}"] = float(p[p > -1].mean() * 100) if (p > -1).any() else float("nan")
     return seconds, metrics
@@ -197,14 +280,17 @@ def _eval_task(task: str, num_images: int, args: argparse.Namespace, workdir: st
     from detlib.data.datasets import register_coco_instances
     from detlib.evaluation import COCOEvaluator
 
-    dataset = synthetic_coco(num_images, seed=args.seed)
+    if task == "keypoints":
+        dataset = synthetic_person_keypoints(num_images, seed=args.seed)
+    else:
+        dataset = synthetic_coco(num_images, seed=args.seed)
     name = f"benchmark_{task}_{num_images}"
     json_file = os.path.join(workdir, f"{name}.json")
     with open(json_file, "w") as f:
         json.dump(dataset, f)
     register_coco_instances(name, {}, json_file, workdir)
-    masks = task == "segm"
-    rss_at = sorted({n for n in (1000, num_images) if n <= num_images}) if not masks else []
+    # Memory is measured on the bbox case, one evaluator at a time; the others feed both at once.
+    rss_at = sorted({n for n in (1000, num_images) if n <= num_images}) if task == "bbox" else []
     print(
         f"{task}: {num_images} images, {len(dataset['annotations'])} objects, {args.dets} detections per image",
         file=sys.stderr,
@@ -213,18 +299,24 @@ def _eval_task(task: str, num_images: int, args: argparse.Namespace, workdir: st
 
     out_dir = os.path.join(workdir, f"detlib_{name}")
     ours = COCOEvaluator(name, tasks=(task,), distributed=False, output_dir=out_dir)
-    ours_process, ours_rss = _feed(ours, detlib_structures, dataset, args.dets, masks, args.seed, rss_at)
     peer = None
     if d2 is not None:
-        contiguous = {c: k for k, c in enumerate(COCO_CATEGORY_IDS)}
+        category_ids = [c["id"] for c in dataset["categories"]]
         d2.MetadataCatalog.get(name).set(
             json_file=json_file,
-            thing_dataset_id_to_contiguous_id=contiguous,
-            thing_classes=[f"category{c}" for c in COCO_CATEGORY_IDS],
+            thing_dataset_id_to_contiguous_id={c: k for k, c in enumerate(category_ids)},
+            thing_classes=[c["name"] for c in dataset["categories"]],
         )
         # No output_dir: Detectron2 then writes no files in evaluate(), the most favourable setting for it.
         peer = d2.COCOEvaluator(name, tasks=(task,), distributed=False, output_dir=None, use_fast_impl=True)
-        peer_process, peer_rss = _feed(peer, d2.structures, dataset, args.dets, masks, args.seed, rss_at)
+    if rss_at or peer is None:
+        (ours_process,), ours_rss = _feed([(ours, detlib_structures)], dataset, task, args.dets, args.seed, rss_at)
+        if peer is not None:
+            (peer_process,), peer_rss = _feed([(peer, d2.structures)], dataset, task, args.dets, args.seed, rss_at)
+    else:
+        evaluators = [(ours, detlib_structures), (peer, d2.structures)]
+        (ours_process, peer_process), _ = _feed(evaluators, dataset, task, args.dets, args.seed, rss_at)
+        ours_rss = peer_rss = {}
 
     times: Dict[str, List[float]] = {"detlib": [], "pycocotools": [], "detectron2": []}
     results: Dict[str, dict] = {}
@@ -294,7 +386,11 @@ def run(args: argparse.Namespace) -> None:
     load_before = load_average()
     rows, memory = [], []
     with tempfile.TemporaryDirectory(prefix="detlib_eval_benchmark_") as workdir:
-        for task, num_images in (("bbox", args.images), ("segm", args.segm_images)):
+        for task, num_images in (
+            ("bbox", args.images),
+            ("segm", args.segm_images),
+            ("keypoints", args.keypoints_images),
+        ):
             if num_images > 0:
                 task_rows, task_memory = _eval_task(task, num_images, args, workdir, d2)
                 rows += task_rows

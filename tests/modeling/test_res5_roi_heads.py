@@ -85,3 +85,18 @@ def test_keypoints_are_refused_with_the_setting_named():
     cfg.MODEL.KEYPOINT_ON = True
     with pytest.raises(ValueError, match="KEYPOINT_ON"):
         build_model(cfg)
+
+
+def test_the_shapes_c4_config_trains_a_step_with_a_narrow_res5():
+    cfg = get_cfg()
+    cfg.merge_from_file(str(model_zoo.get_config_file("Shapes/mask_rcnn_c4_shapes.yaml")))
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    # The basic-block trunk ignores WIDTH_PER_GROUP; res5 in the head reads it: 16 * 8 = 128 wide inside.
+    assert model.roi_heads.res5[0].conv2.out_channels == 128 and model.roi_heads.res5[-1].conv3.out_channels == 512
+    assert list(model.backbone.output_shape()) == ["res4"]
+    with EventStorage(0):
+        losses = model(_inputs())
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"}
+    sum(losses.values()).backward()
+    assert model.roi_heads.res5[0].conv2.weight.grad.abs().sum() > 0

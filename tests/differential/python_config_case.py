@@ -48,6 +48,19 @@ LOSS_RTOL = 1e-5
 FEATURE_STEP = 97
 
 
+def shrink_to_r18_fpn(model: Any, package: str, top_block_in_channels: int) -> None:
+    """A one-stage detector config shrunk in place: ResNet-18, a 64-channel FPN, a head of two 64-channel convs
+    on its five levels; `top_block_in_channels`: what P6 is computed from (512 from C5, 64 from P5)."""
+    ShapeSpec = importlib.import_module(f"{package}.layers").ShapeSpec
+    stages = model.backbone.bottom_up.stages
+    stages.depth = 18
+    del stages.stride_in_1x1  # basic blocks have no 1x1 conv
+    model.backbone.out_channels = 64
+    model.backbone.top_block.in_channels = top_block_in_channels
+    model.head.input_shape = [ShapeSpec(channels=64)] * 5
+    model.head.conv_dims = [64, 64]
+
+
 @dataclass(frozen=True)
 class PythonConfigCase:
     """

@@ -12,10 +12,8 @@ Recorded references: `data/fcos_seed<k>.npz`. Regenerate (needs Detectron2):
     PYTHONPATH=$PWD python tests/differential/test_fcos.py
 """
 
-from importlib import import_module
-
 from harness import Case
-from python_config_case import PythonConfigCase
+from python_config_case import PythonConfigCase, shrink_to_r18_fpn
 
 # Weight rules only (not a YAML case: named so that the harness's regeneration does not collect it).
 WEIGHTS = Case(
@@ -31,14 +29,7 @@ NUM_CLASSES = 3
 
 def shrink(model, package: str) -> None:
     """ResNet-18, a 64-channel FPN (P6/P7 from P5) and a head of two 64-channel convs."""
-    ShapeSpec = import_module(f"{package}.layers").ShapeSpec
-    stages = model.backbone.bottom_up.stages
-    stages.depth = 18
-    del stages.stride_in_1x1  # basic blocks have no 1x1 conv
-    model.backbone.out_channels = 64
-    model.backbone.top_block.in_channels = 64
-    model.head.input_shape = [ShapeSpec(channels=64)] * 5
-    model.head.conv_dims = [64, 64]
+    shrink_to_r18_fpn(model, package, top_block_in_channels=64)
 
 
 FCOS_CASE = PythonConfigCase(weights=WEIGHTS, shrink=shrink, num_classes=NUM_CLASSES)

@@ -13,10 +13,8 @@ Recorded references: `data/retinanet_python_config_seed<k>.npz`. Regenerate (nee
     PYTHONPATH=$PWD python tests/differential/test_retinanet_python_config.py
 """
 
-from importlib import import_module
-
 from harness import Case
-from python_config_case import PythonConfigCase
+from python_config_case import PythonConfigCase, shrink_to_r18_fpn
 
 # The weight rules of the YAML RetinaNet case (test_retinanet_default.py); not named CASE (see PythonConfigCase).
 WEIGHTS = Case(
@@ -30,14 +28,7 @@ WEIGHTS = Case(
 
 def shrink(model, package: str) -> None:
     """ResNet-18 (res5: 512 channels, which P6 is computed from), a 64-channel FPN and head convs."""
-    ShapeSpec = import_module(f"{package}.layers").ShapeSpec
-    stages = model.backbone.bottom_up.stages
-    stages.depth = 18
-    del stages.stride_in_1x1  # basic blocks have no 1x1 conv
-    model.backbone.out_channels = 64
-    model.backbone.top_block.in_channels = 512
-    model.head.input_shape = [ShapeSpec(channels=64)] * 5
-    model.head.conv_dims = [64, 64]
+    shrink_to_r18_fpn(model, package, top_block_in_channels=512)
 
 
 RETINANET_CASE = PythonConfigCase(weights=WEIGHTS, shrink=shrink)

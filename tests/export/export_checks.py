@@ -1,8 +1,11 @@
-"""Shared by the export tests: image sizes, and the comparison of exported detections with the eager model's."""
+"""Shared by the export tests: image sizes, running a program in ONNX Runtime, and the comparison of exported
+detections with the eager model's."""
 
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, List, Sequence
 
 import numpy as np
+import pytest
 import torch
 
 from detlib.export import ExportableDetector
@@ -16,6 +19,22 @@ RUN_SIZES = [(160, 120), (96, 208)]
 def eager_outputs(model: torch.nn.Module, image: torch.Tensor):
     with torch.no_grad():
         return ExportableDetector(model)(image)
+
+
+def onnxruntime_runner(
+    model: torch.nn.Module, program, sample: torch.Tensor, path: Path
+) -> Callable[[torch.Tensor], List[torch.Tensor]]:
+    """`program` (exported from `model` wrapped in `ExportableDetector`) converted to ONNX at `path` and loaded in
+    ONNX Runtime on the CPU, its outputs named as the wrapper names them: a function from an image to its outputs.
+    Skips the test without onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    from detlib.export.onnx_export import export_onnx
+
+    names = ExportableDetector(model).output_names
+    export_onnx(program, (sample,), path, names)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(names)
+    return lambda image: [torch.from_numpy(np.asarray(a)) for a in session.run(None, {"image": image.numpy()})]
 
 
 def assert_same_detections(expected: Sequence, actual: Sequence, names: Sequence[str] = ()) -> None:

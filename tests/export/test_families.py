@@ -11,11 +11,10 @@ import importlib
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from export_checks import assert_same_detections, eager_outputs
+from export_checks import assert_same_detections, eager_outputs, onnxruntime_runner
 
 from detlib.export import ExportableDetector, export_program, min_image_side
 from detlib.modeling import build_model
@@ -83,18 +82,11 @@ def test_saved_program_matches_eager_on_other_sizes(exported, family, tmp_path):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_onnxruntime_matches_eager_on_other_sizes(exported, family, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    from detlib.export.onnx_export import export_onnx
-
     model, program = exported(family)
-    names = ExportableDetector(model).output_names
     sample = torch.from_numpy(synthetic_batch(0, num_classes=3)[0].image)
-    export_onnx(program, (sample,), tmp_path / "model.onnx", names)
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == list(names)
+    run = onnxruntime_runner(model, program, sample, tmp_path / "model.onnx")
     for image in _images(RUN_SIZES):
-        actual = [torch.from_numpy(np.asarray(a)) for a in session.run(None, {"image": image.numpy()})]
-        assert_same_detections(eager_outputs(model, image), actual, names)
+        assert_same_detections(eager_outputs(model, image), run(image), ExportableDetector(model).output_names)
 
 
 @pytest.mark.parametrize("family", ["retinanet", "keypoint_rcnn"])

@@ -9,11 +9,10 @@ program returns empty outputs without failing.
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from export_checks import assert_same_detections, eager_outputs
+from export_checks import assert_same_detections, eager_outputs, onnxruntime_runner
 
 from detlib.export import ExportableDetector, export_program, min_image_side
 
@@ -70,15 +69,9 @@ def test_fcos_saved_program_matches_eager_and_handles_no_detection(exported, tmp
 
 
 def test_fcos_onnxruntime_matches_eager_on_other_sizes(exported, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    from detlib.export.onnx_export import export_onnx
-
     model, _, sample, program = exported
-    names = ExportableDetector(model).output_names
-    export_onnx(program, (sample,), tmp_path / "fcos.onnx", names)
-    session = ort.InferenceSession(str(tmp_path / "fcos.onnx"), providers=["CPUExecutionProvider"])
+    run = onnxruntime_runner(model, program, sample, tmp_path / "fcos.onnx")
     for image in _images(sample):
         expected = eager_outputs(model, image)
         assert len(expected[0]) > 10
-        actual = [torch.from_numpy(np.asarray(a)) for a in session.run(None, {"image": image.numpy()})]
-        assert_same_detections(expected, actual, names)
+        assert_same_detections(expected, run(image), ExportableDetector(model).output_names)

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from export_checks import assert_same_detections, eager_outputs
+from export_checks import assert_same_detections, eager_outputs, onnxruntime_runner
 
 from detlib.export import ExportableDetector, export_program, min_image_side
 from detlib.modeling import build_model, combine_semantic_and_instance_outputs
@@ -80,14 +79,7 @@ def test_saved_program_matches_eager_on_other_sizes(exported, tmp_path):
 
 
 def test_onnxruntime_matches_eager_on_other_sizes(exported, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    from detlib.export.onnx_export import export_onnx
-
     model, program = exported
-    names = ExportableDetector(model).output_names
-    export_onnx(program, (_sample(),), tmp_path / "model.onnx", names)
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == list(names)
+    run = onnxruntime_runner(model, program, _sample(), tmp_path / "model.onnx")
     for image in _images():
-        actual = [torch.from_numpy(np.asarray(a)) for a in session.run(None, {"image": image.numpy()})]
-        _assert_matches_eager(model, image, actual)
+        _assert_matches_eager(model, image, run(image))

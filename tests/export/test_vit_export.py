@@ -13,11 +13,10 @@ import importlib
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from export_checks import assert_same_detections, eager_outputs
+from export_checks import assert_same_detections, eager_outputs, onnxruntime_runner
 
 from detlib.export import MAX_IMAGE_SIDE, ExportableDetector, export_program, image_size_range, min_image_side
 from detlib.modeling import build_model
@@ -92,13 +91,7 @@ def test_saved_program_matches_eager_and_handles_no_detection(exported, tmp_path
 
 
 def test_onnxruntime_matches_eager_on_other_sizes(exported, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    from detlib.export.onnx_export import export_onnx
-
     model, _, sample, program = exported
-    names = ExportableDetector(model).output_names
-    export_onnx(program, (sample,), tmp_path / "vit.onnx", names)
-    session = ort.InferenceSession(str(tmp_path / "vit.onnx"), providers=["CPUExecutionProvider"])
+    run = onnxruntime_runner(model, program, sample, tmp_path / "vit.onnx")
     for image in _images(sample, RUN_SIZES):
-        actual = [torch.from_numpy(np.asarray(a)) for a in session.run(None, {"image": image.numpy()})]
-        assert_same_detections(eager_outputs(model, image), actual, names)
+        assert_same_detections(eager_outputs(model, image), run(image), ExportableDetector(model).output_names)
